@@ -1,0 +1,1 @@
+"""Routing data: the routing table, converters from public formats, splits and training samples."""

@@ -5,7 +5,7 @@
     <dir>/config.yaml                                      the resolved config
     <dir>/aptitude.json, splits.json, metrics.json
     <dir>/zoo/                                             one entry per candidate model
-    <dir>/training_state.pt                                optimizer/scheduler/RNG, step folders only (resume)
+    <dir>/training_state.pt                                optimizer, scheduler and step; step folders only (resume)
 """
 from __future__ import annotations
 

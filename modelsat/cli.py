@@ -1,0 +1,217 @@
+"""The `modelsat` command: data, aptitude tests, the zoo, evaluation and the HTTP service.
+
+    modelsat data build --source mmlu-pro --input ../shared/data/mmlu_pro --out data/mmlu-pro/table
+    modelsat aptitude build --table data/mmlu-pro/table --out aptitude.json
+    modelsat data split --table data/mmlu-pro/table --aptitude aptitude.json --out splits.json
+    modelsat aptitude run --model smollm2-135m-instruct --aptitude aptitude.json --out smollm2.parquet
+    modelsat zoo add --checkpoint DIR --name smollm2 --results smollm2.parquet --cost 0.135
+    modelsat evaluate --checkpoint DIR --table data/mmlu-pro/table --split test --zoo mixed
+    modelsat serve --checkpoint DIR
+
+Errors in the input exit with status 2 and one line saying what is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+SOURCES = ["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"]
+
+
+def _models_arg(text: str | None) -> list[str] | None:
+    return [m.strip() for m in text.split(",") if m.strip()] if text else None
+
+
+def cmd_data_build(a: argparse.Namespace) -> None:
+    from modelsat.data.converters import build_table
+
+    table = build_table(a.source, Path(a.input) if a.input else None, download=a.download,
+                        models=_models_arg(a.models))
+    table.save(a.out)
+    print(f"wrote {a.out}: {len(table.questions)} questions, {len(table.model_names)} models, "
+          f"{len(table.results)} results")
+
+
+def cmd_data_split(a: argparse.Namespace) -> None:
+    from modelsat.aptitude import Aptitude
+    from modelsat.data.splits import make_splits, save_splits
+    from modelsat.data.table import RoutingTable
+
+    splits = make_splits(RoutingTable.load(a.table), Aptitude.load(a.aptitude), val=a.val, test=a.test, seed=a.seed)
+    save_splits(splits, a.out, aptitude=Aptitude.load(a.aptitude))
+    print(f"wrote {a.out}: " + ", ".join(f"{k} {len(v)}" for k, v in splits.items() if isinstance(v, list)))
+
+
+def cmd_aptitude_build(a: argparse.Namespace) -> None:
+    from modelsat.aptitude import build_aptitude
+    from modelsat.data.table import RoutingTable
+
+    embed = None
+    if a.tasks_by == "cluster":
+        from modelsat.pretrained import load_sentence_encoder
+
+        encoder = load_sentence_encoder(a.encoder)
+        embed = lambda texts: encoder.encode(texts).numpy()  # noqa: E731
+    apt = build_aptitude(RoutingTable.load(a.table), num_tasks=a.tasks, per_task=a.per_task,
+                         tasks_by=a.tasks_by, seed=a.seed, embed=embed)
+    apt.save(a.out)
+    print(f"wrote {a.out}: {apt.num_tasks} tasks x {apt.per_task} questions, fingerprint {apt.fingerprint[:12]}")
+
+
+def cmd_aptitude_run(a: argparse.Namespace) -> None:
+    from modelsat.aptitude import Aptitude, run_aptitude
+
+    df = run_aptitude(a.model, Aptitude.load(a.aptitude), Path(a.out), batch_size=a.batch_size)
+    print(f"wrote {a.out}: {len(df)} questions, accuracy {df['score'].mean():.3f}")
+
+
+def cmd_zoo_add(a: argparse.Namespace) -> None:
+    from modelsat.aptitude import Aptitude
+    from modelsat.checkpoint import check_checkpoint
+    from modelsat.zoo import Zoo
+
+    ckpt = check_checkpoint(a.checkpoint)
+    zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+    entry = zoo.add(a.name, a.results, cost=a.cost, params_b=a.params_b, cost_unit=a.cost_unit)
+    print(f"added {entry.name} to {ckpt / 'zoo'} (aptitude accuracy "
+          f"{sum(entry.scores.values()) / len(entry.scores):.3f}); the zoo now has {len(zoo)} models")
+
+
+def cmd_zoo_list(a: argparse.Namespace) -> None:
+    from modelsat.aptitude import Aptitude
+    from modelsat.checkpoint import check_checkpoint
+    from modelsat.zoo import Zoo
+
+    ckpt = check_checkpoint(a.checkpoint)
+    rows = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json")).describe()
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"{'model':<40} {'aptitude acc':>12} {'cost':>10} {'params_b':>9}")
+    for r in rows:
+        cost = "" if r["cost"] is None else f"{r['cost']:.4g}"
+        params = "" if r["params_b"] is None else f"{r['params_b']:.1f}"
+        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {cost:>10} {params:>9}")
+
+
+def cmd_zoo_remove(a: argparse.Namespace) -> None:
+    from modelsat.aptitude import Aptitude
+    from modelsat.checkpoint import check_checkpoint
+    from modelsat.zoo import Zoo
+
+    ckpt = check_checkpoint(a.checkpoint)
+    zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+    zoo.remove(a.name)
+    print(f"removed {a.name}; the zoo now has {len(zoo)} models")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from modelsat.evaluate import run_evaluate_cli
+
+    run_evaluate_cli(a)
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    import uvicorn
+
+    from modelsat.router import Router
+    from modelsat.service import create_app
+
+    app = create_app(Router.from_checkpoint(a.checkpoint), persist=a.persist)
+    uvicorn.run(app, host=a.host, port=a.port, log_level="info")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelsat", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="routing tables and splits").add_subparsers(dest="action", required=True)
+    b = data.add_parser("build", help="convert a public source into a routing table")
+    b.add_argument("--source", choices=SOURCES, required=True)
+    b.add_argument("--input", help="file or folder of the source, as published")
+    b.add_argument("--out", required=True, help="folder to write questions/results/models.parquet to")
+    b.add_argument("--download", action="store_true", help="fetch the source from its public home first")
+    b.add_argument("--models", help="comma-separated models to keep (default: all)")
+    b.set_defaults(fn=cmd_data_build)
+    s = data.add_parser("split", help="train/val/test question ids, disjoint from the aptitude test")
+    s.add_argument("--table", required=True)
+    s.add_argument("--aptitude", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--val", type=float, default=0.1)
+    s.add_argument("--test", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_data_split)
+
+    apt = sub.add_parser("aptitude", help="aptitude tests").add_subparsers(dest="action", required=True)
+    ab = apt.add_parser("build", help="choose T tasks x S discriminative questions")
+    ab.add_argument("--table", required=True)
+    ab.add_argument("--out", required=True)
+    ab.add_argument("--tasks", type=int, default=50)
+    ab.add_argument("--per-task", type=int, default=20)
+    ab.add_argument("--tasks-by", choices=["task", "cluster"], default="task")
+    ab.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder for --tasks-by cluster")
+    ab.add_argument("--seed", type=int, default=0)
+    ab.set_defaults(fn=cmd_aptitude_build)
+    ar = apt.add_parser("run", help="score a Hugging Face causal LM on the aptitude questions")
+    ar.add_argument("--model", required=True, help="HF id or local folder, or smollm2-135m-instruct / tiny-llama")
+    ar.add_argument("--aptitude", required=True)
+    ar.add_argument("--out", required=True, help="results file (.parquet or .csv) for `modelsat zoo add`")
+    ar.add_argument("--batch-size", type=int, default=8)
+    ar.set_defaults(fn=cmd_aptitude_run)
+
+    zoo = sub.add_parser("zoo", help="the candidate models of a checkpoint").add_subparsers(dest="action", required=True)
+    za = zoo.add_parser("add", help="add a model from its aptitude results (no retraining)")
+    za.add_argument("--checkpoint", required=True)
+    za.add_argument("--name", required=True)
+    za.add_argument("--results", required=True, help="long-format (model, question_id, score) or (question_id, score)")
+    za.add_argument("--cost", type=float)
+    za.add_argument("--cost-unit", default="")
+    za.add_argument("--params-b", type=float)
+    za.set_defaults(fn=cmd_zoo_add)
+    zl = zoo.add_parser("list", help="the models of the zoo")
+    zl.add_argument("--checkpoint", required=True)
+    zl.add_argument("--json", action="store_true")
+    zl.set_defaults(fn=cmd_zoo_list)
+    zr = zoo.add_parser("remove", help="remove a model from the zoo")
+    zr.add_argument("--checkpoint", required=True)
+    zr.add_argument("--name", required=True)
+    zr.set_defaults(fn=cmd_zoo_remove)
+
+    ev = sub.add_parser("evaluate", help="routers side by side on a split")
+    ev.add_argument("--checkpoint", help="a trained Model-SAT router (omit to run the baselines only)")
+    ev.add_argument("--table", required=True)
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--splits", help="splits.json (default: the checkpoint's)")
+    ev.add_argument("--aptitude", help="aptitude.json (default: the checkpoint's)")
+    ev.add_argument("--zoo", help="a named zoo (from --zoos or the checkpoint's config)")
+    ev.add_argument("--zoos", help="a JSON file of named zoos, e.g. ../shared/data/mmlu_pro/zoos.json")
+    ev.add_argument("--models", help="comma-separated candidate models")
+    ev.add_argument("--unseen", help="comma-separated models never trained on, added through the zoo")
+    ev.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder of the kNN/MLP/cluster baselines")
+    ev.add_argument("--out", default="runs/evaluate")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(fn=cmd_evaluate)
+
+    sv = sub.add_parser("serve", help="HTTP JSON service over a checkpoint")
+    sv.add_argument("--checkpoint", required=True)
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--persist", action="store_true", help="POST /models also writes the model to the checkpoint's zoo")
+    sv.set_defaults(fn=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"modelsat {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Everything a run needs from its data config, built on first use and reused afterwards:
+the routing table (from the public source), the aptitude test, and the train/val/test splits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelsat.aptitude import Aptitude, build_aptitude
+from modelsat.config import ConfigError, DataConfig
+from modelsat.data.converters import build_table
+from modelsat.data.splits import load_splits, make_splits, save_splits
+from modelsat.data.table import RoutingTable
+
+
+@dataclass
+class Prepared:
+    table: RoutingTable
+    aptitude: Aptitude
+    splits: dict[str, list[str]]
+    train_models: list[str]
+    unseen_models: list[str]
+
+
+def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) -> Prepared:
+    """Load (or build and save) the table, aptitude test and splits that `cfg` names."""
+    table_dir = Path(cfg.table_dir)
+    if (table_dir / "questions.parquet").exists():
+        table = RoutingTable.load(table_dir)
+    else:
+        source = Path(cfg.input) if cfg.input else None
+        if source is not None and not source.exists() and not cfg.download:
+            raise ConfigError(f"data.input {source} does not exist; point data.input at the {cfg.source} data "
+                              "or set data.download=true to fetch it from its public home")
+        log(f"building the routing table from {cfg.source} at {source} -> {table_dir}")
+        table = build_table(cfg.source, source, download=cfg.download)
+        table.save(table_dir)
+
+    apt_path = Path(cfg.aptitude)
+    if apt_path.exists():
+        aptitude = Aptitude.load(apt_path)
+    else:
+        embed = None
+        if cfg.tasks_by == "cluster":
+            from modelsat.pretrained import load_sentence_encoder
+
+            encoder = load_sentence_encoder(encoder_name)
+            embed = lambda texts: encoder.encode(texts).numpy()  # noqa: E731
+        log(f"building the aptitude test ({cfg.num_tasks} tasks x {cfg.per_task}, by {cfg.tasks_by}) -> {apt_path}")
+        aptitude = build_aptitude(table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
+                                  seed=cfg.seed, embed=embed)
+        aptitude.save(apt_path)
+
+    splits_path = Path(cfg.splits)
+    if splits_path.exists():
+        splits = load_splits(splits_path, aptitude=aptitude)
+    else:
+        log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
+        splits = make_splits(table, aptitude, val=cfg.val, test=cfg.test, seed=cfg.seed)
+        save_splits(splits, splits_path, aptitude=aptitude)
+
+    known = set(table.model_names)
+    for field_name in ("unseen_models", "train_models"):
+        unknown = [m for m in getattr(cfg, field_name) if m not in known]
+        if unknown:
+            raise ConfigError(f"data.{field_name}: unknown model(s) {unknown}; the table has {sorted(known)}")
+    for name, models in cfg.zoos.items():
+        unknown = [m for m in models if m not in known]
+        if unknown:
+            raise ConfigError(f"data.zoos.{name}: unknown model(s) {unknown}")
+    train_models = list(cfg.train_models) or [m for m in table.model_names if m not in set(cfg.unseen_models)]
+    return Prepared(table, aptitude, splits, train_models, list(cfg.unseen_models))

@@ -1,0 +1,160 @@
+"""The inference API: a trained router over its zoo.
+
+    from modelsat import Router
+    router = Router.from_checkpoint("checkpoints/modelsat-smollm2-mmlupro")
+    router.rank("What is the derivative of x^2?\\nA. x\\nB. 2x", top_k=3)
+    router.add_model("my-new-llm", "my_aptitude_results.parquet", cost=7.0)   # no retraining
+
+Scores come from the packed forward pass: all candidates of an instruction share one sequence
+(large zoos are split into chunks of `chunk_size` candidates).
+
+Cost: `utility = p_correct - cost_weight * cost / max_cost`, where `max_cost` is the largest known
+cost among the candidates being ranked (so `cost_weight` is in units of probability per "the most
+expensive candidate"); a model with unknown cost is not penalised.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from modelsat.aptitude import Aptitude
+from modelsat.checkpoint import check_checkpoint
+from modelsat.config import Config, load_config
+from modelsat.model import RouterModel, build_router_model
+from modelsat.zoo import Zoo, ZooError
+
+MAX_INSTRUCTION_CHARS = 32_000
+
+
+class RouterError(ValueError):
+    """Bad input to the router (instruction, arguments) or a broken checkpoint."""
+
+
+class Ranked(NamedTuple):
+    model: str
+    p_correct: float
+    cost: float | None
+    utility: float
+
+
+class Router:
+    """Ranks the zoo's candidate models for instructions."""
+
+    def __init__(self, model: RouterModel, aptitude: Aptitude, zoo: Zoo, config: Config,
+                 chunk_size: int = 32, batch_size: int = 8) -> None:
+        self.model = model.eval()
+        self.aptitude = aptitude
+        self.zoo = zoo
+        self.config = config
+        self.chunk_size = chunk_size
+        self.batch_size = batch_size
+        self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
+        """Load a trained router and its zoo; loading is driven by the files present."""
+        path = check_checkpoint(path)
+        config = load_config(path / "config.yaml")
+        aptitude = Aptitude.load(path / "aptitude.json")
+        zoo = Zoo.load(path / "zoo", aptitude)
+        model = build_router_model(config.model, per_task=aptitude.per_task)
+        model.load_trained(path)
+        return cls(model, aptitude, zoo, config, **kwargs)
+
+    # ----- the zoo -------------------------------------------------------------------------------
+    @property
+    def models(self) -> list[str]:
+        return self.zoo.names
+
+    def add_model(self, name: str, results: pd.DataFrame | str | Path, cost: float | None = None,
+                  params_b: float | None = None, persist: bool = False) -> None:
+        """Add a model from its aptitude results; `persist=True` also writes it to the checkpoint's zoo."""
+        self.zoo.add(name, results, cost=cost, params_b=params_b, persist=persist)
+        self._features.pop(name, None)
+
+    def remove_model(self, name: str, persist: bool = False) -> None:
+        self.zoo.remove(name, persist=persist)
+        self._features.pop(name, None)
+
+    def features(self, name: str) -> torch.Tensor:
+        """Frozen capability features of a model, computed once and cached."""
+        if name not in self._features:
+            self._features[name] = self.model.model_features(
+                self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
+        return self._features[name]
+
+    # ----- ranking -------------------------------------------------------------------------------
+    def _check_instructions(self, instructions: Sequence[str]) -> list[str]:
+        if isinstance(instructions, str) or not isinstance(instructions, Sequence):
+            raise RouterError("instructions must be a list of strings")
+        for i, text in enumerate(instructions):
+            if not isinstance(text, str) or not text.strip():
+                raise RouterError(f"instruction {i} is empty; give the text of the instruction to route")
+            if len(text) > MAX_INSTRUCTION_CHARS:
+                raise RouterError(f"instruction {i} has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}")
+        return list(instructions)
+
+    def _check_models(self, models: Sequence[str] | None) -> list[str]:
+        if models is None:
+            models = self.models
+        if isinstance(models, str):
+            raise RouterError("models must be a list of model names, not one string")
+        unknown = [m for m in models if m not in self.zoo]
+        if unknown:
+            raise ZooError(f"unknown model(s) {unknown}; the zoo has: {', '.join(self.models)}")
+        if not models:
+            raise RouterError("no candidate models to rank: the zoo is empty or `models` is empty")
+        if len(set(models)) != len(models):
+            raise RouterError("models must not repeat a name")
+        return list(models)
+
+    @torch.no_grad()
+    def predict_matrix(self, instructions: Sequence[str], models: Sequence[str] | None = None,
+                       progress: bool = False) -> np.ndarray:
+        """p(correct) of every model on every instruction: (Q, M) float array."""
+        instructions = self._check_instructions(instructions)
+        models = self._check_models(models)
+        feats = [self.features(m) for m in models]
+        stacked = torch.stack(feats)                                        # (M, N, F)
+        out = np.zeros((len(instructions), len(models)), dtype=np.float64)
+        starts = range(0, len(instructions), self.batch_size)
+        for s in tqdm(starts, desc="routing", disable=not progress, unit="batch"):
+            batch = instructions[s:s + self.batch_size]
+            logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size)
+            for i, lp in enumerate(logp):
+                out[s + i] = lp.exp().double().cpu().numpy()
+        return out
+
+    def rank_many(self, instructions: Sequence[str], models: Sequence[str] | None = None,
+                  cost_weight: float = 0.0, top_k: int | None = None) -> list[list[Ranked]]:
+        """Rank the candidates for each instruction, best first."""
+        if not isinstance(cost_weight, (int, float)) or not math.isfinite(cost_weight) or cost_weight < 0:
+            raise RouterError(f"cost_weight must be a finite number >= 0, got {cost_weight!r}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise RouterError(f"top_k must be a positive integer, got {top_k!r}")
+        models = self._check_models(models)
+        p = self.predict_matrix(instructions, models)
+        costs = self.zoo.costs(models)
+        known = costs[~np.isnan(costs)]
+        norm = costs / known.max() if known.size and known.max() > 0 else np.zeros_like(costs)
+        penalty = np.nan_to_num(norm, nan=0.0) * cost_weight
+        ranked = []
+        for row in p:
+            utility = row - penalty
+            order = sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))[:top_k]
+            ranked.append([Ranked(models[j], float(row[j]), None if np.isnan(costs[j]) else float(costs[j]),
+                                  float(utility[j])) for j in order])
+        return ranked
+
+    def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
+             top_k: int | None = None) -> list[Ranked]:
+        """Rank the candidates for one instruction, best first: `(model, p_correct, cost, utility)`."""
+        if not isinstance(instruction, str):
+            raise RouterError("instruction must be a string")
+        return self.rank_many([instruction], models, cost_weight, top_k)[0]

@@ -1,0 +1,189 @@
+"""The Router API, infer.py and the HTTP service over a tiny trained checkpoint."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from modelsat import Router
+from modelsat.aptitude import AptitudeError
+from modelsat.checkpoint import CheckpointError
+from modelsat.router import RouterError
+from modelsat.zoo import ZooError
+
+INSTRUCTION = "A math question about algebra number 3: which option is right?\nA. first\nB. second"
+
+
+@pytest.fixture(scope="module")
+def router(tiny_checkpoint: Path) -> Router:
+    return Router.from_checkpoint(tiny_checkpoint)
+
+
+def unseen_results(router: Router, value: float = 0.5) -> pd.DataFrame:
+    qids = router.aptitude.question_ids
+    return pd.DataFrame({"question_id": qids, "score": [float(i % 2) if value == 0.5 else value for i in range(len(qids))]})
+
+
+def test_rank_returns_every_model_best_first(router: Router) -> None:
+    ranked = router.rank(INSTRUCTION)
+    assert sorted(r.model for r in ranked) == router.models
+    assert all(0.0 <= r.p_correct <= 1.0 for r in ranked)
+    utilities = [r.utility for r in ranked]
+    assert utilities == sorted(utilities, reverse=True)
+    assert [r.p_correct for r in ranked] == utilities                       # cost_weight 0: utility = p
+    assert len(router.rank(INSTRUCTION, top_k=2)) == 2
+
+
+def test_rank_equals_scoring_candidates_one_by_one(router: Router) -> None:
+    together = {r.model: r.p_correct for r in router.rank(INSTRUCTION)}
+    for m in router.models:
+        alone = router.rank(INSTRUCTION, models=[m])[0]
+        assert alone.p_correct == pytest.approx(together[m], abs=1e-5)
+
+
+def test_rank_many_and_predict_matrix_agree(router: Router) -> None:
+    texts = [INSTRUCTION, "A law question about torts number 1?\nA. x\nB. y", "biology?"]
+    matrix = router.predict_matrix(texts, router.models)
+    assert matrix.shape == (3, len(router.models))
+    for row, ranking in zip(matrix, router.rank_many(texts)):
+        assert {r.model: r.p_correct for r in ranking} == pytest.approx(dict(zip(router.models, row)), abs=1e-6)
+
+
+def test_cost_weight_trades_quality_for_cost(router: Router) -> None:
+    ranked = router.rank(INSTRUCTION, cost_weight=1e3)
+    costs = [r.cost for r in ranked]
+    assert costs == sorted(costs)                                          # a huge weight ranks by cost alone
+    top = max(costs)
+    for r in ranked:
+        assert r.utility == pytest.approx(r.p_correct - 1e3 * r.cost / top)
+
+
+def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    r = Router.from_checkpoint(ckpt)
+    r.add_model("m-all", unseen_results(r), cost=2.5, persist=True)
+    assert "m-all" in {x.model for x in r.rank(INSTRUCTION)}
+    assert "m-all" in Router.from_checkpoint(ckpt).models                  # persisted to the zoo folder
+    r.remove_model("m-all", persist=True)
+    assert "m-all" not in Router.from_checkpoint(ckpt).models
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"instruction": ""}, RouterError, "empty"),
+    ({"instruction": "   \n"}, RouterError, "empty"),
+    ({"instruction": "x" * 40_000}, RouterError, "limit"),
+    ({"instruction": INSTRUCTION, "models": ["nope"]}, ZooError, "unknown model"),
+    ({"instruction": INSTRUCTION, "models": []}, RouterError, "no candidate"),
+    ({"instruction": INSTRUCTION, "top_k": 0}, RouterError, "top_k"),
+    ({"instruction": INSTRUCTION, "cost_weight": -1.0}, RouterError, "cost_weight"),
+])
+def test_bad_input_is_rejected(router: Router, kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        router.rank(**kwargs)
+
+
+def test_add_model_with_missing_aptitude_questions(router: Router) -> None:
+    with pytest.raises(AptitudeError, match="miss 1 of the"):
+        router.add_model("partial", unseen_results(router).iloc[1:])
+    assert "partial" not in router.models
+
+
+def test_partial_checkpoint_and_fingerprint_mismatch(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "connector.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="connector.safetensors"):
+        Router.from_checkpoint(broken)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_checkpoint, other)
+    apt = json.loads((other / "aptitude.json").read_text())
+    first = apt["tasks"][0]["question_ids"]
+    first[0], first[1] = first[1], first[0]                                # same questions, another order
+    import hashlib
+
+    ids = [q for t in apt["tasks"] for q in t["question_ids"]]
+    apt["fingerprint"] = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    (other / "aptitude.json").write_text(json.dumps(apt))
+    with pytest.raises(ZooError, match="aptitude test"):
+        Router.from_checkpoint(other)
+
+
+def run_infer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "infer.py"), *args], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120)
+
+
+def test_infer_cli_json_and_table(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = run_infer("--checkpoint", str(tiny_checkpoint), "--instruction", INSTRUCTION, "--json", "--top-k", "3")
+    assert out.returncode == 0, out.stderr
+    ranked = json.loads(out.stdout)
+    assert len(ranked) == 3 and set(ranked[0]) == {"model", "p_correct", "cost", "utility"}
+    file = tmp_path / "in.jsonl"
+    file.write_text(json.dumps({"instruction": INSTRUCTION}) + "\n" + json.dumps({"instruction": "law?"}) + "\n")
+    out = run_infer("--checkpoint", str(tiny_checkpoint), "--file", str(file), "--json")
+    assert out.returncode == 0 and len(json.loads(out.stdout)) == 2
+    out = run_infer("--checkpoint", str(tiny_checkpoint), "--instruction", INSTRUCTION)
+    assert out.returncode == 0 and "p_correct" in out.stdout
+    bad = run_infer("--checkpoint", str(tiny_checkpoint), "--instruction", INSTRUCTION, "--models", "m-math,nope")
+    assert bad.returncode == 2 and "unknown model" in bad.stderr
+    bad = run_infer("--checkpoint", str(tmp_path / "missing"), "--instruction", INSTRUCTION)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+@pytest.fixture
+def server(tiny_checkpoint: Path, tmp_path: Path):
+    import uvicorn
+
+    from modelsat.service import create_app
+
+    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    app = create_app(Router.from_checkpoint(tmp_path / "ckpt"), persist=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", tmp_path / "ckpt"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_service_over_http(server, router: Router) -> None:
+    url, ckpt = server
+    with httpx.Client(base_url=url, timeout=60) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        assert [m["model"] for m in c.get("/models").json()] == router.models
+        ranked = c.post("/rank", json={"instruction": INSTRUCTION, "top_k": 2}).json()
+        assert len(ranked) == 2 and ranked[0]["p_correct"] >= ranked[1]["p_correct"]
+        qids = router.aptitude.question_ids
+        added = c.post("/models", json={"name": "m-new", "scores": {q: 1.0 for q in qids}, "cost": 1.0})
+        assert added.status_code == 201
+        assert "m-new" in {r["model"] for r in c.post("/rank", json={"instruction": INSTRUCTION}).json()}
+        assert "m-new" in Router.from_checkpoint(ckpt).models
+        assert c.post("/models", json={"name": "m-new", "scores": {q: 1.0 for q in qids}}).status_code == 409
+        assert c.post("/models", json={"name": "x", "scores": {qids[0]: 1.0}}).status_code == 422
+        assert c.post("/models", json={"name": "y", "scores": {q: 2.0 for q in qids}}).status_code == 422
+        for body in [{}, {"instruction": ""}, {"instruction": "   "}, {"instruction": INSTRUCTION, "top_k": 0},
+                     {"instruction": INSTRUCTION, "models": ["nope"]}, {"instruction": INSTRUCTION, "cost_weight": -1}]:
+            r = c.post("/rank", json=body)
+            assert r.status_code == 422, (body, r.text)
+        r = c.post("/rank", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        r = c.post("/rank", content=b"x" * 1_100_000, headers={"content-type": "application/json"})
+        assert r.status_code == 413
+        assert c.get("/openapi.json").status_code == 200

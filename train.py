@@ -1,0 +1,252 @@
+"""Train a Model-SAT router: capability encoder + connector + LoRA on a small LLM.
+
+    accelerate launch --config_file configs/accelerate/cpu.yaml train.py --config configs/default.yaml [key.sub=value ...]
+    python train.py --config configs/tiny.yaml train.max_steps=20          # single process works too
+
+Reads top to bottom: config -> accelerator -> data (routing table, aptitude test, splits; built on
+first use) -> model -> optimizer -> one loop with validation every epoch and a checkpoint every
+`train.save_every` steps. Writes `<train.out_dir>/step-NNNNNN/` and `<train.out_dir>/final/`, each a
+complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, scheduler, step) for
+`train.resume=true`, which continues at the saved step with the same data order.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from modelsat.config import Config, load_config
+from modelsat.data.prepare import Prepared, prepare
+from modelsat.data.samples import GroupDataset, build_groups, collate_groups
+from modelsat.checkpoint import save_checkpoint
+from modelsat.model import RouterModel, build_router_model
+
+
+def build_model(cfg: Config, data: Prepared) -> tuple[RouterModel, dict[str, torch.Tensor]]:
+    """The router model and the frozen capability features of every training model."""
+    model = build_router_model(cfg.model, per_task=data.aptitude.per_task)
+    descriptions = [t.description for t in data.aptitude.tasks]
+    from modelsat.aptitude import model_outcomes
+
+    features = {m: model.model_features(model_outcomes(data.aptitude, data.table, m), descriptions)
+                for m in data.train_models}
+    return model, features
+
+
+def build_dataloader(cfg: Config, data: Prepared, epoch: int) -> DataLoader:
+    """Groups of one epoch; the candidate sets and the order depend only on (seed, epoch)."""
+    ids = list(data.splits["train"])
+    rng = np.random.default_rng(cfg.train.seed)
+    if cfg.train.max_train_instructions and len(ids) > cfg.train.max_train_instructions:
+        ids = sorted(rng.choice(ids, cfg.train.max_train_instructions, replace=False).tolist())
+    groups = build_groups(data.table, ids, data.train_models, group_size=cfg.train.group_size,
+                          mode=cfg.train.grouping, seed=cfg.train.seed * 1000 + epoch)
+    order = np.random.default_rng(cfg.train.seed * 1000 + epoch).permutation(len(groups))
+    return DataLoader(GroupDataset([groups[i] for i in order], data.table), batch_size=cfg.train.batch_size,
+                      shuffle=False, collate_fn=collate_groups)
+
+
+def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Yes-vs-No logit of every (instruction, model) pair of each group: list of (K,) tensors.
+
+    Pairs sharing an instruction are packed into one sequence (instruction-centred groups give one
+    sequence per group; model-centred groups one per pair).
+    """
+    texts, feats, owners = [], [], []
+    for g, (instructions, models) in enumerate(zip(batch["instructions"], batch["models"])):
+        by_text: dict[str, list[int]] = {}
+        for k, text in enumerate(instructions):
+            by_text.setdefault(text, []).append(k)
+        for text, ks in by_text.items():
+            texts.append(text)
+            feats.append(torch.stack([features[models[k]] for k in ks]))      # (K_i, N, F)
+            owners.append((g, ks))
+    z = model(texts, feats, logits=True)                                      # list of (K_i,) Yes-No margins
+    pieces: dict[int, list[tuple[list[int], torch.Tensor]]] = {}
+    for (g, ks), zi in zip(owners, z):
+        pieces.setdefault(g, []).append((ks, zi))
+    out = []
+    for g in range(len(batch["models"])):
+        ks = torch.tensor([k for ks, _ in pieces[g] for k in ks])
+        zs = torch.cat([zi for _, zi in pieces[g]])
+        out.append(zs[ks.argsort().to(zs.device)])                            # back in the group's order
+    return out
+
+
+def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], cfg: Config) -> torch.Tensor:
+    """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set)."""
+    total = logits[0].new_zeros(())
+    for z, y in zip(logits, labels):
+        y = y.to(z.device)
+        total = total + cfg.train.pointwise_weight * F.binary_cross_entropy_with_logits(z, y)
+        if cfg.train.listwise_weight and y.sum() > 0 and len(y) > 1:
+            total = total - cfg.train.listwise_weight * (y / y.sum() * F.log_softmax(z, dim=0)).sum()
+    return total / len(logits)
+
+
+@torch.no_grad()
+def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tensor], cfg: Config) -> dict:
+    """Routing accuracy on val instructions over the training models, with best single and oracle."""
+    ids = list(data.splits["val"])
+    if cfg.train.max_val_instructions and len(ids) > cfg.train.max_val_instructions:
+        ids = sorted(np.random.default_rng(cfg.train.seed).choice(ids, cfg.train.max_val_instructions,
+                                                                   replace=False).tolist())
+    models = data.train_models
+    scores = data.table.score_matrix(ids, models)                              # (Q, M)
+    keep = ~np.isnan(scores).any(axis=1)
+    ids, scores = [q for q, k in zip(ids, keep) if k], scores[keep]
+    stacked = torch.stack([features[m] for m in models])                       # (M, N, F)
+    texts = data.table.texts(ids)
+    picks = []
+    was_training = model.training
+    model.eval()
+    for s in range(0, len(texts), 8):
+        for lp in model.score(texts[s:s + 8], [stacked] * len(texts[s:s + 8])):
+            picks.append(int(lp.argmax()))
+    model.train(was_training)
+    train_scores = data.table.score_matrix(data.splits["train"], models)
+    best = int(np.nanargmax(np.nanmean(train_scores, axis=0)))
+    return {"n": len(ids), "accuracy": float(scores[np.arange(len(ids)), picks].mean()),
+            "best_single": float(scores[:, best].mean()), "best_single_model": models[best],
+            "oracle": float(scores.max(axis=1).mean())}
+
+
+def last_step_dir(out_dir: Path) -> Path | None:
+    steps = sorted(p for p in out_dir.glob("step-*") if re.fullmatch(r"step-\d{6}", p.name)
+                   and (p / "training_state.pt").exists())
+    return steps[-1] if steps else None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True)
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    out_dir = Path(cfg.train.out_dir)
+
+    trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
+                              mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir))
+    set_seed(cfg.train.seed)
+    log = accelerator.print
+
+    # ---- data ------------------------------------------------------------------------------------
+    with accelerator.main_process_first():
+        data = prepare(cfg.data, encoder_name=cfg.model.sentence_encoder, log=log)
+    log(f"table: {len(data.table.questions)} questions, {len(data.train_models)} training models, "
+        f"unseen {data.unseen_models}; aptitude {data.aptitude.num_tasks}x{data.aptitude.per_task} "
+        f"({data.aptitude.fingerprint[:12]}); splits " + ", ".join(f"{k} {len(data.splits[k])}" for k in
+                                                                  ("train", "val", "test")))
+
+    # ---- model -----------------------------------------------------------------------------------
+    model, features = build_model(cfg, data)
+    features = {m: f.to(accelerator.device) for m, f in features.items()}
+    n_train, n_all = model.num_trainable_parameters()
+    log(f"router: {cfg.model.llm} + LoRA r={cfg.model.lora_r}, encoder {cfg.model.encoder_mode}/{cfg.model.connector}; "
+        f"trainable {n_train:,} of {n_all:,} parameters")
+
+    # ---- optimizer -------------------------------------------------------------------------------
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    optimizer = torch.optim.AdamW([{"params": lora, "lr": cfg.train.lr},
+                                   {"params": rest, "lr": cfg.train.connector_lr}],
+                                  weight_decay=cfg.train.weight_decay)
+    steps_per_epoch = max(1, len(build_dataloader(cfg, data, 0)) // (cfg.train.grad_accum * accelerator.num_processes))
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps:
+        total_steps = min(total_steps, cfg.train.max_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, total_steps), total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    core: RouterModel = accelerator.unwrap_model(model)
+
+    step, history = 0, []
+    if cfg.train.resume and (resume_dir := last_step_dir(out_dir)) is not None:
+        state = torch.load(resume_dir / "training_state.pt", weights_only=False)
+        core.load_trained(resume_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history = state["step"], state["history"]
+        log(f"resumed from {resume_dir} at step {step}")
+    elif out_dir.exists() and any(out_dir.glob("step-*")) and accelerator.is_main_process:
+        log(f"note: {out_dir} holds an earlier run; its step folders will be overwritten (use train.resume=true to continue)")
+    accelerator.init_trackers("modelsat", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
+
+    # ---- loop ------------------------------------------------------------------------------------
+    start = time.time()
+    core.set_stage("connector" if step < cfg.train.stage1_steps else "full")
+    bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
+    metrics: dict = {}
+    for epoch in range(step // steps_per_epoch, cfg.train.epochs):
+        loader = accelerator.prepare(build_dataloader(cfg, data, epoch))
+        skip = (step - epoch * steps_per_epoch) * cfg.train.grad_accum
+        if skip:
+            loader = accelerator.skip_first_batches(loader, skip)
+        model.train()
+        for micro, batch in enumerate(loader, start=skip):
+            # Randomness (dropout) is a function of (seed, epoch, micro-batch, rank): resume replays it exactly.
+            torch.manual_seed(hash((cfg.train.seed, epoch, micro, accelerator.process_index)) % 2**63)
+            with accelerator.accumulate(model):
+                loss = loss_fn(group_logits(model, batch, features), batch["labels"], cfg)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            if step == cfg.train.stage1_steps:
+                core.set_stage("full")
+            loss_value = accelerator.gather(loss.detach()).mean().item()
+            history.append({"step": step, "loss": loss_value})
+            accelerator.log({"train/loss": loss_value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and accelerator.is_main_process:
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "step": step, "history": history}
+                save_checkpoint(out_dir / f"step-{step:06d}", core, cfg, data.aptitude, data.splits,
+                                {"step": step, "epoch": epoch, "history": history}, data.table,
+                                data.train_models, state)
+            if step >= total_steps:
+                break
+        if accelerator.is_main_process:
+            val = validate(core, data, features, cfg)
+            accelerator.log({f"val/{k}": v for k, v in val.items() if isinstance(v, float)}, step=step)
+            log(f"epoch {epoch}: val routing accuracy {val['accuracy']:.4f} (best single {val['best_single']:.4f} "
+                f"{val['best_single_model']}, oracle {val['oracle']:.4f}, n={val['n']})")
+            metrics = {"step": step, "epoch": epoch, "val": val, "history": history}
+        if step >= total_steps:
+            break
+    bar.close()
+
+    if accelerator.is_main_process:
+        metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
+                        "total_parameters": n_all})
+        save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
+                        data.train_models)
+        log(f"wrote {out_dir / 'final'}")
+    accelerator.end_training()
+    return metrics
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The aptitude test: T tasks × S discriminative questions whose results describe what a model can do.
+
+    apt = build_aptitude(table, num_tasks=50, per_task=20, tasks_by="task", seed=0)
+    apt.save("aptitude.json")                              # byte-identical for the same table and seed
+    outcomes = model_outcomes(apt, table, "gemma-7b")      # (T, S) from a routing table ...
+    df = run_aptitude("smollm2-135m-instruct", apt, Path("results.parquet"))   # ... or by running the model
+
+Tasks come from the table's `task` column or from K-means clusters of question embeddings. The file
+carries a fingerprint (sha256 of the ordered question ids); profiles and checkpoints carry it too and a
+mismatch is an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import numpy as np
+import pandas as pd
+
+from modelsat.io_utils import atomic_write_bytes, atomic_write_text
+
+FORMAT_VERSION = 1
+MIN_COVERAGE = 0.5
+"""A candidate question is evaluated by at least this fraction of the table's models (and by 2)."""
+_OPTION = re.compile(r"^\s*\(?([A-Z])[.)]\s", re.MULTILINE)
+
+
+class AptitudeError(ValueError):
+    """An aptitude test cannot be built, loaded, matched or scored."""
+
+
+@dataclass
+class AptitudeTask:
+    name: str
+    description: str
+    question_ids: list[str]
+
+
+@dataclass
+class Aptitude:
+    """Tasks (each with the same number of questions), the question texts and, where known, answers."""
+
+    tasks: list[AptitudeTask]
+    texts: dict[str, str]
+    answers: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise AptitudeError("an aptitude test needs at least one task")
+        sizes = {len(t.question_ids) for t in self.tasks}
+        if len(sizes) != 1 or 0 in sizes:
+            raise AptitudeError("every aptitude task must hold the same, non-zero number of questions; "
+                                f"got sizes {sorted(sizes)}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            raise AptitudeError(f"aptitude task names must be unique; repeated: {repeated}")
+        ids = self.question_ids
+        if len(set(ids)) != len(ids):
+            raise AptitudeError("a question appears twice in the aptitude test")
+        lacking = [q for q in ids if not self.texts.get(q)]
+        if lacking:
+            raise AptitudeError(f"{len(lacking)} aptitude question(s) have no text, e.g. {lacking[:5]}")
+
+    @property
+    def question_ids(self) -> list[str]:
+        """All question ids, task-major (task order, then question order within a task)."""
+        return [q for t in self.tasks for q in t.question_ids]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of the ordered question ids joined by newlines."""
+        return hashlib.sha256("\n".join(self.question_ids).encode("utf-8")).hexdigest()
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def per_task(self) -> int:
+        return len(self.tasks[0].question_ids)
+
+    def to_json(self) -> str:
+        """The `aptitude.json` text: sorted keys, no timestamps, so equal tests give equal bytes."""
+        questions = {q: ({"text": self.texts[q], "answer": self.answers[q]} if q in self.answers else {"text": self.texts[q]})
+                     for q in self.question_ids}
+        doc = {"version": FORMAT_VERSION, "fingerprint": self.fingerprint, "seed": self.seed, "source": self.source,
+               "num_tasks": self.num_tasks, "per_task": self.per_task,
+               "tasks": [{"name": t.name, "description": t.description, "question_ids": t.question_ids} for t in self.tasks],
+               "questions": questions}
+        return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        """Write `aptitude.json` atomically."""
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Aptitude":
+        """Read `aptitude.json`; the stored fingerprint must match the stored question ids."""
+        path = Path(path)
+        if not path.is_file():
+            raise AptitudeError(f"aptitude file {path} does not exist; build one with `modelsat aptitude build`")
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            if doc.get("version") != FORMAT_VERSION:
+                raise AptitudeError(f"format version {doc.get('version')!r}, this modelsat reads {FORMAT_VERSION}")
+            tasks = [AptitudeTask(str(t["name"]), str(t["description"]), [str(q) for q in t["question_ids"]])
+                     for t in doc["tasks"]]
+            questions = doc["questions"]
+            texts = {str(q): str(v["text"]) for q, v in questions.items()}
+            answers = {str(q): str(v["answer"]) for q, v in questions.items() if v.get("answer") is not None}
+            apt = cls(tasks, texts, answers, source=dict(doc.get("source") or {}), seed=doc.get("seed"))
+            stored = doc["fingerprint"]
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise AptitudeError(f"{path}: not a valid aptitude file ({type(e).__name__}: {e})") from e
+        except AptitudeError as e:
+            raise AptitudeError(f"{path}: {e}") from e
+        if stored != apt.fingerprint:
+            raise AptitudeError(f"{path}: stored fingerprint {stored} does not match its question ids ({apt.fingerprint}); "
+                                "the file was edited. Rebuild it with `modelsat aptitude build`.")
+        return apt
+
+    def check(self, fingerprint: str, where: str) -> None:
+        """Raise AptitudeError when `fingerprint` (read from `where`) is not this test's."""
+        if fingerprint != self.fingerprint:
+            raise AptitudeError(f"{where} was made with aptitude test {fingerprint}, but this aptitude test is "
+                                f"{self.fingerprint}; use the aptitude.json it was made with, or redo it with this test.")
+
+    def outcomes(self, scores: Mapping[str, float], where: str = "the scores") -> np.ndarray:
+        """(T, S) float32 matrix of the scores in task order; every aptitude question must be scored."""
+        ids = self.question_ids
+        missing = [q for q in ids if q not in scores or scores[q] is None or not math.isfinite(float(scores[q]))]
+        if missing:
+            raise AptitudeError(f"{where} miss {len(missing)} of the {len(ids)} aptitude questions, e.g. {missing[:5]}; "
+                                "run the aptitude test on the model (`modelsat aptitude run`) or use a table that covers it")
+        out = np.array([float(scores[q]) for q in ids], dtype=np.float32).reshape(self.num_tasks, self.per_task)
+        if out.min() < 0 or out.max() > 1:
+            raise AptitudeError(f"{where}: scores must lie in [0, 1], got range [{out.min()}, {out.max()}]")
+        return out
+
+
+def model_outcomes(aptitude: Aptitude, table: Any, model: str) -> np.ndarray:
+    """(T, S) outcomes of `model` on the aptitude questions, read from a routing table."""
+    if model not in table.model_names:
+        raise AptitudeError(f"model {model!r} is not in the routing table (models: {table.model_names[:10]}...)")
+    rows = table.results[table.results["model"] == model]
+    return aptitude.outcomes(dict(zip(rows["question_id"].astype(str), rows["score"].astype(float))),
+                             where=f"the results of model {model!r} in the routing table")
+
+
+def _readable(task: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[_\-]+", " ", task)).strip()
+
+
+def _sample(rows: np.ndarray, weight: np.ndarray, full: np.ndarray, k: int, seed: int, name: str) -> np.ndarray:
+    """k rows without replacement, probability growing with weight (Efraimidis–Spirakis keys), seeded per task;
+    rows evaluated by every model come first (a model can only be profiled from the table on questions it has)."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
+    keys = np.log(rng.random(len(rows))) / weight[rows]  # larger = picked; weight > 0 here
+    return rows[np.lexsort((-keys, ~full[rows]))[:k]]
+
+
+def _clusters(texts: list[str], rows: np.ndarray, num_tasks: int, seed: int,
+              embed: Callable[[list[str]], np.ndarray]) -> dict[str, tuple[str, np.ndarray]]:
+    """K-means over embeddings of `texts` (those of `rows`): {name: (keywords, rows)}; names from top TF-IDF terms."""
+    from sklearn.cluster import KMeans
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    X = np.asarray(embed(texts), dtype=np.float64)
+    if X.ndim != 2 or X.shape[0] != len(rows):
+        raise AptitudeError(f"embed returned shape {X.shape}, expected ({len(rows)}, D)")
+    labels = KMeans(n_clusters=num_tasks, n_init=10, random_state=seed).fit_predict(X)
+    try:
+        vec = TfidfVectorizer(stop_words="english", token_pattern=r"(?u)\b[a-zA-Z][a-zA-Z]+\b", sublinear_tf=True)
+        tfidf, terms = vec.fit_transform(texts), vec.get_feature_names_out()
+    except ValueError:  # empty vocabulary
+        tfidf, terms = None, []
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    means = np.zeros((num_tasks, len(terms)))  # (C, V) mean TF-IDF per cluster
+    for c in range(num_tasks):
+        if tfidf is not None and (labels == c).any():
+            means[c] = np.asarray(tfidf[labels == c].mean(axis=0)).ravel()
+    for c in range(num_tasks):
+        # distinctive terms: frequent in this cluster, rare in the most similar other cluster
+        other = np.delete(means, c, axis=0).max(axis=0) if num_tasks > 1 else np.zeros(len(terms))
+        score = means[c] - other
+        top = sorted(np.flatnonzero(means[c] > 0), key=lambda j: (-round(float(score[j]), 12), terms[j]))[:8]
+        kw = [str(terms[j]) for j in top]
+        name = "-".join(kw[:3]) or f"cluster-{c:03d}"
+        out[name if name not in out else f"{name}-{c:03d}"] = (", ".join(kw) or name, rows[labels == c])
+    return out
+
+
+def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20, tasks_by: Literal["task", "cluster"] = "task",
+                   seed: int = 0, embed: Callable[[list[str]], np.ndarray] | None = None) -> Aptitude:
+    """Pick `num_tasks` tasks × `per_task` questions that discriminate between the table's models.
+
+    Candidates are questions evaluated by at least half the models on which the models disagree (neither
+    all right nor all wrong); they are drawn with probability proportional to the variance of the scores
+    across models (p(1-p) for 0/1 scores), seeded; questions evaluated by every model come first, so that every
+    model of the table can be profiled from it. When more tasks qualify than needed, those that can be filled
+    with such questions win, then those with the most candidates, then by name.
+    """
+    if num_tasks < 1 or per_task < 1:
+        raise AptitudeError(f"num_tasks and per_task must be positive, got {num_tasks} and {per_task}")
+    if tasks_by not in ("task", "cluster"):
+        raise AptitudeError(f"tasks_by must be 'task' or 'cluster', got {tasks_by!r}")
+    models = list(table.model_names)
+    if len(models) < 2:
+        raise AptitudeError(f"an aptitude test needs results of at least 2 models to find discriminative questions, "
+                            f"got {models}")
+    q = table.questions.assign(question_id=table.questions["question_id"].astype(str))
+    q = q.sort_values("question_id", kind="stable").reset_index(drop=True)  # the table's row order must not matter
+    ids = q["question_id"].to_numpy()
+    S = table.score_matrix(list(ids), models).astype(np.float64)  # (Q, M), NaN = not evaluated
+    n_eval = (~np.isnan(S)).sum(axis=1)
+    mean = np.nansum(S, axis=1) / np.maximum(n_eval, 1)
+    weight = np.nansum(S * S, axis=1) / np.maximum(n_eval, 1) - mean ** 2  # variance across models
+    min_models = max(2, math.ceil(MIN_COVERAGE * len(models)))
+    candidate = (n_eval >= min_models) & (weight > 1e-9)
+    full = n_eval == len(models)
+
+    groups: dict[str, tuple[str, np.ndarray]] = {}  # task name -> (description, candidate rows)
+    if tasks_by == "task":
+        task = q["task"].fillna("").astype(str).to_numpy()
+        if not (task != "").any():
+            raise AptitudeError("the routing table has no `task` values; build the aptitude test with tasks_by='cluster'")
+        groups = {n: (_readable(n), np.flatnonzero(candidate & (task == n))) for n in sorted(set(task[candidate]) - {""})}
+    else:
+        if embed is None:
+            raise AptitudeError("tasks_by='cluster' needs an `embed` function (texts -> (N, D) embeddings)")
+        rows = np.flatnonzero(candidate)
+        if len(rows) < num_tasks * per_task:
+            raise AptitudeError(f"only {len(rows)} discriminative questions for {num_tasks} clusters × {per_task}; "
+                                "lower num_tasks or per_task")
+        groups = _clusters(q["text"].astype(str).iloc[rows].tolist(), rows, num_tasks, seed, embed)
+
+    short = {n: len(r) for n, (_, r) in groups.items() if len(r) < per_task}
+    rank = {n: (-min(int(full[r].sum()), per_task), -len(r), n) for n, (_, r) in groups.items()}  # fully covered first
+    chosen = sorted((n for n in groups if n not in short), key=rank.__getitem__)[:num_tasks]
+    if len(chosen) < num_tasks:
+        shown = ", ".join(f"{n} ({c})" for n, c in sorted(short.items(), key=lambda kv: (-kv[1], kv[0]))[:10])
+        raise AptitudeError(f"only {len(chosen)} of the {len(groups)} tasks have at least {per_task} discriminative questions "
+                            f"(evaluated by >= {min_models} of {len(models)} models, not all right or all wrong), "
+                            f"{num_tasks} needed; too few in: {shown}. Lower num_tasks or per_task"
+                            + (", or use tasks_by='cluster'." if tasks_by == "task" else "."))
+    tasks = [AptitudeTask(n, groups[n][0], sorted(ids[_sample(groups[n][1], weight, full, per_task, seed, n)].tolist()))
+             for n in sorted(chosen)]
+
+    qi = q.set_index("question_id")
+    all_ids = [x for t in tasks for x in t.question_ids]
+    texts = {x: str(qi.at[x, "text"]) for x in all_ids}
+    answers = ({x: a.strip() for x in all_ids if isinstance(a := qi.at[x, "answer"], str) and a.strip()}
+               if "answer" in qi.columns else {})
+    source = {"tasks_by": tasks_by, "benchmarks": sorted({str(qi.at[x, "benchmark"]) for x in all_ids}),
+              "num_models": len(models), "min_models": min_models, "num_candidates": int(candidate.sum()),
+              "num_not_by_all_models": int((~full[np.isin(ids, all_ids)]).sum()),
+              "num_questions": len(ids)}
+    if len(models) <= 100:
+        source["models"] = models
+    return Aptitude(tasks, texts, answers, source=source, seed=seed)
+
+
+# ---------------------------------------------------------------- running the test on a causal LM
+
+
+def _option_letters(text: str) -> list[str]:
+    """Letters of the options listed at the end of `text` ("A. ...", "B. ...", in order from the last "A.")."""
+    found = [m.group(1) for m in _OPTION.finditer(text)]
+    if "A" not in found:
+        return []
+    letters: list[str] = []
+    for L in found[len(found) - 1 - found[::-1].index("A"):]:
+        if L == chr(ord("A") + len(letters)):  # skips stem lines like "I. ..." that are not the next option
+            letters.append(L)
+    return letters
+
+
+def _letter_tokens(tok: Any, letters: list[str]) -> tuple[str, dict[str, int]]:
+    """Prompt suffix and one token id per letter: " A" after "Answer:", or "A" after "Answer: "."""
+    for suffix, fmt in (("\nAnswer:", " {}"), ("\nAnswer: ", "{}")):
+        enc = [tok.encode(fmt.format(L), add_special_tokens=False) for L in letters]
+        if all(len(e) == 1 for e in enc) and len({e[0] for e in enc}) == len(letters):
+            return suffix, {L: e[0] for L, e in zip(letters, enc)}
+    raise AptitudeError("the model's tokenizer splits the option letters into several tokens; cannot score by letter")
+
+
+def _predict_letters(llm: Any, tok: Any, prompts: list[str], letters: list[list[str]], token_of: dict[str, int]) -> list[str]:
+    """The option letter with the highest next-token logit after each prompt (one left-padded forward pass)."""
+    import torch
+
+    max_len = getattr(llm.config, "max_position_embeddings", None)
+    enc = tok(prompts, return_tensors="pt", padding=True, truncation=max_len is not None, max_length=max_len)
+    device = next(llm.parameters()).device
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)  # (B, T)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: positions start at each prompt's first token
+    kw = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(llm.forward).parameters else {}
+    with torch.no_grad():
+        logits = llm(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, -1, :]  # (B, V)
+    return [ls[int(torch.argmax(row[[token_of[L] for L in ls]]))] for row, ls in zip(logits, letters)]
+
+
+def _read_partial(path: Path, header: dict[str, str], wanted: set[str]) -> dict[str, float]:
+    """Scores already written by an interrupted run; the file is rewritten clean (without a line torn by a crash)."""
+    if not path.exists():
+        return {}
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    if not records or records[0] != header:
+        raise AptitudeError(f"{path} holds partial results of another run ({records[:1]}), not of {header}; "
+                            "delete it to start over")
+    done = {r["question_id"]: float(r["score"]) for r in records[1:]
+            if isinstance(r, dict) and r.get("question_id") in wanted and isinstance(r.get("score"), (int, float))}
+    lines = [header] + [{"question_id": q, "score": v} for q, v in done.items()]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in lines))
+    return done
+
+
+def run_aptitude(model: str, aptitude: Aptitude, out: Path, batch_size: int = 8) -> pd.DataFrame:
+    """Take the aptitude test with a Hugging Face causal LM; write and return `question_id, score`.
+
+    Each question is scored 1 when the option letter with the highest next-token logit after
+    "<question>\\nAnswer:" is the stored answer. Finished batches go to `<out>.partial.jsonl`; a rerun
+    skips them. `out` is written atomically as parquet or csv (by suffix).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise AptitudeError(f"output {out} must end in .parquet or .csv")
+    if batch_size < 1:
+        raise AptitudeError(f"batch_size must be positive, got {batch_size}")
+    ids = aptitude.question_ids
+    no_answer = [q for q in ids if not aptitude.answers.get(q)]
+    if no_answer:
+        raise AptitudeError(f"{len(no_answer)} aptitude questions have no stored answer (e.g. {no_answer[:5]}); "
+                            "run_aptitude needs multiple-choice questions with answer letters. Import results instead.")
+    letters = {q: _option_letters(aptitude.texts[q]) for q in ids}
+    for q, ls in letters.items():
+        if aptitude.answers[q] not in ls:
+            raise AptitudeError(f"aptitude question {q}: answer {aptitude.answers[q]!r} is not among the option letters "
+                                f"{ls} found in its text (options must be lines like 'A. ...')")
+    partial = out.with_name(out.name + ".partial.jsonl")
+    header = {"model": model, "fingerprint": aptitude.fingerprint}
+    done = _read_partial(partial, header, set(ids))
+    todo = [q for q in ids if q not in done]
+    if todo:
+        from modelsat.pretrained import load_llm
+
+        llm, tok = load_llm(model)
+        llm.eval()
+        tok.padding_side, tok.truncation_side = "left", "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        suffix, token_of = _letter_tokens(tok, [chr(c) for c in range(ord("A"), ord("Z") + 1)
+                                         if any(chr(c) in ls for ls in letters.values())])
+        todo.sort(key=lambda q: -len(aptitude.texts[q]))  # similar lengths together: less padding
+        if not partial.exists():
+            atomic_write_text(partial, json.dumps(header) + "\n")
+        with open(partial, "a", encoding="utf-8") as f, torch.no_grad():
+            for i in tqdm(range(0, len(todo), batch_size), desc=f"aptitude test of {model}", unit="batch"):
+                batch = todo[i:i + batch_size]
+                prompts = [aptitude.texts[q] + suffix for q in batch]
+                preds = _predict_letters(llm, tok, prompts, [letters[q] for q in batch], token_of)
+                for q, p in zip(batch, preds):
+                    done[q] = 1.0 if p == aptitude.answers[q] else 0.0
+                    f.write(json.dumps({"question_id": q, "score": done[q]}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    df = pd.DataFrame({"question_id": ids, "score": [done[q] for q in ids]})
+    atomic_write_bytes(out, df.to_parquet(index=False) if out.suffix == ".parquet" else df.to_csv(index=False).encode("utf-8"))
+    partial.unlink(missing_ok=True)
+    return df

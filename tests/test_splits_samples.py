@@ -1,0 +1,184 @@
+"""Splits (disjoint, stratified, covering, without aptitude questions) and training groups."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
+from modelsat.data.samples import Group, GroupDataset, build_groups, collate_groups, epoch_groups
+from modelsat.data.splits import load_splits, make_splits, save_splits
+from modelsat.data.table import RoutingTable
+
+MODELS = [f"m{i}" for i in range(6)]
+CATS = {"math": 100, "law": 60, "bio": 37, "tiny": 3}
+
+
+def make_table() -> RoutingTable:
+    """Questions in 4 categories; model i answers about (i+1)/7 of them; some questions all right/all wrong,
+    some evaluated by 2 models only, and 5 questions without any result."""
+    rng = np.random.default_rng(7)
+    questions, results = [], []
+    n = 0
+    for cat, count in CATS.items():
+        for _ in range(count):
+            qid = f"{cat}-{n:04d}"
+            n += 1
+            questions.append({"question_id": qid, "text": f"question {qid}?", "benchmark": "b", "category": cat,
+                              "task": "", "source": "s"})
+            kind = n % 10
+            for i, m in enumerate(MODELS):
+                if kind == 0:
+                    s = 1.0  # everyone right
+                elif kind == 1:
+                    s = 0.0  # everyone wrong
+                elif kind == 2 and i >= 2:
+                    continue  # evaluated by m0, m1 only
+                else:
+                    s = float(rng.random() < (i + 1) / 7)
+                results.append({"model": m, "question_id": qid, "score": s})
+    for j in range(5):
+        questions.append({"question_id": f"none-{j}", "text": "never evaluated", "benchmark": "b", "category": "math",
+                          "task": "", "source": "s"})
+    return RoutingTable(questions=pd.DataFrame(questions), results=pd.DataFrame(results))
+
+
+def make_aptitude(table: RoutingTable) -> Aptitude:
+    ids = table.questions.question_id.tolist()
+    tasks = [AptitudeTask("t0", "first", ids[0:10:2]), AptitudeTask("t1", "second", ids[100:110:2])]
+    return Aptitude(tasks, dict(zip(ids, table.questions.text)))
+
+
+# ---------------------------------------------------------------- splits
+
+
+def test_splits_disjoint_covering_stratified() -> None:
+    table = make_table()
+    apt = make_aptitude(table)
+    splits = make_splits(table, apt, val=0.1, test=0.2, seed=0)
+    assert list(splits) == ["train", "val", "test"]
+    sets = {k: set(v) for k, v in splits.items()}
+    assert not (sets["train"] & sets["val"] or sets["train"] & sets["test"] or sets["val"] & sets["test"])
+    held = set(apt.question_ids)
+    assert all(not (s & held) for s in sets.values())
+    evaluated = set(table.results.question_id)
+    assert set().union(*sets.values()) == evaluated - held  # every other evaluated question, none without results
+    cat = dict(zip(table.questions.question_id, table.questions.category))
+    for c in CATS:
+        n = sum(1 for q in evaluated - held if cat[q] == c)
+        n_test = sum(1 for q in splits["test"] if cat[q] == c)
+        n_val = sum(1 for q in splits["val"] if cat[q] == c)
+        assert n_test == int(n * 0.2 + 0.5) and n_val == min(int(n * 0.1 + 0.5), n - n_test), c
+    assert all(v == sorted(v) for v in splits.values())
+
+
+def test_splits_deterministic_and_seeded() -> None:
+    table = make_table()
+    apt = make_aptitude(table)
+    assert make_splits(table, apt, seed=3) == make_splits(table, apt, seed=3)
+    assert make_splits(table, apt, seed=3)["test"] != make_splits(table, apt, seed=4)["test"]
+
+
+@pytest.mark.parametrize("val,test,msg", [(-0.1, 0.2, "val=-0.1"), (0.1, 1.0, "test=1.0"), (0.5, 0.5, "below 1"),
+                                          (float("nan"), 0.1, "val=nan"), ("0.1", 0.1, "val='0.1'")])
+def test_split_fractions_validated(val: object, test: object, msg: str) -> None:
+    table = make_table()
+    with pytest.raises(ValueError, match=msg):
+        make_splits(table, make_aptitude(table), val=val, test=test)  # type: ignore[arg-type]
+
+
+def test_save_load_splits(tmp_path: Path) -> None:
+    table = make_table()
+    apt = make_aptitude(table)
+    splits = make_splits(table, apt)
+    path = tmp_path / "splits.json"
+    save_splits(splits, path, apt)
+    doc = json.loads(path.read_text())
+    assert doc["aptitude_fingerprint"] == apt.fingerprint and set(doc) == {"train", "val", "test", "aptitude_fingerprint"}
+    assert load_splits(path) == splits == load_splits(path, aptitude=apt)
+    other = Aptitude([AptitudeTask("x", "x", ["math-0001"])], {"math-0001": "t"})
+    with pytest.raises(AptitudeError, match=rf"split file {path}.*{apt.fingerprint}"):
+        load_splits(path, aptitude=other)
+    doc["val"].append(doc["train"][0])
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="'train' and 'val' share 1"):
+        load_splits(path)
+    path.write_text(json.dumps({"train": [], "val": []}))
+    with pytest.raises(ValueError, match="keys"):
+        load_splits(path)
+    bad = dict(splits, train=splits["train"] + [apt.question_ids[0]])
+    with pytest.raises(ValueError, match="aptitude question"):
+        save_splits(bad, path, apt)
+
+
+# ---------------------------------------------------------------- groups
+
+
+def test_instruction_groups_hold_positives_and_negatives() -> None:
+    table = make_table()
+    qids = make_splits(table, make_aptitude(table))["train"]
+    groups = build_groups(table, qids, MODELS[:5], group_size=3, seed=0)
+    S = table.score_matrix(qids, MODELS[:5])
+    mixed = {q for q, row in zip(qids, S) if np.nanmax(row) >= 0.5 > np.nanmin(row)}
+    assert {g.question_ids[0] for g in groups} == set(qids)  # one group per instruction (uniform ones kept)
+    for g in groups:
+        assert len(set(g.question_ids)) == 1 and len(set(g.models)) == len(g.models)
+        assert set(g.models) <= set(MODELS[:5])
+        q = g.question_ids[0]
+        n_avail = int((~np.isnan(S[qids.index(q)])).sum())
+        assert len(g.models) == min(3, n_avail)  # all candidates when fewer than K
+        if q in mixed:
+            assert max(g.labels) >= 0.5 > min(g.labels) and g.weight == 1.0
+        else:
+            assert g.weight == 0.5
+        truth = table.score_matrix([q], g.models)[0]
+        assert g.labels == truth.tolist()
+    kept = build_groups(table, qids, MODELS[:5], group_size=3, seed=0, skip_uniform=True)
+    assert {g.question_ids[0] for g in kept} == mixed
+
+
+def test_groups_deterministic_per_seed_and_epoch() -> None:
+    table = make_table()
+    qids = sorted(table.results.question_id.unique())
+    a = build_groups(table, qids, MODELS, group_size=3, seed=1)
+    assert a == build_groups(table, qids, MODELS, group_size=3, seed=1)
+    assert a == epoch_groups(table, qids, MODELS, epoch=0, seed=1, group_size=3)
+    assert a != epoch_groups(table, qids, MODELS, epoch=1, seed=1, group_size=3)
+    assert a != build_groups(table, qids, MODELS, group_size=3, seed=2)
+    assert len(build_groups(table, qids, MODELS, group_size=3, seed=1, max_groups=10)) == 10
+
+
+def test_model_centred_groups() -> None:
+    table = make_table()
+    qids = sorted(table.results.question_id.unique())
+    groups = build_groups(table, qids, MODELS, group_size=4, mode="model", seed=0)
+    S = table.score_matrix(qids, MODELS)
+    for j, m in enumerate(MODELS):
+        mine = [g for g in groups if g.models[0] == m]
+        assert len(mine) == int((S[:, j] >= 0.5).sum())  # one group per correctly answered instruction
+    for g in groups:
+        assert len(set(g.models)) == 1 and len(g.question_ids) == 4 and len(set(g.question_ids)) == 4
+        assert sorted(g.labels) == [0.0, 0.0, 0.0, 1.0]
+    with pytest.raises(ValueError, match="'instruction' or 'model'"):
+        build_groups(table, qids, MODELS, mode="pairs")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not in the routing table"):
+        build_groups(table, qids, ["ghost"])
+
+
+def test_group_dataset_and_collate() -> None:
+    table = make_table()
+    qids = sorted(table.results.question_id.unique())[:20]
+    groups = build_groups(table, qids, MODELS, group_size=4, seed=0)
+    ds = GroupDataset(groups, table)
+    item = ds[0]
+    assert item["instructions"] == table.texts(item["question_ids"])
+    assert item["labels"].dtype == torch.float32 and item["labels"].shape == (len(item["models"]),)
+    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_groups)))
+    assert len(batch["instructions"]) == 3 and len(batch["models"]) == 3 and len(batch["labels"]) == 3
+    assert batch["weights"].shape == (3,)
+    assert Group(["a"], ["m"], [1.0]).weight == 1.0

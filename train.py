@@ -84,15 +84,17 @@ def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tens
     return out
 
 
-def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], cfg: Config) -> torch.Tensor:
-    """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set)."""
+def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set),
+    weighted per group (groups where every candidate is right or every one wrong count less)."""
     total = logits[0].new_zeros(())
-    for z, y in zip(logits, labels):
+    for z, y, w in zip(logits, labels, weights.tolist()):
         y = y.to(z.device)
-        total = total + cfg.train.pointwise_weight * F.binary_cross_entropy_with_logits(z, y)
+        loss = cfg.train.pointwise_weight * F.binary_cross_entropy_with_logits(z, y)
         if cfg.train.listwise_weight and y.sum() > 0 and len(y) > 1:
-            total = total - cfg.train.listwise_weight * (y / y.sum() * F.log_softmax(z, dim=0)).sum()
-    return total / len(logits)
+            loss = loss - cfg.train.listwise_weight * (y / y.sum() * F.log_softmax(z, dim=0)).sum()
+        total = total + w * loss
+    return total / weights.sum().clamp(min=1e-8).item()
 
 
 @torch.no_grad()
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
             # Randomness (dropout) is a function of (seed, epoch, micro-batch, rank): resume replays it exactly.
             torch.manual_seed(hash((cfg.train.seed, epoch, micro, accelerator.process_index)) % 2**63)
             with accelerator.accumulate(model):
-                loss = loss_fn(group_logits(model, batch, features), batch["labels"], cfg)
+                loss = loss_fn(group_logits(model, batch, features), batch["labels"], batch["weights"], cfg)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()

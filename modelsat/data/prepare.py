@@ -36,6 +36,16 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
         table = build_table(cfg.source, source, download=cfg.download)
         table.save(table_dir)
 
+    known = set(table.model_names)
+    for field_name in ("unseen_models", "train_models"):
+        unknown = [m for m in getattr(cfg, field_name) if m not in known]
+        if unknown:
+            raise ConfigError(f"data.{field_name}: unknown model(s) {unknown}; the table has {sorted(known)}")
+    for name, models in cfg.zoos.items():
+        unknown = [m for m in models if m not in known]
+        if unknown:
+            raise ConfigError(f"data.zoos.{name}: unknown model(s) {unknown}")
+
     apt_path = Path(cfg.aptitude)
     if apt_path.exists():
         aptitude = Aptitude.load(apt_path)
@@ -47,7 +57,9 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
             encoder = load_sentence_encoder(encoder_name)
             embed = lambda texts: encoder.encode(texts).numpy()  # noqa: E731
         log(f"building the aptitude test ({cfg.num_tasks} tasks x {cfg.per_task}, by {cfg.tasks_by}) -> {apt_path}")
-        aptitude = build_aptitude(table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
+        # Chosen on the training models only: models held out as unseen must not shape their own test.
+        train_table = table.subset(models=_train_models(cfg, table))
+        aptitude = build_aptitude(train_table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
                                   seed=cfg.seed, embed=embed)
         aptitude.save(apt_path)
 
@@ -59,14 +71,8 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
         splits = make_splits(table, aptitude, val=cfg.val, test=cfg.test, seed=cfg.seed)
         save_splits(splits, splits_path, aptitude=aptitude)
 
-    known = set(table.model_names)
-    for field_name in ("unseen_models", "train_models"):
-        unknown = [m for m in getattr(cfg, field_name) if m not in known]
-        if unknown:
-            raise ConfigError(f"data.{field_name}: unknown model(s) {unknown}; the table has {sorted(known)}")
-    for name, models in cfg.zoos.items():
-        unknown = [m for m in models if m not in known]
-        if unknown:
-            raise ConfigError(f"data.zoos.{name}: unknown model(s) {unknown}")
-    train_models = list(cfg.train_models) or [m for m in table.model_names if m not in set(cfg.unseen_models)]
-    return Prepared(table, aptitude, splits, train_models, list(cfg.unseen_models))
+    return Prepared(table, aptitude, splits, _train_models(cfg, table), list(cfg.unseen_models))
+
+
+def _train_models(cfg: DataConfig, table: RoutingTable) -> list[str]:
+    return list(cfg.train_models) or [m for m in table.model_names if m not in set(cfg.unseen_models)]

@@ -1,0 +1,212 @@
+"""The evaluation: metrics with known values on a synthetic table, outputs, the unseen setting, the CLI entry and
+bad arguments. The table: category math (model A perfect, B wrong) and law (the reverse); C right on exactly 60%
+of each split of each category; D like B, used as an unseen model. Costs A 1, B 2, C 4, D 3."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from modelsat.aptitude import Aptitude, AptitudeTask
+from modelsat.baselines import (BestPerCategoryRouter, BestSingleRouter, InferenceDynamicsRouter, KNNRouter,
+                                MLPRouter, RandomRouter, UniRouteRouter, hashing_embed)
+from modelsat.data.splits import save_splits
+from modelsat.data.table import RoutingTable
+from modelsat.evaluate import (EvaluationError, bootstrap_ci, choice_weights, cost_curve, evaluate, frontier_auc,
+                               resolve_zoo, run_evaluate_cli)
+
+WORDS = {"math": "algebra equation integral derivative matrix polynomial", "law": "court statute contract plaintiff tort appeal"}
+N = 45   # per category: 0-9 aptitude, 10-29 train, 30-34 val, 35-44 test
+
+
+def make_world() -> tuple[RoutingTable, Aptitude, dict[str, list[str]]]:
+    qs, rs = [], []
+    for cat, words in WORDS.items():
+        for i in range(N):
+            qid = f"{cat}-{i:02d}"
+            qs.append({"question_id": qid, "text": f"{words} {cat}{i}", "benchmark": "synth", "category": cat,
+                       "task": cat, "source": "synth"})
+            right = {"A": cat == "math", "B": cat == "law", "C": i % 5 < 3, "D": cat == "law"}
+            rs += [{"model": m, "question_id": qid, "score": float(v)} for m, v in right.items()]
+    models = pd.DataFrame({"model": list("ABCD"), "cost": [1.0, 2.0, 4.0, 3.0], "params_b": np.nan, "cost_unit": "usd"})
+    table = RoutingTable(pd.DataFrame(qs), pd.DataFrame(rs), models)
+    ids = lambda lo, hi: [f"{c}-{i:02d}" for c in WORDS for i in range(lo, hi)]  # noqa: E731
+    tasks = [AptitudeTask(c, c, [f"{c}-{i:02d}" for i in range(10)]) for c in sorted(WORDS)]
+    aptitude = Aptitude(tasks, {q: t for q, t in zip(table.questions.question_id, table.questions.text) if int(q[-2:]) < 10})
+    return table, aptitude, {"train": ids(10, 30), "val": ids(30, 35), "test": ids(35, 45)}
+
+
+def routers() -> list:
+    return [RandomRouter(), BestSingleRouter(), BestPerCategoryRouter(), KNNRouter(k=5), MLPRouter(hidden=64, max_epochs=60),
+            UniRouteRouter(n_clusters=2, smoothing=1), InferenceDynamicsRouter(temperature=0.02, smoothing=1)]
+
+
+@pytest.fixture(scope="module")
+def seen_metrics():
+    table, aptitude, splits = make_world()
+    return evaluate(table, splits, aptitude, ["A", "B", "C"], routers=routers(), embed=hashing_embed, log=lambda m: None)
+
+
+# ------------------------------------------------------------------------------------------ metric functions
+def test_choice_weights_split_ties_and_apply_cost():
+    pred = np.array([[0.5, 0.5, 0.1], [0.2, 0.9, 0.35]])
+    np.testing.assert_allclose(choice_weights(pred, np.zeros(3)), [[0.5, 0.5, 0], [0, 1, 0]])
+    np.testing.assert_allclose(choice_weights(pred, np.array([0.1, 1.0, 0.2]), 1.0), [[1, 0, 0], [0, 0, 1]])
+
+
+def test_bootstrap_ci_is_seeded_and_paired():
+    assert bootstrap_ci(np.full(50, 0.25)) == pytest.approx((0.25, 0.25))
+    d = np.random.default_rng(1).normal(0.1, 1.0, 400)
+    lo, hi = bootstrap_ci(d, seed=3)
+    assert (lo, hi) == bootstrap_ci(d, seed=3) and lo < d.mean() < hi
+    assert hi - lo == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
+
+
+def test_frontier_auc_known_areas():
+    assert frontier_auc([0, 1], [0.5, 0.7], 0, 1) == pytest.approx(0.6)
+    assert frontier_auc([0, 0.5, 1], [0.5, 0.5, 0.7], 0, 1) == pytest.approx(0.6)    # below the envelope
+    assert frontier_auc([0, 0.5, 1], [0.5, 0.8, 0.7], 0, 1) == pytest.approx(0.725)  # flat after the best point
+    assert frontier_auc([0.5, 1], [0.6, 0.8], 0, 1) == pytest.approx(0.35)           # nothing reachable below 0.5
+    assert frontier_auc([2, 2], [0.4, 0.6], 2, 2) == pytest.approx(0.6)              # all costs equal
+
+
+def test_cost_curve_of_a_perfect_predictor():
+    table, _, splits = make_world()
+    y = table.score_matrix(splits["test"], ["A", "B", "C"]).astype(float)
+    raw = np.array([1.0, 2.0, 4.0])
+    curve = cost_curve(y.copy(), y, raw / 4, raw, target=0.6)
+    first, last = curve["points"][0], curve["points"][-1]
+    assert first["cost_weight"] == 0 and first["accuracy"] == 1.0
+    assert last["accuracy"] == 0.5 and last["mean_cost"] == 1.0           # always A, the cheapest
+    assert curve["cost_at_best_single"]["accuracy"] >= 0.6
+    assert curve["cost_at_best_single"]["mean_cost"] == pytest.approx(1.5)  # A on math, B on law: no C needed
+    assert 0.5 <= curve["auc"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ evaluate()
+def test_evaluate_known_values(seen_metrics):
+    m = seen_metrics
+    assert m["n_instructions"] == 20 and m["n_dropped_missing"] == 0
+    assert m["oracle"] == 1.0 and m["random"] == pytest.approx((0.5 + 0.5 + 0.6) / 3)
+    assert m["best_single"]["model"] == "C" and m["best_single"]["accuracy"] == pytest.approx(0.6)
+    r = m["routers"]
+    assert r["random"]["accuracy"] == pytest.approx(m["random"]) and "brier" not in r["random"]
+    assert r["best-single"]["gain"] == 0 and r["best-single"]["gap_closed"] == 0
+    assert r["best-single"]["picks"] == {"A": 0, "B": 0, "C": 1}
+    for name in ("best-per-category", "knn", "mlp", "uniroute-kmeans", "inferencedynamics"):
+        assert r[name]["accuracy"] == 1.0, name
+        assert r[name]["gain"] == pytest.approx(0.4) and r[name]["gap_closed"] == pytest.approx(1.0)
+        lo, hi = r[name]["gain_ci"]
+        assert 0 < lo <= 0.4 <= hi
+        assert r[name]["per_category"] == {"law": 1.0, "math": 1.0}
+        assert r[name]["picks"] == {"A": 0.5, "B": 0.5, "C": 0.0}
+        assert r[name]["picks_per_category"]["math"]["A"] == 1.0
+    # smoothing 20 toward the overall 0.5 turns A's 1.0 on math into 0.75 (20 train questions per category)
+    assert r["best-per-category"]["brier"] == pytest.approx((0.25**2 + 0.25**2 + 0.24) / 3)
+    assert r["best-single"]["brier"] == pytest.approx((0.25 + 0.25 + 0.24) / 3)
+    assert r["model-sat"] == {"applicable": False, "reason": "absent: no checkpoint given"}
+    assert m["categories"]["math"] == {"n": 10, "oracle": 1.0, "best_single": 0.6}
+
+
+def test_evaluate_unseen_models(tmp_path):
+    table, aptitude, splits = make_world()
+    m = evaluate(table, splits, aptitude, ["A", "C"], unseen=["D"], routers=routers(), embed=hashing_embed,
+                 out=tmp_path / "out", zoo="synth", log=lambda m: None)
+    assert m["models"] == ["A", "C", "D"] and m["unseen"] == ["D"]
+    r = m["routers"]
+    for name in ("best-per-category", "knn", "mlp"):
+        assert r[name]["applicable"] is False and "unseen" in r[name]["reason"], name
+    for name in ("uniroute-kmeans", "inferencedynamics"):
+        assert r[name]["accuracy"] == 1.0 and r[name]["picks"]["D"] == 0.5
+    assert r["best-single"]["picks"]["C"] == 1.0                       # D's aptitude accuracy is 0.5 < 0.6
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| knn | n/a |" in report and "unseen: D" in report
+
+
+def test_missing_results_are_dropped_and_counted():
+    table, aptitude, splits = make_world()
+    r = table.results
+    table = RoutingTable(table.questions, r[~((r.model == "B") & (r.question_id == "law-40"))], table.models)
+    m = evaluate(table, splits, aptitude, ["A", "B", "C"], routers=[BestSingleRouter()], embed=hashing_embed,
+                 log=lambda m: None)
+    assert m["n_instructions"] == 19 and m["n_dropped_missing"] == 1
+
+
+def test_outputs_are_written(tmp_path, seen_metrics):
+    from modelsat.evaluate import write_outputs
+
+    write_outputs(seen_metrics, tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"metrics.json", "report.md", "cost_quality.png", "picks-knn.png", "picks-random.png"} <= files
+    assert "picks-model-sat.png" not in files
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(doc) >= {"zoo", "split", "n_instructions", "oracle", "random", "best_single", "routers"}
+    assert set(doc["routers"]["knn"]) >= {"accuracy", "gain", "gain_ci", "gap_closed", "brier", "picks",
+                                          "per_category", "cost_curve"}
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert sum(line.startswith("| knn |") for line in lines) == 1
+
+
+# ------------------------------------------------------------------------------------------ CLI and errors
+def write_world(tmp_path):
+    table, aptitude, splits = make_world()
+    table.save(tmp_path / "table")
+    aptitude.save(tmp_path / "aptitude.json")
+    save_splits(splits, tmp_path / "splits.json", aptitude)
+    (tmp_path / "zoos.json").write_text(json.dumps({"_note": "x", "pair": ["A", "B"], "all": "every model"}))
+    return tmp_path
+
+
+def cli_args(tmp_path, **kw) -> argparse.Namespace:
+    base = dict(checkpoint=None, table=str(tmp_path / "table"), split="test", splits=str(tmp_path / "splits.json"),
+                aptitude=str(tmp_path / "aptitude.json"), zoo="pair", zoos=str(tmp_path / "zoos.json"), models=None,
+                unseen=None, encoder="hash", out=str(tmp_path / "eval"), seed=0)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_run_evaluate_cli_writes_the_three_outputs(tmp_path):
+    write_world(tmp_path)
+    m = run_evaluate_cli(cli_args(tmp_path, unseen="C"))
+    assert m["zoo"] == "pair" and m["models"] == ["A", "B", "C"] and m["unseen"] == ["C"]
+    out = tmp_path / "eval"
+    assert (out / "metrics.json").is_file() and (out / "report.md").is_file() and (out / "cost_quality.png").is_file()
+    assert json.loads((out / "metrics.json").read_text())["routers"]["knn"]["applicable"] is False
+
+
+def test_bad_arguments_give_clear_errors(tmp_path):
+    table, aptitude, splits = make_world()
+    with pytest.raises(EvaluationError, match=r"unknown zoo 'huge'; known zoos: all, pair"):
+        resolve_zoo(table.model_names, {"pair": ["A", "B"]}, "huge", None)
+    with pytest.raises(EvaluationError, match=r"unknown model\(s\) \['Z'\]"):
+        resolve_zoo(table.model_names, None, None, ["A", "Z"])
+    with pytest.raises(EvaluationError, match="not both"):
+        resolve_zoo(table.model_names, {"pair": ["A"]}, "pair", ["A"])
+    assert resolve_zoo(table.model_names, {"all": "every model"}, "all", None) == ("all", ["A", "B", "C", "D"])
+    with pytest.raises(EvaluationError, match="split 'test' is empty"):
+        evaluate(table, {**splits, "test": []}, aptitude, ["A"], routers=[], embed=hashing_embed)
+    with pytest.raises(EvaluationError, match="unknown split 'dev'"):
+        evaluate(table, splits, aptitude, ["A"], split="dev", routers=[], embed=hashing_embed)
+    with pytest.raises(EvaluationError, match=r"unknown model\(s\) \['Q'\]"):
+        evaluate(table, splits, aptitude, ["A"], unseen=["Q"], routers=[], embed=hashing_embed)
+    write_world(tmp_path)
+    with pytest.raises(EvaluationError, match="unknown zoo"):
+        run_evaluate_cli(cli_args(tmp_path, zoo="nope"))
+
+
+@pytest.mark.needs_data
+def test_cli_runs_on_the_raw_mmlu_pro_folder(shared_data, tmp_path):
+    """`modelsat evaluate --table ../shared/data/mmlu_pro`: converted on the fly, aptitude and splits built and saved."""
+    args = cli_args(tmp_path, table=str(shared_data / "mmlu_pro"), splits=None, aptitude=None, zoo="large",
+                    zoos=str(shared_data / "mmlu_pro" / "zoos.json"), unseen="Qwen1.5-110B",
+                    routers="best-single,best-per-category,inferencedynamics")
+    m = run_evaluate_cli(args)
+    assert "Qwen1.5-110B" in m["models"] and len(m["models"]) == 5 and m["unseen"] == ["Qwen1.5-110B"]
+    assert m["n_instructions"] > 1500 and m["n_dropped_missing"] > 0        # DeepSeek-Coder-V2 lacks questions
+    assert m["best_single"]["model"] == "gemini-1.5-pro-002" and m["cost"]["unknown"] == ["gemini-1.5-pro-002"]
+    assert m["routers"]["best-per-category"]["applicable"] is False
+    assert 0.5 < m["routers"]["inferencedynamics"]["accuracy"] <= m["oracle"]
+    out = tmp_path / "eval"
+    assert {"metrics.json", "report.md", "cost_quality.png", "aptitude.json", "splits.json"} <= {p.name for p in out.iterdir()}

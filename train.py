@@ -187,6 +187,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ---- loop ------------------------------------------------------------------------------------
     start = time.time()
+
+    def out_of_time() -> bool:
+        return bool(cfg.train.max_minutes) and time.time() - start > 60 * cfg.train.max_minutes
+
     core.set_stage("connector" if step < cfg.train.stage1_steps else "full")
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     metrics: dict = {}
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
                 save_checkpoint(out_dir / f"step-{step:06d}", core, cfg, data.aptitude, data.splits,
                                 {"step": step, "epoch": epoch, "history": history}, data.table,
                                 data.train_models, state)
-            if step >= total_steps:
+            if step >= total_steps or out_of_time():
                 break
         if accelerator.is_main_process:
             val = validate(core, data, features, cfg)
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"epoch {epoch}: val routing accuracy {val['accuracy']:.4f} (best single {val['best_single']:.4f} "
                 f"{val['best_single_model']}, oracle {val['oracle']:.4f}, n={val['n']})")
             metrics = {"step": step, "epoch": epoch, "val": val, "history": history}
-        if step >= total_steps:
+        if step >= total_steps or out_of_time():
             break
     bar.close()
 

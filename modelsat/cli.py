@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--zoos", help="a JSON file of named zoos, e.g. ../shared/data/mmlu_pro/zoos.json")
     ev.add_argument("--models", help="comma-separated candidate models")
     ev.add_argument("--unseen", help="comma-separated models never trained on, added through the zoo")
+    ev.add_argument("--routers", help="comma-separated routers to run (default: all, e.g. knn,uniroute-kmeans,model-sat)")
     ev.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder of the kNN/MLP/cluster baselines")
     ev.add_argument("--out", default="runs/evaluate")
     ev.add_argument("--seed", type=int, default=0)

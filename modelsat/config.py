@@ -71,6 +71,8 @@ class DataConfig:
 class ModelConfig:
     llm: str = "smollm2-135m-instruct"
     """Router LLM: `smollm2-135m-instruct` (offline package), `tiny-llama` (tests), or a HF id / local folder."""
+    num_layers: int = 0
+    """Keep only the first n decoder layers of the LLM (0: all); the final norm and output rows stay."""
     sentence_encoder: str = "all-minilm-l6-v2"
     """Frozen sentence encoder: `all-minilm-l6-v2` (offline package), `tiny-encoder` (tests), or a HF id / folder."""
     encoder_mode: Literal["structured", "text"] = "structured"
@@ -103,6 +105,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_soft_tokens >= 0, "model.num_soft_tokens must be >= 0")
+        _check(self.num_layers >= 0, "model.num_layers must be >= 0")
         _check(self.text_group_size > 0, "model.text_group_size must be positive")
         _check(self.lora_r > 0, "model.lora_r must be positive")
         _check("{instruction}" in self.instruction_template,
@@ -118,6 +121,8 @@ class TrainConfig:
     """Passes over the training instructions."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: no limit)."""
+    max_minutes: float = 0.0
+    """Stop (and save `final/`) once training has run this long (0: no limit); a budget cap for CPUs."""
     max_train_instructions: int = 0
     """Use at most this many training instructions, sampled with the seed (0: all)."""
     max_val_instructions: int = 500

@@ -410,7 +410,7 @@ def run_evaluate_cli(args: argparse.Namespace) -> dict:
     cfg = None
     if ckpt is not None:
         from modelsat.config import load_config
-        from modelsat.router import check_checkpoint
+        from modelsat.checkpoint import check_checkpoint
 
         cfg = load_config(check_checkpoint(ckpt) / "config.yaml")
     try:

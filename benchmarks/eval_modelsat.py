@@ -1,0 +1,113 @@
+"""Model-SAT from a checkpoint against every baseline on MMLU-Pro, for the zoos 7b, mixed, large and all,
+in-domain (MMLU subjects) and out-of-domain (STEMEZ, TheoremQA, SciBench) test questions separately.
+
+    python benchmarks/eval_modelsat.py --checkpoint runs/default/final --out runs/default/results
+
+The router scores every (test instruction, model) pair of the table once — a candidate's score does not
+depend on the other candidates (packing is exact) — and each zoo reads its columns. The checkpoint's
+aptitude test and splits are used throughout; models of `data.unseen_models` join through their aptitude
+results only. Prints one JSON object (accuracy, gain and its 95% CI per router, zoo and slice).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
+from modelsat.data.table import RoutingTable  # noqa: E402
+from modelsat.evaluate import cached_embedder, evaluate  # noqa: E402
+from modelsat.router import Router  # noqa: E402
+
+ZOOS = ["7b", "mixed", "large", "all"]
+
+
+class MatrixRouter:
+    """A Router stand-in that answers `predict_matrix` from scores computed once by the real router."""
+
+    def __init__(self, router: Router, texts: list[str], matrix: np.ndarray, models: list[str]) -> None:
+        self.aptitude, self.models = router.aptitude, list(models)
+        self.row = {t: i for i, t in enumerate(texts)}
+        self.col = {m: j for j, m in enumerate(models)}
+        self.matrix = matrix
+
+    def add_model(self, name: str, results, cost=None) -> None:
+        if name not in self.col:
+            raise ValueError(f"{name} was not scored")
+
+    def remove_model(self, name: str) -> None:
+        pass
+
+    def predict_matrix(self, instructions: list[str], models: list[str], progress: bool = False) -> np.ndarray:
+        return self.matrix[np.ix_([self.row[t] for t in instructions], [self.col[m] for m in models])]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--zoos", default=",".join(ZOOS))
+    p.add_argument("--max-test", type=int, default=0, help="only the first N test instructions (a smoke run; 0: all)")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    router = Router.from_checkpoint(args.checkpoint)
+    cfg = router.config
+    table = RoutingTable.load(cfg.data.table_dir)
+    splits = json.loads((Path(args.checkpoint) / "splits.json").read_text())
+    unseen = list(cfg.data.unseen_models)
+    zoos = {**cfg.data.zoos, "all": table.model_names}
+    res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
+    for m in table.model_names:
+        if m not in router.models:
+            router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
+
+    # One pass of the router over the test split, every model of the table.
+    test = list(splits["test"])[:args.max_test or None]
+    texts = table.texts(test)
+    cache = out / "predictions-test.npz"
+    if cache.exists():
+        with np.load(cache) as z:
+            matrix, models = z["p"], z["models"].tolist()
+    else:
+        start = time.time()
+        models = table.model_names
+        matrix = router.predict_matrix(texts, models, progress=True)
+        np.savez(cache, p=matrix, models=np.array(models), question_ids=np.array(test))
+        print(f"scored {len(test)} instructions x {len(models)} models in {time.time() - start:.0f} s", file=sys.stderr)
+    stand_in = MatrixRouter(router, texts, matrix, models)
+
+    embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))
+    sources = dict(zip(table.questions["question_id"], table.questions["source"]))
+    slices = {"test": test,
+              "in-domain": [q for q in test if str(sources[q]).startswith("ori_mmlu")],
+              "out-of-domain": [q for q in test if not str(sources[q]).startswith("ori_mmlu")]}
+    summary: dict = {"checkpoint": args.checkpoint, "unseen": unseen, "results": []}
+    for zoo in args.zoos.split(","):
+        zoo_unseen = [m for m in unseen if m in zoos[zoo]]
+        for name, ids in slices.items():
+            routers = default_routers(0) + [ModelSATRouter(router=stand_in)]
+            m = evaluate(table, {**splits, "test": ids}, router.aptitude, zoos[zoo], "test", zoo_unseen,
+                         routers=routers, embed=embed, out=out / f"{zoo}-{name}", zoo=zoo, log=lambda s: None)
+            row = {"zoo": zoo, "slice": name, "n": m["n_instructions"], "unseen": zoo_unseen,
+                   "best_single": m["best_single"], "oracle": m["oracle"],
+                   "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "gap_closed", "applicable")}
+                               for k, v in m["routers"].items()}}
+            summary["results"].append(row)
+            ms = m["routers"]["model-sat"]
+            print(f"{zoo:>6} {name:>13} n={m['n_instructions']}: model-sat {ms.get('accuracy', float('nan')):.4f} "
+                  f"gain {ms.get('gain', float('nan')):+.4f} {ms.get('gain_ci')}", file=sys.stderr)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

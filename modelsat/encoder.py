@@ -1,0 +1,147 @@
+"""Capability encoder: a candidate model's aptitude-test results → soft tokens in the router LLM's embedding space.
+
+Two stages, as LLaVA's encoder → projector:
+1. frozen features of one model, computed once when it joins a zoo (`capability_features`, (N, F)):
+   - `structured` (default): one row per task, [task embedding (D), outcomes (S), task accuracy (1)],
+     so N = T and F = D + S + 1;
+   - `text` (the paper's): sentences "The model achieves accuracy 40.0% on the task of <description>."
+     grouped a few tasks per chunk, each chunk encoded whole by the sentence encoder (F = D). Chunks are
+     sized so that no chunk exceeds the encoder's length limit: no task is ever truncated away.
+2. the trainable `CapabilityEncoder`: connector (`linear` | `mlp2x_gelu`) to the LLM width H, optionally
+   pooled to k tokens by learned-query attention.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from modelsat.pretrained import SentenceEncoder
+
+EncoderMode = Literal["structured", "text"]
+
+
+def task_embeddings(descriptions: list[str], encoder: SentenceEncoder) -> torch.Tensor:
+    """Frozen embeddings (T, D) of the aptitude tasks' descriptions; computed once per aptitude test."""
+    if not descriptions:
+        raise ValueError("the aptitude test has no tasks: nothing to embed")
+    return encoder.encode(descriptions)
+
+
+def feature_dim(mode: EncoderMode, encoder_dim: int, per_task: int) -> int:
+    """F, the width of `capability_features` rows, for a sentence encoder of width D and S questions per task."""
+    if mode == "structured":
+        return encoder_dim + per_task + 1
+    if mode == "text":
+        return encoder_dim
+    raise ValueError(f"unknown encoder mode {mode!r}; use 'structured' or 'text'")
+
+
+def capability_sentence(accuracy: float, description: str) -> str:
+    """The paper's sentence for one task; `accuracy` is a fraction in [0, 1]."""
+    return f"The model achieves accuracy {100.0 * accuracy:.1f}% on the task of {description.strip().rstrip('.')}."
+
+
+def text_chunks(task_descriptions: list[str], encoder: SentenceEncoder, group_size: int) -> list[list[int]]:
+    """Task indices of each text chunk: consecutive tasks, at most `group_size` per chunk, and a chunk never longer
+    than the encoder's `max_length` tokens (measured at the longest accuracy string, "100.0%", so the grouping is
+    the same for every model). Raises ValueError when one task's sentence alone is too long."""
+    sentences = [capability_sentence(1.0, d) for d in task_descriptions]
+    chunks: list[list[int]] = []
+    for t, sentence in enumerate(sentences):
+        if encoder.num_tokens([sentence])[0] > encoder.max_length:
+            raise ValueError(f"aptitude task {t} ({task_descriptions[t][:60]!r}...): its capability sentence is longer "
+                             f"than the sentence encoder's {encoder.max_length} tokens; shorten the task description")
+        if chunks and len(chunks[-1]) < group_size:
+            joined = " ".join(sentences[i] for i in chunks[-1] + [t])
+            if encoder.num_tokens([joined])[0] <= encoder.max_length:
+                chunks[-1].append(t)
+                continue
+        chunks.append([t])
+    return chunks
+
+
+def _check_outcomes(outcomes: np.ndarray, num_tasks: int) -> np.ndarray:
+    outcomes = np.asarray(outcomes, dtype=np.float32)
+    if outcomes.ndim != 2 or outcomes.shape[0] != num_tasks:
+        raise ValueError(f"aptitude outcomes must be (tasks={num_tasks}, questions per task), got {outcomes.shape}")
+    if not np.isfinite(outcomes).all() or outcomes.min() < 0 or outcomes.max() > 1:
+        raise ValueError("aptitude outcomes must be finite scores in [0, 1] (a missing result is not allowed)")
+    return outcomes
+
+
+def capability_features(outcomes: np.ndarray, mode: EncoderMode, task_emb: torch.Tensor | None,
+                        task_descriptions: list[str], encoder: SentenceEncoder | None,
+                        group_size: int = 5) -> torch.Tensor:
+    """Frozen features (N, F) of one model from its aptitude outcomes (T, S).
+
+    structured: N = T rows of [task_emb (D), outcomes (S), accuracy (1)]; needs `task_emb` (T, D) or `encoder`.
+    text: N = number of chunks (ceil(T / group_size) unless a chunk would overflow), rows of D; needs `encoder`.
+    """
+    outcomes = _check_outcomes(outcomes, len(task_descriptions))                  # (T, S)
+    accuracy = outcomes.mean(axis=1)                                               # (T,)
+    if mode == "structured":
+        if task_emb is None:
+            if encoder is None:
+                raise ValueError("structured features need the task embeddings or a sentence encoder")
+            task_emb = task_embeddings(task_descriptions, encoder)
+        if task_emb.shape[0] != outcomes.shape[0]:
+            raise ValueError(f"{task_emb.shape[0]} task embeddings for {outcomes.shape[0]} aptitude tasks")
+        return torch.cat([task_emb.float().cpu(), torch.from_numpy(outcomes),
+                          torch.from_numpy(accuracy)[:, None]], dim=1)            # (T, D + S + 1)
+    if mode == "text":
+        if encoder is None:
+            raise ValueError("text features need a sentence encoder")
+        chunks = text_chunks(task_descriptions, encoder, group_size)
+        texts = [" ".join(capability_sentence(float(accuracy[t]), task_descriptions[t]) for t in chunk)
+                 for chunk in chunks]
+        return encoder.encode(texts)                                               # (N, D)
+    raise ValueError(f"unknown encoder mode {mode!r}; use 'structured' or 'text'")
+
+
+def build_connector(name: str, in_dim: int, out_dim: int) -> nn.Module:
+    """The projector from features (F) to the LLM width (H), chosen by name as LLaVA's: `linear` | `mlp2x_gelu`."""
+    if name == "linear":
+        return nn.Linear(in_dim, out_dim)
+    if name == "mlp2x_gelu":
+        return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    raise ValueError(f"unknown connector {name!r}; use 'linear' or 'mlp2x_gelu'")
+
+
+class QueryPool(nn.Module):
+    """Pool N tokens to k by k learned queries (single-head softmax attention; near-uniform, i.e. mean pooling, at init)."""
+
+    def __init__(self, num_queries: int, dim: int) -> None:
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_queries, dim) * 0.02)         # (k, H)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                           # x: (M, N, H)
+        weights = torch.einsum("kh,mnh->mkn", self.queries, x) / math.sqrt(x.shape[-1])
+        return torch.einsum("mkn,mnh->mkh", weights.softmax(dim=-1), x)           # (M, k, H)
+
+
+class CapabilityEncoder(nn.Module):
+    """Trainable part of the capability encoder: features (M, N, F) → soft tokens (M, N_tok, H).
+
+    No normalisation of the inputs: the absolute level of the outcome columns is the signal.
+    N_tok = N when `num_soft_tokens` is 0, else `num_soft_tokens`.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, connector: str = "mlp2x_gelu", num_soft_tokens: int = 0) -> None:
+        super().__init__()
+        self.in_dim, self.out_dim, self.num_soft_tokens = in_dim, out_dim, num_soft_tokens
+        self.connector = build_connector(connector, in_dim, out_dim)
+        self.pool = QueryPool(num_soft_tokens, out_dim) if num_soft_tokens > 0 else None
+
+    def num_tokens(self, num_features: int) -> int:
+        """Soft tokens per candidate for N feature rows."""
+        return self.num_soft_tokens or num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.ndim != 3 or features.shape[-1] != self.in_dim:
+            raise ValueError(f"capability features must be (models, rows, {self.in_dim}), got {tuple(features.shape)}")
+        tokens = self.connector(features)                                          # (M, N, H)
+        return self.pool(tokens) if self.pool is not None else tokens              # (M, N_tok, H)

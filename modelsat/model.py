@@ -1,0 +1,299 @@
+"""The router model: LLM + LoRA + capability soft tokens + shared-prefix packing + Yes/No scoring.
+
+    model = build_router_model(cfg.model, per_task=20)                 # or checkpoint=DIR to load trained weights
+    feats = model.model_features(outcomes, task_descriptions)          # (N, F) frozen, once per candidate model
+    logp = model.score(instructions, [feats_1, ...])                   # [(K_i,)] log p(Yes) for each instruction
+
+Candidate sequence (for instruction x and candidate m):
+    [template head][x][template tail] [<cap> × N_tok] [inquiry prompt]   → next token Yes vs No
+`<cap>` is a special token added to the tokenizer (split_special_tokens keeps user text from producing it).
+Its id may lie beyond the embedding table: placeholder positions are looked up as the pad token and then
+overwritten with the candidate's soft tokens (`masked_scatter`), so no embedding row is added or trained.
+
+Shared-prefix packing: logically one sequence [x][cap_1 + prompt]…[cap_K + prompt] whose 4-D mask lets each
+candidate block see x and itself (causal), with positions restarting after x for every block. It runs as one
+pass over the instructions (batched, right-padded) that fills a KV cache, then one pass over all candidate
+blocks (B·K rows of L_c tokens) attending to their instruction's cached keys/values through that 4-D mask.
+Same result as scoring every candidate alone, at a cost of L_x + K·L_c tokens instead of K·(L_x + L_c), and
+attention that stays linear in K (a dense (L_x + K·L_c)² mask would not).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file, save
+from torch import nn
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from modelsat.config import ModelConfig
+from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
+from modelsat.io_utils import atomic_write_bytes
+from modelsat.pretrained import SentenceEncoder, load_llm, load_sentence_encoder
+
+CAP_TOKEN = "<cap>"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+CONNECTOR_FILE = "connector.safetensors"
+
+
+def _single_token(tokenizer: PreTrainedTokenizerBase, text: str, what: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"model.{what}={text!r} is {len(ids)} tokens for this tokenizer ({ids}); "
+                         "choose a string that is a single token (e.g. ' Yes' / ' No')")
+    return ids[0]
+
+
+def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists → ids (B, T) and a boolean mask (B, T) of real tokens."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = True
+    return ids, mask
+
+
+class RouterModel(nn.Module):
+    """Holds `llm` (a PeftModel), `capability` (CapabilityEncoder), the tokenizer and the config.
+
+    Trainable: LoRA and the capability encoder (`set_stage("connector")` freezes LoRA); the base LLM is frozen.
+    """
+
+    def __init__(self, llm: PeftModel, tokenizer: PreTrainedTokenizerBase, capability: CapabilityEncoder,
+                 cfg: ModelConfig, sentence_encoder: SentenceEncoder | None = None) -> None:
+        super().__init__()
+        self.llm, self.capability, self.cfg = llm, capability, cfg
+        self.tokenizer, self.sentence_encoder = tokenizer, sentence_encoder   # not modules: never trained or saved
+        self._task_emb: dict[tuple[str, ...], torch.Tensor] = {}
+        if CAP_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [CAP_TOKEN]})
+        self.cap_id = tokenizer.convert_tokens_to_ids(CAP_TOKEN)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.yes_id = _single_token(tokenizer, cfg.yes_token, "yes_token")
+        self.no_id = _single_token(tokenizer, cfg.no_token, "no_token")
+        head, tail = cfg.instruction_template.split("{instruction}", 1)
+        self.head_ids = tokenizer(head)["input_ids"]                                # BOS where the tokenizer adds one
+        self.tail_ids = self._tokens(tail)
+        self.prompt_ids = self._tokens(cfg.inquiry_prompt)
+        self.ellipsis_ids = self._tokens(" ...")
+        self.set_stage("full")
+
+    # -- trainability -------------------------------------------------------------------------------------------
+    def set_stage(self, stage: Literal["connector", "full"]) -> None:
+        """`full`: LoRA + capability encoder train; `connector`: capability encoder only. The base LLM never trains."""
+        if stage not in ("connector", "full"):
+            raise ValueError(f"unknown training stage {stage!r}; use 'connector' or 'full'")
+        for name, p in self.llm.named_parameters():
+            p.requires_grad_(stage == "full" and "lora_" in name)
+        self.capability.requires_grad_(True)
+
+    def num_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad), sum(p.numel() for p in self.parameters())
+
+    # -- inputs -------------------------------------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def prefix_ids(self, instructions: list[str]) -> list[list[int]]:
+        """[template head][instruction][template tail] per instruction; the instruction cut to
+        `max_instruction_tokens` by dropping its middle (head third and tail kept, so trailing options survive)."""
+        limit = self.cfg.max_instruction_tokens
+        rows = []
+        for ids in self.tokenizer(instructions, add_special_tokens=False, split_special_tokens=True)["input_ids"]:
+            if len(ids) > limit:
+                keep = limit - len(self.ellipsis_ids)
+                ids = ids[:keep // 3] + self.ellipsis_ids + ids[len(ids) - (keep - keep // 3):]
+            rows.append(self.head_ids + ids + self.tail_ids)
+        return rows
+
+    def block_ids(self, num_soft: int) -> list[int]:
+        """A candidate block: placeholders for its soft tokens, then the inquiry prompt."""
+        return [self.cap_id] * num_soft + self.prompt_ids
+
+    def embed(self, input_ids: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings (B, T, H) with `soft` (n, N_tok, H) scattered, in order, onto the `<cap>` positions."""
+        mask = input_ids == self.cap_id                                              # (B, T)
+        embeds = self.llm.get_input_embeddings()(input_ids.masked_fill(mask, self.pad_id))
+        n_soft = 0 if soft is None else soft.shape[0] * soft.shape[1]
+        if int(mask.sum()) != n_soft:
+            raise ValueError(f"{int(mask.sum())} capability placeholders in the input but {n_soft} soft tokens")
+        if soft is None:
+            return embeds
+        return embeds.masked_scatter(mask[..., None], soft.to(embeds.dtype))
+
+    def soft_tokens(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Capability soft tokens of all candidates, instruction-major: (ΣK, N_tok, H)."""
+        shapes = {tuple(f.shape[1:]) for f in features if f.ndim == 3}
+        if len(shapes) != 1 or any(f.ndim != 3 for f in features):
+            raise ValueError(f"features must be (K_i, N, F) tensors of one (N, F) shape, got "
+                             f"{[tuple(f.shape) for f in features]}")
+        return self.capability(torch.cat(features).to(self.device, torch.float32))
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # -- scoring ------------------------------------------------------------------------------------------------
+    @property
+    def decoder(self) -> nn.Module:
+        """The LLM body (LoRA layers in place) that returns hidden states, without the output layer."""
+        return self.llm.get_base_model().get_decoder()
+
+    def _head(self, hidden: torch.Tensor, logits: bool) -> torch.Tensor:
+        """Only the Yes/No rows of the output layer: hidden (n, H) → log p(Yes) or the Yes−No logit margin (n,)."""
+        lm_head = self.llm.get_base_model().get_output_embeddings()
+        rows = [self.yes_id, self.no_id]
+        bias = lm_head.bias[rows] if getattr(lm_head, "bias", None) is not None else None
+        yes_no = F.linear(hidden, lm_head.weight[rows], bias)                          # (n, 2)
+        return yes_no[:, 0] - yes_no[:, 1] if logits else yes_no.log_softmax(-1)[:, 0]
+
+    def _check(self, instructions: list[str], features: list[torch.Tensor]) -> list[int]:
+        if len(instructions) != len(features):
+            raise ValueError(f"{len(instructions)} instructions but {len(features)} feature tensors")
+        return [int(f.shape[0]) for f in features]
+
+    def score(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
+              logits: bool = False) -> list[torch.Tensor]:
+        """Packed scoring. features[i]: (K_i, N, F) candidates of instruction i → [(K_i,)] log p(Yes)
+        (or the Yes−No logit margin z with `logits=True`; log p(Yes) = logsigmoid(z)).
+        At most `chunk_size` candidate blocks go through the LLM at once (None: all)."""
+        counts = self._check(instructions, features)
+        if sum(counts) == 0:
+            return [torch.zeros(0, device=self.device) for _ in counts]
+        soft = self.soft_tokens(features)                                            # (ΣK, N_tok, H)
+        prefix, prefix_mask = _pad(self.prefix_ids(instructions), self.pad_id)       # (B, P)
+        prefix, prefix_mask = prefix.to(self.device), prefix_mask.to(self.device)
+        cache = self.decoder(inputs_embeds=self.embed(prefix), attention_mask=prefix_mask.long(),
+                             use_cache=True).past_key_values
+        if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+            raise ValueError("shared-prefix packing needs full-attention layers; use score_separate for this LLM")
+        owner = torch.repeat_interleave(torch.arange(len(counts), device=self.device),
+                                        torch.tensor(counts, device=self.device))  # (ΣK,) instruction of each block
+        block = torch.tensor(self.block_ids(soft.shape[1]), device=self.device)   # (Lc,)
+        Lc, P = block.numel(), prefix.shape[1]
+        causal = torch.ones(Lc, Lc, dtype=torch.bool, device=self.device).tril()  # (Lc, Lc)
+        hidden = []
+        for idx in torch.arange(len(owner), device=self.device).split(chunk_size or len(owner)):
+            rows = owner[idx]                                                        # (C,)
+            past = DynamicCache([(k[rows], v[rows]) for k, v, *_ in cache])         # (C, h, P, d) per layer
+            mask = torch.cat([prefix_mask[rows, None, :].expand(-1, Lc, -1),
+                              causal.expand(len(rows), -1, -1)], dim=2)[:, None]    # (C, 1, Lc, P + Lc)
+            positions = prefix_mask.sum(1)[rows, None] + torch.arange(Lc, device=self.device)  # (C, Lc)
+            out = self.decoder(inputs_embeds=self.embed(block.expand(len(rows), -1), soft[idx]),
+                               attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
+            hidden.append(out.last_hidden_state[:, -1])                             # (C, H)
+        return list(self._head(torch.cat(hidden), logits).split(counts))
+
+    def forward(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
+                logits: bool = False) -> list[torch.Tensor]:
+        """`score` (packed), so that accelerate / DDP wrappers see the call."""
+        return self.score(instructions, features, chunk_size, logits)
+
+    def score_separate(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
+                       logits: bool = False) -> list[torch.Tensor]:
+        """Reference scoring: one right-padded sequence per (instruction, candidate), `chunk_size` sequences a pass."""
+        counts = self._check(instructions, features)
+        if sum(counts) == 0:
+            return [torch.zeros(0, device=self.device) for _ in counts]
+        soft = self.soft_tokens(features)                                            # (ΣK, N_tok, H)
+        block = self.block_ids(soft.shape[1])
+        seqs = [p + block for p, k in zip(self.prefix_ids(instructions), counts) for _ in range(k)]
+        hidden = []
+        for idx in torch.arange(len(seqs)).split(chunk_size or len(seqs)):
+            ids, mask = _pad([seqs[i] for i in idx], self.pad_id)                   # (C, T)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            out = self.decoder(inputs_embeds=self.embed(ids, soft[idx.to(self.device)]), attention_mask=mask.long())
+            last = mask.sum(1) - 1                                                   # (C,) last real position
+            hidden.append(out.last_hidden_state[torch.arange(len(idx), device=self.device), last])
+        return list(self._head(torch.cat(hidden), logits).split(counts))
+
+    # -- candidate features -------------------------------------------------------------------------------------
+    def model_features(self, outcomes: np.ndarray, task_descriptions: list[str]) -> torch.Tensor:
+        """Frozen capability features (N, F) of one candidate from its aptitude outcomes (T, S)."""
+        if self.sentence_encoder is None:
+            raise ValueError("this RouterModel has no sentence encoder; build it with build_router_model")
+        key = tuple(task_descriptions)
+        if self.cfg.encoder_mode == "structured" and key not in self._task_emb:
+            self._task_emb[key] = task_embeddings(task_descriptions, self.sentence_encoder)
+        feats = capability_features(outcomes, self.cfg.encoder_mode, self._task_emb.get(key), task_descriptions,
+                                    self.sentence_encoder, self.cfg.text_group_size)
+        if feats.shape[1] != self.capability.in_dim:
+            raise ValueError(f"capability features are {feats.shape[1]} wide but the connector expects "
+                             f"{self.capability.in_dim}: the aptitude test's questions per task differ from the model's")
+        return feats
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+    def _connector_meta(self) -> dict[str, str]:
+        cap = self.capability
+        return {"in_dim": str(cap.in_dim), "out_dim": str(cap.out_dim), "connector": self.cfg.connector,
+                "num_soft_tokens": str(cap.num_soft_tokens)}
+
+    def save_trained(self, directory: str | Path) -> None:
+        """Write only what trains: the LoRA adapter (PEFT format) and `connector.safetensors`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".adapter-", suffix=".tmp"))
+        try:
+            self.llm.save_pretrained(tmp)                          # also writes a README.md model card: not kept
+            for name in ADAPTER_FILES:
+                os.replace(tmp / name, directory / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.capability.state_dict().items()}
+        atomic_write_bytes(directory / CONNECTOR_FILE, save(state, metadata=self._connector_meta()))
+
+    def load_trained(self, directory: str | Path) -> None:
+        """Restore the adapter and connector written by `save_trained`; errors name the file and what differs."""
+        directory = Path(directory)
+        for name in ADAPTER_FILES + (CONNECTOR_FILE,):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} is missing: not a folder written by save_trained")
+        saved = LoraConfig.from_pretrained(str(directory))
+        ours = self.llm.peft_config["default"]
+        if (saved.r, set(saved.target_modules)) != (ours.r, set(ours.target_modules)):
+            raise ValueError(f"{directory / 'adapter_config.json'}: LoRA r={saved.r} on {sorted(saved.target_modules)}, "
+                             f"but model config has r={ours.r} on {sorted(ours.target_modules)}")
+        result = set_peft_model_state_dict(self.llm, load_file(directory / ADAPTER_FILES[0]))
+        if result.unexpected_keys:
+            raise ValueError(f"{directory / ADAPTER_FILES[0]}: unexpected weights {result.unexpected_keys[:5]}")
+        from safetensors import safe_open
+
+        with safe_open(directory / CONNECTOR_FILE, "pt") as f:
+            meta = f.metadata() or {}
+        if any(meta.get(k, v) != v for k, v in self._connector_meta().items()):
+            raise ValueError(f"{directory / CONNECTOR_FILE} was saved for {meta}, but this model has "
+                             f"{self._connector_meta()}; build the model from the checkpoint's config.yaml")
+        self.capability.load_state_dict(load_file(directory / CONNECTOR_FILE))
+
+
+def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path | None = None) -> RouterModel:
+    """Router model from the config; `per_task` (S, questions per aptitude task) fixes the feature width.
+    With `checkpoint`, the trained adapter and connector are loaded from that folder."""
+    base, tokenizer = load_llm(cfg.llm)
+    if cfg.num_layers:                                     # keep the lower layers only: a cheaper router on a CPU
+        layers = base.get_decoder().layers
+        if cfg.num_layers > len(layers):
+            raise ValueError(f"model.num_layers={cfg.num_layers} but {cfg.llm} has {len(layers)} layers")
+        base.get_decoder().layers = layers[:cfg.num_layers]
+        base.config.num_hidden_layers = cfg.num_layers
+    sentence_encoder = load_sentence_encoder(cfg.sentence_encoder)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    llm = get_peft_model(base, lora)
+    capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
+                                   llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens)
+    model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder)
+    if checkpoint is not None:
+        model.load_trained(checkpoint)
+    model.eval()
+    return model

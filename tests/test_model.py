@@ -1,0 +1,293 @@
+"""Capability encoder and router model on tiny random models: soft-token placement, packed == separate scores,
+Yes/No-only output rows, chunking, trainability, and save → load identity."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from modelsat.config import ModelConfig
+from modelsat.encoder import (CapabilityEncoder, build_connector, capability_features, capability_sentence,
+                              task_embeddings, text_chunks)
+from modelsat.model import build_router_model
+from modelsat.pretrained import load_sentence_encoder
+
+T, S = 6, 4  # aptitude tasks × questions per task
+DESCRIPTIONS = [f"task {i}: {w}" for i, w in enumerate(["college biology", "high school mathematics", "law",
+                                                         "economics and history", "physics", "chemistry"])]
+INSTRUCTIONS = [
+    "What is 2+2? A. 3 B. 4 C. 5 D. 6",
+    "Explain the history of law and economics. " * 12 + "Options: A. yes B. no",  # longer than the limit: cut
+    "x",
+]
+
+
+def _cfg(**kw) -> ModelConfig:
+    return ModelConfig(llm="tiny-llama", sentence_encoder="tiny-encoder", max_instruction_tokens=40,
+                       lora_dropout=0.0, **kw)
+
+
+def _sharpen(model) -> None:
+    """Random weights large enough that scores differ clearly between candidates (LoRA B included)."""
+    with torch.no_grad():
+        for name, p in model.llm.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, 0.3 if "lora_" in name else 0.15)
+
+
+@pytest.fixture
+def router():
+    model = build_router_model(_cfg(), per_task=S)
+    _sharpen(model)
+    return model
+
+
+def _features(model, n: int, seed: int = 0) -> list[torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    return [model.model_features(rng.integers(0, 2, (T, S)).astype(np.float32), DESCRIPTIONS) for _ in range(n)]
+
+
+def _groups(model, counts: list[int]) -> list[torch.Tensor]:
+    feats = _features(model, sum(counts))
+    out, start = [], 0
+    for k in counts:
+        out.append(torch.stack(feats[start:start + k]))                         # (K_i, N, F)
+        start += k
+    return out
+
+
+# -- encoder -------------------------------------------------------------------------------------------------------
+def test_connector_by_name() -> None:
+    assert isinstance(build_connector("linear", 7, 5), torch.nn.Linear)
+    mlp = build_connector("mlp2x_gelu", 7, 5)
+    assert [type(m).__name__ for m in mlp] == ["Linear", "GELU", "Linear"]
+    assert mlp(torch.zeros(2, 7)).shape == (2, 5)
+    with pytest.raises(ValueError, match="unknown connector 'mlp3x'"):
+        build_connector("mlp3x", 7, 5)
+
+
+def test_structured_features_shape_and_content() -> None:
+    encoder = load_sentence_encoder("tiny-encoder")
+    outcomes = np.random.default_rng(0).integers(0, 2, (T, S)).astype(np.float32)
+    emb = task_embeddings(DESCRIPTIONS, encoder)
+    feats = capability_features(outcomes, "structured", emb, DESCRIPTIONS, encoder)
+    assert feats.shape == (T, encoder.dim + S + 1)
+    torch.testing.assert_close(feats[:, :encoder.dim], emb)
+    torch.testing.assert_close(feats[:, encoder.dim:-1], torch.from_numpy(outcomes))
+    torch.testing.assert_close(feats[:, -1], torch.from_numpy(outcomes.mean(1)))
+    with pytest.raises(ValueError, match="outcomes must be"):
+        capability_features(outcomes[:3], "structured", emb, DESCRIPTIONS, encoder)
+    with pytest.raises(ValueError, match="finite"):
+        capability_features(np.full((T, S), np.nan), "structured", emb, DESCRIPTIONS, encoder)
+
+
+def test_text_mode_keeps_every_task_once(monkeypatch) -> None:
+    encoder = load_sentence_encoder("tiny-encoder")
+    outcomes = np.random.default_rng(1).random((T, S)).astype(np.float32)
+    seen: list[str] = []
+    real_encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda texts, batch_size=64: (seen.extend(texts), real_encode(texts))[1])
+    feats = capability_features(outcomes, "text", None, DESCRIPTIONS, encoder, group_size=4)
+    assert feats.shape == (2, encoder.dim) and len(seen) == 2                 # ceil(6 / 4) chunks
+    for t, d in enumerate(DESCRIPTIONS):
+        sentence = capability_sentence(float(outcomes[t].mean()), d)
+        assert sum(chunk.count(sentence) for chunk in seen) == 1, sentence
+    assert all(n <= encoder.max_length for n in encoder.num_tokens(seen))
+
+
+def test_text_chunks_shrink_instead_of_truncating() -> None:
+    encoder = load_sentence_encoder("tiny-encoder")
+    one = max(encoder.num_tokens([capability_sentence(1.0, d) for d in DESCRIPTIONS]))
+    encoder.max_length = one + 4                                                 # room for one sentence per chunk
+    chunks = text_chunks(DESCRIPTIONS, encoder, group_size=5)
+    assert sorted(t for c in chunks for t in c) == list(range(T)) and all(len(c) == 1 for c in chunks)
+    encoder.max_length = 5
+    with pytest.raises(ValueError, match="aptitude task 0"):
+        text_chunks(DESCRIPTIONS, encoder, group_size=5)
+
+
+def test_capability_encoder_pools_to_k_tokens() -> None:
+    feats = torch.randn(3, T, 11)                                                # (M, N, F)
+    assert CapabilityEncoder(11, 16, "linear")(feats).shape == (3, T, 16)
+    pooled = CapabilityEncoder(11, 16, "mlp2x_gelu", num_soft_tokens=2)
+    assert pooled(feats).shape == (3, 2, 16) and pooled.num_tokens(T) == 2
+    with pytest.raises(ValueError, match="capability features must be"):
+        pooled(torch.randn(3, T, 12))
+
+
+# -- router model --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_packed_equals_separate(router, k: int) -> None:
+    feats = _groups(router, [k, k, max(1, k - 1)])
+    with torch.no_grad():
+        packed = router.score(INSTRUCTIONS, feats)
+        separate = router.score_separate(INSTRUCTIONS, feats)
+    assert [p.shape for p in packed] == [(f.shape[0],) for f in feats]
+    for p, s in zip(packed, separate):
+        assert torch.isfinite(p).all() and (p <= 0).all()
+        torch.testing.assert_close(p, s, atol=1e-4, rtol=0)
+    if k > 1:  # the comparison means something: candidates and instructions get clearly different scores
+        assert torch.cat(packed).std() > 0.05
+
+
+def test_chunks_equal_one_pass(router) -> None:
+    feats = _groups(router, [5, 2, 3])
+    with torch.no_grad():
+        whole = torch.cat(router.score(INSTRUCTIONS, feats))
+        for chunk in (1, 3, 4):
+            torch.testing.assert_close(torch.cat(router.score(INSTRUCTIONS, feats, chunk_size=chunk)), whole,
+                                       atol=1e-5, rtol=0)
+            torch.testing.assert_close(torch.cat(router.score_separate(INSTRUCTIONS, feats, chunk_size=chunk)),
+                                       whole, atol=1e-4, rtol=0)
+
+
+def test_soft_tokens_land_on_placeholders(router) -> None:
+    feats = _groups(router, [2, 1])
+    seen: list[torch.Tensor] = []
+    decoder = router.decoder
+    handle = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
+    with torch.no_grad():
+        router.score(INSTRUCTIONS[:2], feats)
+        soft = router.soft_tokens(feats)                                         # (3, N_tok, H)
+    handle.remove()
+    prefix_embeds, block_embeds = seen
+    table = router.llm.get_input_embeddings().weight
+    for i, ids in enumerate(router.prefix_ids(INSTRUCTIONS[:2])):              # the instruction pass: tokens only
+        torch.testing.assert_close(prefix_embeds[i, :len(ids)], table[ids])
+    n = soft.shape[1]
+    assert block_embeds.shape[:2] == (3, n + len(router.prompt_ids))
+    torch.testing.assert_close(block_embeds[:, :n], soft)                      # placeholders → soft tokens
+    torch.testing.assert_close(block_embeds[:, n:], table[router.prompt_ids].expand(3, -1, -1))
+
+
+def test_placeholder_count_mismatch_raises(router) -> None:
+    ids = torch.tensor([router.block_ids(3)])
+    with pytest.raises(ValueError, match="3 capability placeholders in the input but 2 soft tokens"):
+        router.embed(ids, torch.zeros(1, 2, 64))
+    with pytest.raises(ValueError, match="instructions but"):
+        router.score(INSTRUCTIONS, _groups(router, [1]))
+
+
+def test_user_text_cannot_forge_a_placeholder(router) -> None:
+    with torch.no_grad():
+        (score,) = router.score(["ignore <cap> this"], _groups(router, [2]))
+    assert torch.isfinite(score).all()
+    assert router.cap_id not in router.prefix_ids(["ignore <cap> this"])[0]
+
+
+def test_only_yes_no_rows_are_computed(router) -> None:
+    lm_head = router.llm.get_base_model().get_output_embeddings()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the full output layer must never run")
+
+    lm_head.forward = refuse
+    feats = _groups(router, [3, 2])
+    with torch.no_grad():
+        router.score(INSTRUCTIONS[:2], feats)
+        router.score_separate(INSTRUCTIONS[:2], feats)
+
+
+def test_scores_are_yes_no_log_softmax(router) -> None:
+    feats = _groups(router, [3])
+    with torch.no_grad():
+        (logp,) = router.score(INSTRUCTIONS[:1], feats)
+        (margin,) = router.score(INSTRUCTIONS[:1], feats, logits=True)
+        ids = torch.tensor([router.prefix_ids(INSTRUCTIONS[:1])[0] + router.block_ids(T)] * 3)
+        embeds = router.embed(ids, router.soft_tokens(feats))
+        full = router.llm(inputs_embeds=embeds).logits[:, -1]                  # the slow way, for reference
+    expected = full[:, [router.yes_id, router.no_id]].log_softmax(-1)[:, 0]
+    torch.testing.assert_close(logp, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.nn.functional.logsigmoid(margin), logp, atol=1e-5, rtol=0)
+
+
+def test_instruction_cut_keeps_head_and_tail(router) -> None:
+    limit = router.cfg.max_instruction_tokens
+    ids = router.tokenizer(INSTRUCTIONS[1], add_special_tokens=False)["input_ids"]
+    assert len(ids) > limit
+    (row,) = router.prefix_ids(INSTRUCTIONS[1:2])
+    body = row[len(router.head_ids):len(row) - len(router.tail_ids)]
+    assert len(body) == limit
+    assert body[:5] == ids[:5] and body[-10:] == ids[-10:]
+    assert router.prefix_ids(["short"])[0] == router.head_ids + router.tokenizer("short", add_special_tokens=False)[
+        "input_ids"] + router.tail_ids
+
+
+def test_yes_token_must_be_one_token() -> None:
+    with pytest.raises(ValueError, match="yes_token"):
+        build_router_model(_cfg(yes_token=" Yes absolutely"), per_task=S)
+
+
+def test_trainability_and_stages(router) -> None:
+    trainable = {n for n, p in router.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or n.startswith("capability.") for n in trainable)
+    assert any(n.startswith("capability.") for n in trainable) and any("lora_" in n for n in trainable)
+    n_train, n_all = router.num_trainable_parameters()
+    assert 0 < n_train < n_all
+    router.set_stage("connector")
+    assert all(n.startswith("capability.") for n, p in router.named_parameters() if p.requires_grad)
+    router.set_stage("full")
+    assert router.num_trainable_parameters()[0] == n_train
+    with pytest.raises(ValueError, match="unknown training stage"):
+        router.set_stage("everything")
+
+
+def test_packed_gradients_equal_separate(router) -> None:
+    router.train()
+    feats = _groups(router, [3, 2])
+    grads = []
+    for method in (router.score, router.score_separate):
+        router.zero_grad()
+        torch.cat(method(INSTRUCTIONS[:2], feats, logits=True)).square().sum().backward()
+        grads.append({n: p.grad.clone() for n, p in router.named_parameters() if p.requires_grad})
+    assert all(p.grad is None for n, p in router.named_parameters() if not p.requires_grad)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], atol=1e-4, rtol=1e-3, msg=name)
+    assert any(g.abs().sum() > 0 for n, g in grads[0].items() if "lora_B" in n)
+
+
+def test_model_features_and_forward(router) -> None:
+    feats = _features(router, 1)[0]
+    assert feats.shape == (T, router.sentence_encoder.dim + S + 1)
+    with pytest.raises(ValueError, match="connector expects"):
+        router.model_features(np.zeros((T, S + 1), np.float32), DESCRIPTIONS)
+    with torch.no_grad():
+        torch.testing.assert_close(router(INSTRUCTIONS[:1], [feats[None]])[0],
+                                   router.score(INSTRUCTIONS[:1], [feats[None]])[0])
+        assert router.score(INSTRUCTIONS[:1], [feats[None][:0]])[0].shape == (0,)
+
+
+@pytest.mark.parametrize("mode,k", [("structured", 0), ("text", 2)])
+def test_save_load_gives_identical_scores(tmp_path, mode: str, k: int) -> None:
+    cfg = _cfg(encoder_mode=mode, num_soft_tokens=k, text_group_size=2)
+    model = build_router_model(cfg, per_task=S)
+    _sharpen(model)
+    with torch.no_grad():
+        for p in model.capability.parameters():
+            p.normal_(0.0, 0.2)
+    feats = _groups(model, [3, 1])
+    with torch.no_grad():
+        before = torch.cat(model.score(INSTRUCTIONS[:2], feats))
+    model.save_trained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
+                                                         "connector.safetensors"]
+    from safetensors.torch import load_file
+
+    assert all("lora_" in key for key in load_file(tmp_path / "adapter_model.safetensors"))
+    loaded = build_router_model(cfg, per_task=S, checkpoint=tmp_path)
+    # the base weights were sharpened in place only in `model`; copy them so only trained weights are compared
+    loaded.llm.get_base_model().load_state_dict(
+        {n: p for n, p in model.llm.get_base_model().state_dict().items() if "lora_" not in n}, strict=False)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(loaded.score(INSTRUCTIONS[:2], feats)), before, atol=0, rtol=0)
+
+
+def test_load_rejects_a_different_architecture(tmp_path) -> None:
+    build_router_model(_cfg(), per_task=S).save_trained(tmp_path)
+    with pytest.raises(ValueError, match="connector.safetensors"):
+        build_router_model(_cfg(connector="linear"), per_task=S, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="adapter_config.json"):
+        build_router_model(_cfg(lora_r=4), per_task=S, checkpoint=tmp_path)
+    (tmp_path / "connector.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="connector.safetensors is missing"):
+        build_router_model(_cfg(), per_task=S, checkpoint=tmp_path)

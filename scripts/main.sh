@@ -8,11 +8,14 @@ BIN=${BIN:-.venv/bin}
 SHARED=${SHARED:-../shared/data}
 
 # Resolved settings of the run (the config plus overrides).
-read -r TABLE OUT UNSEEN < <("$BIN/python" - "$CONFIG" "$@" <<'PY'
+# ZOO: the config's `mixed` zoo where it has one (else every model); EVAL_UNSEEN: the unseen models in it.
+read -r TABLE OUT UNSEEN ZOO EVAL_UNSEEN < <("$BIN/python" - "$CONFIG" "$@" <<'PY'
 import sys
 from modelsat.config import load_config
 c = load_config(sys.argv[1], sys.argv[2:])
-print(c.data.table_dir, c.train.out_dir, ",".join(c.data.unseen_models) or "-")
+zoo = "mixed" if "mixed" in c.data.zoos else "all"
+inside = [m for m in c.data.unseen_models if zoo == "all" or m in c.data.zoos[zoo]]
+print(c.data.table_dir, c.train.out_dir, ",".join(c.data.unseen_models) or "-", zoo, ",".join(inside) or "-")
 PY
 )
 
@@ -35,12 +38,17 @@ fi
 "$BIN/modelsat" zoo list --checkpoint "$CKPT"
 
 # 4. Evaluate on the test split against the baselines.
-ZOOS=()
-[ -f "$SHARED/mmlu_pro/zoos.json" ] && ZOOS=(--zoos "$SHARED/mmlu_pro/zoos.json" --zoo mixed)
-"$BIN/modelsat" evaluate --checkpoint "$CKPT" --table "$TABLE" --split test "${ZOOS[@]}" \
-  ${UNSEEN:+$( [ "$UNSEEN" != "-" ] && echo --unseen "$UNSEEN")} --out "$OUT/evaluate"
+ARGS=(--checkpoint "$CKPT" --table "$TABLE" --split test --zoo "$ZOO" --out "$OUT/evaluate")
+[ "$EVAL_UNSEEN" != "-" ] && ARGS+=(--unseen "$EVAL_UNSEEN")
+"$BIN/modelsat" evaluate "${ARGS[@]}"
 cat "$OUT/evaluate/report.md"
 
 # 5. Rank the zoo for an example instruction.
 "$BIN/python" infer.py --checkpoint "$CKPT" --top-k 5 --instruction \
   "A 2.0 kg block slides down a frictionless incline of height 5.0 m. What is its speed at the bottom?\nA. 5.0 m/s\nB. 7.0 m/s\nC. 9.9 m/s\nD. 14 m/s"
+
+# 6. The committed router (trained with configs/default.yaml, unseen models added through the zoo) ranks the same instruction.
+if [ -d checkpoints/modelsat-smollm2-mmlupro ]; then
+  "$BIN/python" infer.py --checkpoint checkpoints/modelsat-smollm2-mmlupro --top-k 5 --instruction \
+    "A 2.0 kg block slides down a frictionless incline of height 5.0 m. What is its speed at the bottom?\nA. 5.0 m/s\nB. 7.0 m/s\nC. 9.9 m/s\nD. 14 m/s"
+fi

@@ -18,25 +18,7 @@ from modelsat.data.table import RoutingTable
 from modelsat.evaluate import (EvaluationError, bootstrap_ci, choice_weights, cost_curve, evaluate, frontier_auc,
                                resolve_zoo, run_evaluate_cli)
 
-WORDS = {"math": "algebra equation integral derivative matrix polynomial", "law": "court statute contract plaintiff tort appeal"}
-N = 45   # per category: 0-9 aptitude, 10-29 train, 30-34 val, 35-44 test
-
-
-def make_world() -> tuple[RoutingTable, Aptitude, dict[str, list[str]]]:
-    qs, rs = [], []
-    for cat, words in WORDS.items():
-        for i in range(N):
-            qid = f"{cat}-{i:02d}"
-            qs.append({"question_id": qid, "text": f"{words} {cat}{i}", "benchmark": "synth", "category": cat,
-                       "task": cat, "source": "synth"})
-            right = {"A": cat == "math", "B": cat == "law", "C": i % 5 < 3, "D": cat == "law"}
-            rs += [{"model": m, "question_id": qid, "score": float(v)} for m, v in right.items()]
-    models = pd.DataFrame({"model": list("ABCD"), "cost": [1.0, 2.0, 4.0, 3.0], "params_b": np.nan, "cost_unit": "usd"})
-    table = RoutingTable(pd.DataFrame(qs), pd.DataFrame(rs), models)
-    ids = lambda lo, hi: [f"{c}-{i:02d}" for c in WORDS for i in range(lo, hi)]  # noqa: E731
-    tasks = [AptitudeTask(c, c, [f"{c}-{i:02d}" for i in range(10)]) for c in sorted(WORDS)]
-    aptitude = Aptitude(tasks, {q: t for q, t in zip(table.questions.question_id, table.questions.text) if int(q[-2:]) < 10})
-    return table, aptitude, {"train": ids(10, 30), "val": ids(30, 35), "test": ids(35, 45)}
+from test_baselines import WORDS, make_world  # noqa: E402 - the same synthetic world
 
 
 def routers() -> list:

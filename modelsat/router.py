@@ -10,7 +10,7 @@ Scores come from the packed forward pass: all candidates of an instruction share
 
 Cost: `utility = p_correct - cost_weight * cost / max_cost`, where `max_cost` is the largest known
 cost among the candidates being ranked (so `cost_weight` is in units of probability per "the most
-expensive candidate"); a model with unknown cost is not penalised.
+expensive candidate"); a model of unknown cost counts as the most expensive (the rule of `modelsat evaluate`).
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class Router:
         costs = self.zoo.costs(models)
         known = costs[~np.isnan(costs)]
         norm = costs / known.max() if known.size and known.max() > 0 else np.zeros_like(costs)
-        penalty = np.nan_to_num(norm, nan=0.0) * cost_weight
+        penalty = np.nan_to_num(norm, nan=1.0) * cost_weight            # unknown cost: as the most expensive
         ranked = []
         for row in p:
             utility = row - penalty

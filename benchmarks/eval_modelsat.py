@@ -6,7 +6,7 @@ in-domain (MMLU subjects) and out-of-domain (STEMEZ, TheoremQA, SciBench) test q
 The router scores every (test instruction, model) pair of the table once — a candidate's score does not
 depend on the other candidates (packing is exact) — and each zoo reads its columns. The checkpoint's
 aptitude test and splits are used throughout; models of `data.unseen_models` join through their aptitude
-results only. Prints one JSON object (accuracy, gain and its 95% CI per router, zoo and slice).
+results only (for Model-SAT always; for the baselines too in the `test-unseen` runs). Prints one JSON object (accuracy, gain and its 95% CI per router, zoo and slice).
 """
 from __future__ import annotations
 
@@ -70,16 +70,18 @@ def main() -> None:
         if m not in router.models:
             router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
 
-    # One pass of the router over the test split, every model of the table.
+    # One pass of the router over the test split, every model of the requested zoos.
+    wanted = args.zoos.split(",")
+    needed = sorted({m for z in wanted for m in zoos[z]} | {m for m in unseen if any(m in zoos[z] for z in wanted)})
     test = list(splits["test"])[:args.max_test or None]
     texts = table.texts(test)
     cache = out / "predictions-test.npz"
-    if cache.exists():
+    if cache.exists() and set(needed) <= set(np.load(cache)["models"].tolist()):
         with np.load(cache) as z:
             matrix, models = z["p"], z["models"].tolist()
     else:
         start = time.time()
-        models = table.model_names
+        models = needed
         matrix = router.predict_matrix(texts, models, progress=True)
         np.savez(cache, p=matrix, models=np.array(models), question_ids=np.array(test))
         print(f"scored {len(test)} instructions x {len(models)} models in {time.time() - start:.0f} s", file=sys.stderr)
@@ -91,13 +93,18 @@ def main() -> None:
               "in-domain": [q for q in test if str(sources[q]).startswith("ori_mmlu")],
               "out-of-domain": [q for q in test if not str(sources[q]).startswith("ori_mmlu")]}
     summary: dict = {"checkpoint": args.checkpoint, "unseen": unseen, "results": []}
-    for zoo in args.zoos.split(","):
+    for zoo in wanted:
         zoo_unseen = [m for m in unseen if m in zoos[zoo]]
-        for name, ids in slices.items():
+        # Every baseline may use the train labels of every zoo model; Model-SAT knows the unseen ones only
+        # through the zoo. The `unseen` setting also withholds their labels from the baselines.
+        runs = [(name, ids, []) for name, ids in slices.items()]
+        if zoo_unseen:
+            runs.append(("test-unseen", test, zoo_unseen))
+        for name, ids, held_out in runs:
             routers = default_routers(0) + [ModelSATRouter(router=stand_in)]
-            m = evaluate(table, {**splits, "test": ids}, router.aptitude, zoos[zoo], "test", zoo_unseen,
+            m = evaluate(table, {**splits, "test": ids}, router.aptitude, zoos[zoo], "test", held_out,
                          routers=routers, embed=embed, out=out / f"{zoo}-{name}", zoo=zoo, log=lambda s: None)
-            row = {"zoo": zoo, "slice": name, "n": m["n_instructions"], "unseen": zoo_unseen,
+            row = {"zoo": zoo, "slice": name, "n": m["n_instructions"], "unseen": held_out,
                    "best_single": m["best_single"], "oracle": m["oracle"],
                    "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "gap_closed", "applicable")}
                                for k, v in m["routers"].items()}}

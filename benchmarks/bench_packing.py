@@ -4,7 +4,8 @@
     python benchmarks/bench_packing.py --json --backbone tiny-llama --ks 4,8     # seconds, for a smoke test
 
 The router is built as for training (default ModelConfig: LoRA on every linear layer, `mlp2x_gelu` connector,
-structured capability of 50 tasks × 20 questions → 50 soft tokens per candidate, random outcomes). One
+structured capability of 50 tasks × 20 questions pooled to the default router's 8 soft tokens per candidate
+(`--num-soft-tokens 0`: one per task, 50), random outcomes). One
 instruction of `--instruction-tokens` tokens; for each K, `score_separate` (one right-padded batch of K full
 sequences) and `score` (packed) are timed under torch.no_grad in fp32, best of `--repeats` (interleaved)
 after a warm-up.
@@ -78,7 +79,8 @@ def main() -> None:
     parser.add_argument("--instruction-tokens", type=int, default=256)
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--per-task", type=int, default=20)
-    parser.add_argument("--num-soft-tokens", type=int, default=0, help="model.num_soft_tokens (0: one per task)")
+    parser.add_argument("--num-soft-tokens", type=int, default=8,
+                        help="model.num_soft_tokens: 8 as in configs/default.yaml (0: one per task, 50)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default); see above")
     parser.add_argument("--seed", type=int, default=0)

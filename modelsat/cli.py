@@ -67,25 +67,25 @@ def cmd_aptitude_run(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}: {len(df)} questions, accuracy {df['score'].mean():.3f}")
 
 
-def cmd_zoo_add(a: argparse.Namespace) -> None:
+def _zoo(checkpoint: str):
+    """The zoo of a checkpoint (checked: the folder is complete and the entries match its aptitude test)."""
     from modelsat.aptitude import Aptitude
     from modelsat.checkpoint import check_checkpoint
     from modelsat.zoo import Zoo
 
-    ckpt = check_checkpoint(a.checkpoint)
-    zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+    ckpt = check_checkpoint(checkpoint)
+    return Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+
+
+def cmd_zoo_add(a: argparse.Namespace) -> None:
+    zoo = _zoo(a.checkpoint)
     entry = zoo.add(a.name, a.results, cost=a.cost, params_b=a.params_b, cost_unit=a.cost_unit)
-    print(f"added {entry.name} to {ckpt / 'zoo'} (aptitude accuracy "
+    print(f"added {entry.name} to {zoo.root} (aptitude accuracy "
           f"{sum(entry.scores.values()) / len(entry.scores):.3f}); the zoo now has {len(zoo)} models")
 
 
 def cmd_zoo_list(a: argparse.Namespace) -> None:
-    from modelsat.aptitude import Aptitude
-    from modelsat.checkpoint import check_checkpoint
-    from modelsat.zoo import Zoo
-
-    ckpt = check_checkpoint(a.checkpoint)
-    rows = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json")).describe()
+    rows = _zoo(a.checkpoint).describe()
     if a.json:
         print(json.dumps(rows, indent=1))
         return
@@ -97,12 +97,7 @@ def cmd_zoo_list(a: argparse.Namespace) -> None:
 
 
 def cmd_zoo_remove(a: argparse.Namespace) -> None:
-    from modelsat.aptitude import Aptitude
-    from modelsat.checkpoint import check_checkpoint
-    from modelsat.zoo import Zoo
-
-    ckpt = check_checkpoint(a.checkpoint)
-    zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+    zoo = _zoo(a.checkpoint)
     zoo.remove(a.name)
     print(f"removed {a.name}; the zoo now has {len(zoo)} models")
 

@@ -9,13 +9,7 @@ import torch
 from modelsat.pretrained import load_llm, load_sentence_encoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run many small operators: one thread avoids OpenMP barrier stalls on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tiny_llama_is_fast_deterministic_and_small() -> None:

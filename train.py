@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW([{"params": lora, "lr": cfg.train.lr},
                                    {"params": rest, "lr": cfg.train.connector_lr}],
                                   weight_decay=cfg.train.weight_decay)
-    steps_per_epoch = max(1, len(build_dataloader(cfg, data, 0)) // (cfg.train.grad_accum * accelerator.num_processes))
+    first_loader = build_dataloader(cfg, data, 0)                             # also sizes every epoch
+    steps_per_epoch = max(1, len(first_loader) // (cfg.train.grad_accum * accelerator.num_processes))
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     metrics: dict = {}
     for epoch in range(step // steps_per_epoch, cfg.train.epochs):
-        loader = accelerator.prepare(build_dataloader(cfg, data, epoch))
+        loader = accelerator.prepare(first_loader if epoch == 0 else build_dataloader(cfg, data, epoch))
         skip = (step - epoch * steps_per_epoch) * cfg.train.grad_accum
         if skip:
             loader = accelerator.skip_first_batches(loader, skip)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -99,7 +100,8 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
 
 @torch.no_grad()
 def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tensor], cfg: Config) -> dict:
-    """Routing accuracy on val instructions over the training models, with best single and oracle."""
+    """Routing accuracy on val instructions over the training models, with best single and oracle; and, on
+    every (instruction, model) pair, the AUC and Brier score of p(correct) (finer signals than top-1)."""
     ids = list(data.splits["val"])
     if cfg.train.max_val_instructions and len(ids) > cfg.train.max_val_instructions:
         ids = sorted(np.random.default_rng(cfg.train.seed).choice(ids, cfg.train.max_val_instructions,
@@ -110,18 +112,22 @@ def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tenso
     ids, scores = [q for q, k in zip(ids, keep) if k], scores[keep]
     stacked = torch.stack([features[m] for m in models])                       # (M, N, F)
     texts = data.table.texts(ids)
-    picks = []
+    probs = []
     was_training = model.training
     model.eval()
     for s in range(0, len(texts), 8):
-        for lp in model.score(texts[s:s + 8], [stacked] * len(texts[s:s + 8])):
-            picks.append(int(lp.argmax()))
+        probs += [lp.exp().double().cpu().numpy() for lp in model.score(texts[s:s + 8], [stacked] * len(texts[s:s + 8]))]
     model.train(was_training)
+    probs = np.stack(probs)                                                    # (Q, M)
+    picks = probs.argmax(axis=1)
     train_scores = data.table.score_matrix(data.splits["train"], models)
     best = int(np.nanargmax(np.nanmean(train_scores, axis=0)))
+    y = scores.ravel() >= 0.5
+    auc = float(roc_auc_score(y, probs.ravel())) if 0 < y.sum() < y.size else float("nan")
     return {"n": len(ids), "accuracy": float(scores[np.arange(len(ids)), picks].mean()),
             "best_single": float(scores[:, best].mean()), "best_single_model": models[best],
-            "oracle": float(scores.max(axis=1).mean())}
+            "oracle": float(scores.max(axis=1).mean()), "auc": auc,
+            "brier": float(((probs - scores) ** 2).mean())}
 
 
 def last_step_dir(out_dir: Path) -> Path | None:
@@ -232,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
             val = validate(core, data, features, cfg)
             accelerator.log({f"val/{k}": v for k, v in val.items() if isinstance(v, float)}, step=step)
             log(f"epoch {epoch}: val routing accuracy {val['accuracy']:.4f} (best single {val['best_single']:.4f} "
-                f"{val['best_single_model']}, oracle {val['oracle']:.4f}, n={val['n']})")
+                f"{val['best_single_model']}, oracle {val['oracle']:.4f}, n={val['n']}); AUC {val['auc']:.4f}, "
+                f"Brier {val['brier']:.4f}")
             metrics = {"step": step, "epoch": epoch, "val": val, "history": history}
         if step >= total_steps or out_of_time():
             break

@@ -75,16 +75,22 @@ def main() -> None:
     needed = sorted({m for z in wanted for m in zoos[z]} | {m for m in unseen if any(m in zoos[z] for z in wanted)})
     test = list(splits["test"])[:args.max_test or None]
     texts = table.texts(test)
+    # Scores are cached per model: a later run for more zoos scores only the models not yet scored.
     cache = out / "predictions-test.npz"
-    if cache.exists() and set(needed) <= set(np.load(cache)["models"].tolist()):
+    matrix, models = np.zeros((len(test), 0)), []
+    if cache.exists():
         with np.load(cache) as z:
-            matrix, models = z["p"], z["models"].tolist()
-    else:
+            if z["question_ids"].tolist() == test:
+                matrix, models = z["p"], z["models"].tolist()
+    missing = [m for m in needed if m not in models]
+    if missing:
         start = time.time()
-        models = needed
-        matrix = router.predict_matrix(texts, models, progress=True)
-        np.savez(cache, p=matrix, models=np.array(models), question_ids=np.array(test))
-        print(f"scored {len(test)} instructions x {len(models)} models in {time.time() - start:.0f} s", file=sys.stderr)
+        scored = router.predict_matrix(texts, missing, progress=True)
+        matrix, models = np.concatenate([matrix, scored], axis=1), models + missing
+        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        np.savez(tmp, p=matrix, models=np.array(models), question_ids=np.array(test))
+        tmp.replace(cache)
+        print(f"scored {len(test)} instructions x {len(missing)} models in {time.time() - start:.0f} s", file=sys.stderr)
     stand_in = MatrixRouter(router, texts, matrix, models)
 
     embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))

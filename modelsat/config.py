@@ -50,6 +50,11 @@ class DataConfig:
     """Fraction of the non-aptitude questions held out for validation."""
     test: float = 0.2
     """Fraction held out for the test split (reported once, never tuned on)."""
+    split_by: Literal["random", "source"] = "random"
+    """`random`: val/test drawn per category. `source`: the dataset's own split, read from each question's
+    source file name: `*_train`/`*-train` files give train and val, every other file is test (RouterBench,
+    RouterDC; files without a split, such as RouterDC's out-of-distribution sets, are test only), and the
+    aptitude test is drawn from the train files."""
     seed: int = 0
     """Seed of the aptitude test and the splits."""
     unseen_models: list[str] = field(default_factory=list)

@@ -27,7 +27,7 @@ def test_accelerate_configs_parse(path: Path) -> None:
 
 
 def test_expected_configs_exist() -> None:
-    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "default.yaml", "gpu.yaml"}
+    assert {p.name for p in CONFIGS} >= {"tiny.yaml", "default.yaml", "gpu.yaml", "routerbench.yaml", "routerdc.yaml"}
     assert {p.name for p in ACCELERATE} >= {"cpu.yaml", "multi_gpu.yaml", "deepspeed_zero2.yaml"}
 
 

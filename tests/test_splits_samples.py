@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
 from modelsat.data.samples import Group, GroupDataset, build_groups, collate_groups, epoch_groups
-from modelsat.data.splits import load_splits, make_splits, save_splits
+from modelsat.data.splits import load_splits, make_splits, save_splits, source_splits
 from modelsat.data.table import RoutingTable
 
 MODELS = [f"m{i}" for i in range(6)]
@@ -82,6 +82,26 @@ def test_splits_deterministic_and_seeded() -> None:
     apt = make_aptitude(table)
     assert make_splits(table, apt, seed=3) == make_splits(table, apt, seed=3)
     assert make_splits(table, apt, seed=3)["test"] != make_splits(table, apt, seed=4)["test"]
+
+
+def test_source_splits_follow_the_files() -> None:
+    """split_by=source: train files give train/val, the other files (test files and files without a split,
+    such as RouterDC's out-of-distribution sets) give test; aptitude questions are in none."""
+    table = make_table()
+    source = {q: ("bench_train" if i % 3 == 0 else "bench-test" if i % 3 == 1 else "ood")
+              for i, q in enumerate(table.questions.question_id)}
+    table.questions["source"] = table.questions.question_id.map(source)
+    apt = make_aptitude(table)
+    splits = source_splits(table, apt, val=0.2, seed=0)
+    held, evaluated = set(apt.question_ids), set(table.results.question_id)
+    assert {source[q] for q in splits["train"] + splits["val"]} == {"bench_train"}
+    assert {source[q] for q in splits["test"]} == {"bench-test", "ood"}
+    assert set(splits["test"]) == {q for q in evaluated - held if source[q] != "bench_train"}
+    assert set(splits["train"]) | set(splits["val"]) == {q for q in evaluated - held if source[q] == "bench_train"}
+    assert 0 < len(splits["val"]) < len(splits["train"])
+    table.questions["source"] = "ood"
+    with pytest.raises(ValueError, match="_train"):
+        source_splits(table, apt)
 
 
 @pytest.mark.parametrize("val,test,msg", [(-0.1, 0.2, "val=-0.1"), (0.1, 1.0, "test=1.0"), (0.5, 0.5, "below 1"),
@@ -182,3 +202,27 @@ def test_group_dataset_and_collate() -> None:
     assert len(batch["instructions"]) == 3 and len(batch["models"]) == 3 and len(batch["labels"]) == 3
     assert batch["weights"].shape == (3,)
     assert Group(["a"], ["m"], [1.0]).weight == 1.0
+
+
+def test_prepare_by_source_with_cluster_aptitude(tmp_path: Path) -> None:
+    """data.split_by=source + tasks_by=cluster (the RouterBench/RouterDC configs): the aptitude test comes from
+    the train files only, test is every other file, and the cluster embeddings are cached beside the table."""
+    from modelsat.config import DataConfig
+    from modelsat.data.prepare import prepare
+    from tests.conftest import make_synthetic_table
+
+    src = make_synthetic_table(tmp_path / "src")
+    q = pd.read_parquet(src / "questions.parquet")
+    q["source"] = np.where(np.arange(len(q)) % 4 == 0, "syn_test", "syn_train")
+    q.to_parquet(src / "questions.parquet")
+    cfg = DataConfig(source="table", input=str(src), table_dir=str(tmp_path / "table"),
+                     aptitude=str(tmp_path / "aptitude.json"), splits=str(tmp_path / "splits.json"),
+                     num_tasks=3, per_task=4, tasks_by="cluster", split_by="source", val=0.1)
+    data = prepare(cfg, encoder_name="hash", log=lambda s: None)
+    source = dict(zip(q["question_id"], q["source"]))
+    assert {source[i] for i in data.aptitude.question_ids} == {"syn_train"}
+    assert {source[i] for i in data.splits["test"]} == {"syn_test"}
+    assert {source[i] for i in data.splits["train"] + data.splits["val"]} == {"syn_train"}
+    assert len(data.splits["test"]) == (np.arange(len(q)) % 4 == 0).sum()
+    again = prepare(cfg, encoder_name="hash", log=lambda s: None)           # reloaded, not rebuilt
+    assert again.splits == data.splits and again.aptitude.fingerprint == data.aptitude.fingerprint

@@ -9,7 +9,7 @@ from pathlib import Path
 from modelsat.aptitude import Aptitude, build_aptitude
 from modelsat.config import ConfigError, DataConfig
 from modelsat.data.converters import build_table
-from modelsat.data.splits import load_splits, make_splits, save_splits
+from modelsat.data.splits import load_splits, make_splits, save_splits, source_splits, train_source_ids
 from modelsat.data.table import RoutingTable
 
 
@@ -52,13 +52,15 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
     else:
         embed = None
         if cfg.tasks_by == "cluster":
-            from modelsat.pretrained import load_sentence_encoder
+            from modelsat.evaluate import cached_embedder
 
-            encoder = load_sentence_encoder(encoder_name)
-            embed = lambda texts: encoder.encode(texts).numpy()  # noqa: E731
+            # Every question of the table is encoded once and cached beside it (evaluation reuses it).
+            embed = cached_embedder(table, encoder_name, table_dir)
         log(f"building the aptitude test ({cfg.num_tasks} tasks x {cfg.per_task}, by {cfg.tasks_by}) -> {apt_path}")
         # Chosen on the training models only: models held out as unseen must not shape their own test.
-        train_table = table.subset(models=_train_models(cfg, table))
+        # With split_by=source, only from the train files: the test files must not shape it either.
+        train_table = table.subset(question_ids=train_source_ids(table) if cfg.split_by == "source" else None,
+                                   models=_train_models(cfg, table))
         aptitude = build_aptitude(train_table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
                                   seed=cfg.seed, embed=embed)
         aptitude.save(apt_path)
@@ -67,8 +69,12 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
     if splits_path.exists():
         splits = load_splits(splits_path, aptitude=aptitude)
     else:
-        log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
-        splits = make_splits(table, aptitude, val=cfg.val, test=cfg.test, seed=cfg.seed)
+        if cfg.split_by == "source":
+            log(f"splitting by source file (train files -> train/val {cfg.val}; other files -> test) -> {splits_path}")
+            splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
+        else:
+            log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
+            splits = make_splits(table, aptitude, val=cfg.val, test=cfg.test, seed=cfg.seed)
         save_splits(splits, splits_path, aptitude=aptitude)
 
     return Prepared(table, aptitude, splits, _train_models(cfg, table), list(cfg.unseen_models))

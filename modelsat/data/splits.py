@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,31 @@ def make_splits(table: Any, aptitude: Aptitude, val: float = 0.1, test: float = 
         out["val"] += members[n_test:n_test + n_val].tolist()
         out["train"] += members[n_test + n_val:].tolist()
     return {s: sorted(v) for s, v in out.items()}
+
+
+TRAIN_SOURCE = re.compile(r"[_-]train$")
+
+
+def train_source_ids(table: Any) -> list[str]:
+    """Question ids whose source file is a train file (`*_train` / `*-train`)."""
+    q = table.questions
+    return q["question_id"].astype(str)[q["source"].fillna("").astype(str).str.contains(TRAIN_SOURCE)].tolist()
+
+
+def source_splits(table: Any, aptitude: Aptitude, val: float = 0.1, seed: int = 0) -> dict[str, list[str]]:
+    """The dataset's own split: train-file questions (minus the aptitude questions) split per category into
+    train and val (fraction `val`, seeded); every question of any other file with results is test."""
+    pool = set(train_source_ids(table))
+    if not pool:
+        raise ValueError("split_by='source' needs questions from *_train / *-train source files; this table has none")
+    evaluated = set(table.results["question_id"].astype(str))
+    out = make_splits(table.subset(question_ids=sorted(pool & evaluated)), aptitude, val=val, test=0.0, seed=seed)
+    held = set(aptitude.question_ids)
+    out["test"] = sorted(q for q in table.questions["question_id"].astype(str)
+                         if q in evaluated and q not in pool and q not in held)
+    if not out["test"]:
+        raise ValueError("split_by='source' found no test questions outside the *_train files")
+    return out
 
 
 def _check_splits(splits: dict[str, Any], where: str) -> dict[str, list[str]]:

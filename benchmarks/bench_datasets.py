@@ -1,0 +1,120 @@
+"""Every baseline (and Model-SAT, given a checkpoint) on RouterBench or RouterDC, on the dataset's own
+train/test files: prints JSON, writes a markdown table.
+
+    python benchmarks/bench_datasets.py --config configs/routerbench.yaml --out runs/routerbench-eval
+    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-eval
+    python benchmarks/bench_datasets.py --config configs/routerbench.yaml --out runs/routerbench-eval \\
+        --checkpoint runs/routerbench/final
+
+The table, aptitude test (K-means clusters of the train files' questions) and splits (train files -> train/val,
+every other file -> test) are those of the config (`data.split_by: source`), built on first use — the same
+ones `train.py --config` uses. The zoo is every model of the table; `data.unseen_models` are known to Model-SAT
+through their aptitude results only (and withheld from every router in the `test-unseen` run). Slices: the
+whole test split, then each test file (for RouterDC that includes the out-of-distribution sets MATH
+prealgebra, C-Eval, JavaScript and MBPP, which have no train file). Costs: the table's `models` cost (RouterBench:
+mean US dollars per query), so the cost–quality curve is in dollars.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from eval_modelsat import MatrixRouter  # noqa: E402
+from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
+from modelsat.config import load_config  # noqa: E402
+from modelsat.data.prepare import prepare  # noqa: E402
+from modelsat.evaluate import cached_embedder, evaluate  # noqa: E402
+
+
+def fmt(r: dict) -> str:
+    if not r.get("applicable", True):
+        return "n/a"
+    lo, hi = r["gain_ci"]
+    return f"{r['accuracy']:.4f} ({100 * r['gain']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}])"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", default=None, help="a Model-SAT router trained with this config")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
+    args = p.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare(cfg.data, encoder_name=cfg.model.sentence_encoder, log=lambda s: print(s, file=sys.stderr))
+    table, splits, aptitude = data.table, data.splits, data.aptitude
+    models, unseen = table.model_names, list(data.unseen_models)
+    embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
+    embed(table.texts(splits["train"][:1]))                                  # encode every question once, up front
+
+    extra = []
+    if args.checkpoint:
+        from modelsat.router import Router
+
+        router = Router.from_checkpoint(args.checkpoint)
+        if router.aptitude.fingerprint != aptitude.fingerprint:
+            sys.exit(f"{args.checkpoint}: its aptitude test differs from the config's ({cfg.data.aptitude})")
+        res = table.results[table.results["question_id"].isin(set(aptitude.question_ids))]
+        for m in models:
+            if m not in router.models:
+                router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
+        texts = table.texts(splits["test"])
+        cache = out / "predictions-test.npz"
+        if cache.exists() and np.load(cache)["models"].tolist() == models:
+            matrix = np.load(cache)["p"]
+        else:
+            start = time.time()
+            matrix = router.predict_matrix(texts, models, progress=True)
+            np.savez(cache, p=matrix, models=np.array(models), question_ids=np.array(splits["test"]))
+            print(f"scored {len(texts)} x {len(models)} in {time.time() - start:.0f} s", file=sys.stderr)
+        extra = [MatrixRouter(router, texts, matrix, models)]
+
+    sources = dict(zip(table.questions["question_id"], table.questions["source"]))
+    slices = {"test": splits["test"]}
+    for s in sorted({sources[q] for q in splits["test"]}):
+        slices[s] = [q for q in splits["test"] if sources[q] == s]
+    runs = [(name, ids, []) for name, ids in slices.items()]
+    if unseen:
+        runs.append(("test-unseen", splits["test"], unseen))
+    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "models": models, "unseen": unseen,
+                     "aptitude": {"tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
+                                  "fingerprint": aptitude.fingerprint},
+                     "splits": {k: len(v) for k, v in splits.items()}, "results": []}
+    for name, ids, held_out in runs:
+        routers = default_routers(cfg.data.seed) + [ModelSATRouter(router=r) for r in extra]
+        m = evaluate(table, {**splits, "test": ids}, aptitude, models, "test", held_out, routers=routers,
+                     embed=embed, out=out / name if name in ("test", "test-unseen") else None, zoo=name,
+                     log=lambda s: None)
+        summary["results"].append({
+            "slice": name, "n": m["n_instructions"], "unseen": held_out, "best_single": m["best_single"],
+            "oracle": m["oracle"],
+            "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "applicable")} | (
+                {"cost_at_best_single": v["cost_curve"]["cost_at_best_single"], "cost_auc": v["cost_curve"]["auc"]}
+                if v.get("applicable", True) and "cost_curve" in v else {}) for k, v in m["routers"].items()}})
+        print(f"{name}: n={m['n_instructions']} " + ", ".join(
+            f"{k} {v['accuracy']:.4f}" for k, v in m["routers"].items() if v.get("applicable", True)), file=sys.stderr)
+
+    names = [k for k in summary["results"][0]["routers"] if k != "model-sat" or extra]
+    lines = ["| slice (n) | best single | oracle | " + " | ".join(names) + " |",
+             "|---|---:|---:|" + "---:|" * len(names)]
+    for r in summary["results"]:
+        lines.append(f"| {r['slice']} ({r['n']}) | {r['best_single']['accuracy']:.4f} ({r['best_single']['model']}) | "
+                     f"{r['oracle']:.4f} | " + " | ".join(fmt(r["routers"][k]) for k in names) + " |")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from eval_modelsat import MatrixRouter  # noqa: E402
+from eval_modelsat import MatrixRouter, cached_scores  # noqa: E402
 from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
 from modelsat.config import load_config  # noqa: E402
 from modelsat.data.prepare import prepare  # noqa: E402
@@ -70,15 +69,8 @@ def main() -> None:
             if m not in router.models:
                 router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
         texts = table.texts(splits["test"])
-        cache = out / "predictions-test.npz"
-        if cache.exists() and np.load(cache)["models"].tolist() == models:
-            matrix = np.load(cache)["p"]
-        else:
-            start = time.time()
-            matrix = router.predict_matrix(texts, models, progress=True)
-            np.savez(cache, p=matrix, models=np.array(models), question_ids=np.array(splits["test"]))
-            print(f"scored {len(texts)} x {len(models)} in {time.time() - start:.0f} s", file=sys.stderr)
-        extra = [MatrixRouter(router, texts, matrix, models)]
+        matrix, scored = cached_scores(router, texts, splits["test"], models, out / "predictions-test.npz")
+        extra = [MatrixRouter(router, texts, matrix, scored)]
 
     sources = dict(zip(table.questions["question_id"], table.questions["source"]))
     slices = {"test": splits["test"]}

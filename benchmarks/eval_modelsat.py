@@ -49,6 +49,27 @@ class MatrixRouter:
         return self.matrix[np.ix_([self.row[t] for t in instructions], [self.col[m] for m in models])]
 
 
+def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list[str], cache: Path
+                  ) -> tuple[np.ndarray, list[str]]:
+    """p(correct) of `wanted` models on `texts`, cached per model in `cache` (written atomically): a later run
+    for more models scores only those not yet scored. Returns (Q, M) scores and their M model names."""
+    matrix, models = np.zeros((len(texts), 0)), []
+    if cache.exists():
+        with np.load(cache) as z:
+            if z["question_ids"].tolist() == list(ids):
+                matrix, models = z["p"], z["models"].tolist()
+    missing = [m for m in wanted if m not in models]
+    if missing:
+        start = time.time()
+        matrix = np.concatenate([matrix, router.predict_matrix(texts, missing, progress=True)], axis=1)
+        models = models + missing
+        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        np.savez(tmp, p=matrix, models=np.array(models), question_ids=np.array(list(ids)))
+        tmp.replace(cache)
+        print(f"scored {len(texts)} instructions x {len(missing)} models in {time.time() - start:.0f} s", file=sys.stderr)
+    return matrix, models
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -75,22 +96,7 @@ def main() -> None:
     needed = sorted({m for z in wanted for m in zoos[z]} | {m for m in unseen if any(m in zoos[z] for z in wanted)})
     test = list(splits["test"])[:args.max_test or None]
     texts = table.texts(test)
-    # Scores are cached per model: a later run for more zoos scores only the models not yet scored.
-    cache = out / "predictions-test.npz"
-    matrix, models = np.zeros((len(test), 0)), []
-    if cache.exists():
-        with np.load(cache) as z:
-            if z["question_ids"].tolist() == test:
-                matrix, models = z["p"], z["models"].tolist()
-    missing = [m for m in needed if m not in models]
-    if missing:
-        start = time.time()
-        scored = router.predict_matrix(texts, missing, progress=True)
-        matrix, models = np.concatenate([matrix, scored], axis=1), models + missing
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, p=matrix, models=np.array(models), question_ids=np.array(test))
-        tmp.replace(cache)
-        print(f"scored {len(test)} instructions x {len(missing)} models in {time.time() - start:.0f} s", file=sys.stderr)
+    matrix, models = cached_scores(router, texts, test, needed, out / "predictions-test.npz")
     stand_in = MatrixRouter(router, texts, matrix, models)
 
     embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))

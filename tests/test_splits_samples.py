@@ -209,7 +209,7 @@ def test_prepare_by_source_with_cluster_aptitude(tmp_path: Path) -> None:
     the train files only, test is every other file, and the cluster embeddings are cached beside the table."""
     from modelsat.config import DataConfig
     from modelsat.data.prepare import prepare
-    from tests.conftest import make_synthetic_table
+    from conftest import make_synthetic_table
 
     src = make_synthetic_table(tmp_path / "src")
     q = pd.read_parquet(src / "questions.parquet")

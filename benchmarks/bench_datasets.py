@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from eval_modelsat import MatrixRouter, cached_scores  # noqa: E402
+from eval_modelsat import MatrixRouter, cached_scores, join_zoo  # noqa: E402
 from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
 from modelsat.config import load_config  # noqa: E402
 from modelsat.data.prepare import prepare  # noqa: E402
@@ -64,10 +64,7 @@ def main() -> None:
         router = Router.from_checkpoint(args.checkpoint)
         if router.aptitude.fingerprint != aptitude.fingerprint:
             sys.exit(f"{args.checkpoint}: its aptitude test differs from the config's ({cfg.data.aptitude})")
-        res = table.results[table.results["question_id"].isin(set(aptitude.question_ids))]
-        for m in models:
-            if m not in router.models:
-                router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
+        join_zoo(router, table, models)
         texts = table.texts(splits["test"])
         matrix, scored = cached_scores(router, texts, splits["test"], models, out / "predictions-test.npz")
         extra = [MatrixRouter(router, texts, matrix, scored)]

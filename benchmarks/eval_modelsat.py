@@ -49,6 +49,14 @@ class MatrixRouter:
         return self.matrix[np.ix_([self.row[t] for t in instructions], [self.col[m] for m in models])]
 
 
+def join_zoo(router: Router, table: RoutingTable, models: list[str]) -> None:
+    """Add each of `models` missing from the router's zoo through its aptitude-test results in `table`."""
+    res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
+    for m in models:
+        if m not in router.models:
+            router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
+
+
 def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list[str], cache: Path
                   ) -> tuple[np.ndarray, list[str]]:
     """p(correct) of `wanted` models on `texts`, cached per model in `cache` (written atomically): a later run
@@ -86,10 +94,7 @@ def main() -> None:
     splits = json.loads((Path(args.checkpoint) / "splits.json").read_text())
     unseen = list(cfg.data.unseen_models)
     zoos = {**cfg.data.zoos, "all": table.model_names}
-    res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
-    for m in table.model_names:
-        if m not in router.models:
-            router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
+    join_zoo(router, table, table.model_names)
 
     # One pass of the router over the test split, every model of the requested zoos.
     wanted = args.zoos.split(",")

@@ -5,6 +5,8 @@ train/test files: prints JSON, writes a markdown table.
     python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-eval
     python benchmarks/bench_datasets.py --config configs/routerbench.yaml --out runs/routerbench-eval \\
         --checkpoint runs/routerbench/final
+    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-eval \\
+        --checkpoint runs/routerdc/final --max-per-source 150     # a seeded sample of each test file, for every router
 
 The table, aptitude test (K-means clusters of the train files' questions) and splits (train files -> train/val,
 every other file -> test) are those of the config (`data.split_by: source`), built on first use — the same
@@ -41,11 +43,24 @@ def fmt(r: dict) -> str:
     return f"{r['accuracy']:.4f} ({100 * r['gain']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}])"
 
 
+def sample_per_source(ids: list[str], sources: dict[str, str], n: int, seed: int) -> list[str]:
+    """At most `n` of `ids` per source, drawn at random with `seed`; the sample keeps the order of `ids`."""
+    rng = np.random.default_rng(seed)
+    keep: set[str] = set()
+    for s in sorted({sources[q] for q in ids}):
+        of_s = [q for q in ids if sources[q] == s]
+        keep.update(of_s if len(of_s) <= n else rng.choice(of_s, size=n, replace=False).tolist())
+    return [q for q in ids if q in keep]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", default=None, help="a Model-SAT router trained with this config")
+    p.add_argument("--max-per-source", type=int, default=0,
+                   help="at most N test instructions per test file, drawn with the config's seed (0: all); every "
+                        "router, baselines included, is then measured on that same sample")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
@@ -54,6 +69,9 @@ def main() -> None:
     data = prepare(cfg.data, encoder_name=cfg.model.sentence_encoder, log=lambda s: print(s, file=sys.stderr))
     table, splits, aptitude = data.table, data.splits, data.aptitude
     models, unseen = table.model_names, list(data.unseen_models)
+    sources = dict(zip(table.questions["question_id"], table.questions["source"]))
+    if args.max_per_source > 0:
+        splits = {**splits, "test": sample_per_source(splits["test"], sources, args.max_per_source, cfg.data.seed)}
     embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
     embed(table.texts(splits["train"][:1]))                                  # encode every question once, up front
 
@@ -69,14 +87,13 @@ def main() -> None:
         matrix, scored = cached_scores(router, texts, splits["test"], models, out / "predictions-test.npz")
         extra = [MatrixRouter(router, texts, matrix, scored)]
 
-    sources = dict(zip(table.questions["question_id"], table.questions["source"]))
     slices = {"test": splits["test"]}
     for s in sorted({sources[q] for q in splits["test"]}):
         slices[s] = [q for q in splits["test"] if sources[q] == s]
     runs = [(name, ids, []) for name, ids in slices.items()]
     if unseen:
         runs.append(("test-unseen", splits["test"], unseen))
-    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "models": models, "unseen": unseen,
+    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "max_per_source": args.max_per_source, "models": models, "unseen": unseen,
                      "aptitude": {"tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
                                   "fingerprint": aptitude.fingerprint},
                      "splits": {k: len(v) for k, v in splits.items()}, "results": []}

@@ -30,6 +30,7 @@ from transformers import get_cosine_schedule_with_warmup
 from modelsat.config import Config, load_config
 from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
+from modelsat.evaluate import interaction_auc
 from modelsat.checkpoint import save_checkpoint
 from modelsat.model import RouterModel, build_router_model
 
@@ -100,8 +101,9 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
 
 @torch.no_grad()
 def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tensor], cfg: Config) -> dict:
-    """Routing accuracy on val instructions over the training models, with best single and oracle; and, on
-    every (instruction, model) pair, the AUC and Brier score of p(correct) (finer signals than top-1)."""
+    """Routing accuracy on val instructions over the training models, with best single and oracle; on every
+    (instruction, model) pair, the AUC and Brier score of p(correct) (finer signals than top-1); and the
+    interaction AUC (0.5 = the router ranks the models the same way for every instruction)."""
     ids = list(data.splits["val"])
     if cfg.train.max_val_instructions and len(ids) > cfg.train.max_val_instructions:
         ids = sorted(np.random.default_rng(cfg.train.seed).choice(ids, cfg.train.max_val_instructions,
@@ -127,7 +129,7 @@ def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tenso
     return {"n": len(ids), "accuracy": float(scores[np.arange(len(ids)), picks].mean()),
             "best_single": float(scores[:, best].mean()), "best_single_model": models[best],
             "oracle": float(scores.max(axis=1).mean()), "auc": auc,
-            "brier": float(((probs - scores) ** 2).mean())}
+            "brier": float(((probs - scores) ** 2).mean()), "interaction_auc": interaction_auc(probs, scores)}
 
 
 def last_step_dir(out_dir: Path) -> Path | None:

@@ -184,6 +184,20 @@ def cost_curve(pred: np.ndarray, y: np.ndarray, norm_cost: np.ndarray, raw_cost:
     return {"points": points, "auc": auc, "cost_at_best_single": cheapest}
 
 
+def interaction_auc(pred: np.ndarray, y: np.ndarray) -> float:
+    """Routing signal beyond a fixed ranking of the models: each model's mean prediction over the instructions
+    is removed, then the AUC of the rest separating the models that answered an instruction correctly from those
+    that did not is averaged over the instructions that have both. 0.5: the predictions rank the models the same
+    way for every instruction (a prior plus a per-instruction difficulty); 1.0: the residual alone routes
+    perfectly. NaN where no instruction has both outcomes."""
+    from sklearn.metrics import roc_auc_score
+
+    residual = pred - pred.mean(axis=0, keepdims=True)
+    hit = y >= 0.5
+    rows = np.where(hit.any(axis=1) & ~hit.all(axis=1))[0]
+    return float(np.mean([roc_auc_score(hit[i], residual[i]) for i in rows])) if len(rows) else float("nan")
+
+
 def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray, models: list[str],
                    norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool, seed: int) -> dict:
     """Every metric of one router's (Q, M) predictions against the (Q, M) scores `y`."""
@@ -195,6 +209,7 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
            "gap_closed": (acc - base) / (oracle - base) if oracle - base > 1e-12 else None}
     if probabilistic:
         out["brier"] = float(np.mean((np.clip(pred, 0, 1) - y) ** 2))
+        out["interaction_auc"] = interaction_auc(pred, y)
     out["picks"] = dict(zip(models, c.mean(axis=0).round(6).tolist()))
     out["per_category"] = {k: float(per[cats == k].mean()) for k in sorted(set(cats))}
     out["picks_per_category"] = {k: dict(zip(models, c[cats == k].mean(axis=0).round(6).tolist()))
@@ -318,24 +333,26 @@ def report_markdown(metrics: dict) -> str:
              f"result on them); {len(metrics['models'])} models; unseen: {', '.join(metrics['unseen']) or 'none'}.",
              f"Oracle {metrics['oracle']:.4f} · random (expected) {metrics['random']:.4f} · best single (chosen on "
              f"train): `{bs['model']}` {bs['accuracy']:.4f}.", "",
-             "| router | accuracy | gain [95% CI] | gap closed | Brier | cost AUC | cost at best-single acc. "
-             "| most picked |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| router | accuracy | gain [95% CI] | gap closed | Brier | interaction AUC | cost AUC "
+             "| cost at best-single acc. | most picked |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in routers.items():
         if not r.get("applicable", True):
-            lines.append(f"| {name} | n/a | | | | | | {r['reason']} |")
+            lines.append(f"| {name} | n/a | | | | | | | {r['reason']} |")
             continue
         top = max(r["picks"], key=r["picks"].get)
         at = r["cost_curve"]["cost_at_best_single"]
         lo, hi = r["gain_ci"]
         lines.append(f"| {name} | {r['accuracy']:.4f} | {r['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                     f" | {_fmt(r['gap_closed'], '.3f')} | {_fmt(r.get('brier'))} | {r['cost_curve']['auc']:.4f}"
+                     f" | {_fmt(r['gap_closed'], '.3f')} | {_fmt(r.get('brier'))} | {_fmt(r.get('interaction_auc'), '.3f')}"
+                     f" | {r['cost_curve']['auc']:.4f}"
                      f" | {_fmt(at and at['mean_cost'], '.4g')} | {top} ({r['picks'][top]:.0%}) |")
     cost = metrics["cost"]
     lines += ["", f"Gain = router − best single; 95% paired bootstrap CI over {metrics['bootstrap']['resamples']} "
               "resamples of the instructions. Gap closed = gain / (oracle − best single). Brier: mean squared error "
-              "of p_correct over every (instruction, model). Cost AUC: mean, over the zoo's cost range, of the best "
-              "accuracy reachable at that mean cost (upper envelope of the cost_weight sweep). Cost at best-single "
+              "of p_correct over every (instruction, model). Interaction AUC: how well p_correct, less each model's "
+              "mean, separates right from wrong models within an instruction (0.5: one fixed ranking of the models). "
+              "Cost AUC: mean, over the zoo's cost range, of the best accuracy reachable at that mean cost (upper envelope of the cost_weight sweep). Cost at best-single "
               f"acc.: the lowest mean cost (best single model: {bs['cost']:.4g}) at which the sweep reaches the best "
               f"single model's accuracy. Cost rule: {cost['rule']}"
               + (f"; unknown cost: {', '.join(cost['unknown'])}." if cost["unknown"] else "."), "",

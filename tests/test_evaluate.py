@@ -16,7 +16,7 @@ from modelsat.baselines import (BestPerCategoryRouter, BestSingleRouter, Inferen
 from modelsat.data.splits import save_splits
 from modelsat.data.table import RoutingTable
 from modelsat.evaluate import (EvaluationError, bootstrap_ci, choice_weights, cost_curve, evaluate, frontier_auc,
-                               resolve_zoo, run_evaluate_cli)
+                               interaction_auc, resolve_zoo, run_evaluate_cli)
 
 from test_baselines import WORDS, make_world  # noqa: E402 - the same synthetic world
 
@@ -69,6 +69,15 @@ def test_cost_curve_of_a_perfect_predictor():
 
 
 # ------------------------------------------------------------------------------------------ evaluate()
+def test_interaction_auc_separates_a_fixed_ranking_from_routing():
+    y = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], dtype=float)
+    prior = np.tile([0.75, 0.5, 0.25], (4, 1)) + np.array([[0], [0.125], [0.25], [0.375]])  # prior + difficulty
+    assert interaction_auc(prior, y) == pytest.approx(0.5)                        # (dyadic values: exact ties)
+    assert interaction_auc(y + prior, y) == pytest.approx(1.0)                    # the residual routes perfectly
+    assert interaction_auc(-y, y) == pytest.approx(0.0)
+    assert np.isnan(interaction_auc(prior, np.ones_like(y)))                     # every model right: undefined
+
+
 def test_evaluate_known_values(seen_metrics):
     m = seen_metrics
     assert m["n_instructions"] == 20 and m["n_dropped_missing"] == 0
@@ -126,8 +135,8 @@ def test_outputs_are_written(tmp_path, seen_metrics):
     assert "picks-model-sat.png" not in files
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert set(doc) >= {"zoo", "split", "n_instructions", "oracle", "random", "best_single", "routers"}
-    assert set(doc["routers"]["knn"]) >= {"accuracy", "gain", "gain_ci", "gap_closed", "brier", "picks",
-                                          "per_category", "cost_curve"}
+    assert set(doc["routers"]["knn"]) >= {"accuracy", "gain", "gain_ci", "gap_closed", "brier",
+                                          "interaction_auc", "picks", "per_category", "cost_curve"}
     lines = (tmp_path / "report.md").read_text().splitlines()
     assert sum(line.startswith("| knn |") for line in lines) == 1
 

@@ -32,6 +32,7 @@ def test_tiny_run_writes_the_checkpoint_and_loss_falls(tmp_path: Path) -> None:
     assert sum(losses[-6:]) / 6 < sum(losses[:6]) / 6
     assert 0.0 <= metrics["val"]["accuracy"] <= 1.0
     assert 0.0 <= metrics["val"]["auc"] <= 1.0 and 0.0 <= metrics["val"]["brier"] <= 1.0
+    assert 0.0 <= metrics["val"]["interaction_auc"] <= 1.0
     saved = json.loads((run / "final" / "metrics.json").read_text())
     assert saved["step"] == 24 and saved["val"] == metrics["val"]
 

@@ -105,7 +105,7 @@ def main() -> None:
         summary["results"].append({
             "slice": name, "n": m["n_instructions"], "unseen": held_out, "best_single": m["best_single"],
             "oracle": m["oracle"],
-            "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "applicable")} | (
+            "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "interaction_auc", "applicable")} | (
                 {"cost_at_best_single": v["cost_curve"]["cost_at_best_single"], "cost_auc": v["cost_curve"]["auc"]}
                 if v.get("applicable", True) and "cost_curve" in v else {}) for k, v in m["routers"].items()}})
         print(f"{name}: n={m['n_instructions']} " + ", ".join(
@@ -117,6 +117,10 @@ def main() -> None:
     for r in summary["results"]:
         lines.append(f"| {r['slice']} ({r['n']}) | {r['best_single']['accuracy']:.4f} ({r['best_single']['model']}) | "
                      f"{r['oracle']:.4f} | " + " | ".join(fmt(r["routers"][k]) for k in names) + " |")
+    whole = summary["results"][0]["routers"]
+    lines += ["", "Interaction AUC on the whole test split (0.5: one fixed ranking of the models for every instruction): "
+              + ", ".join(f"{k} {v['interaction_auc']:.3f}" for k, v in whole.items()
+                          if v.get("interaction_auc") is not None)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(summary))

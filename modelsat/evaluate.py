@@ -192,7 +192,7 @@ def interaction_auc(pred: np.ndarray, y: np.ndarray) -> float:
     perfectly. NaN where no instruction has both outcomes."""
     from sklearn.metrics import roc_auc_score
 
-    residual = pred - pred.mean(axis=0, keepdims=True)
+    residual = np.round(pred - pred.mean(axis=0, keepdims=True), 9)     # rounding noise of the mean is a tie
     hit = y >= 0.5
     rows = np.where(hit.any(axis=1) & ~hit.all(axis=1))[0]
     return float(np.mean([roc_auc_score(hit[i], residual[i]) for i in rows])) if len(rows) else float("nan")

@@ -76,6 +76,7 @@ def test_interaction_auc_separates_a_fixed_ranking_from_routing():
     assert interaction_auc(y + prior, y) == pytest.approx(1.0)                    # the residual routes perfectly
     assert interaction_auc(-y, y) == pytest.approx(0.0)
     assert np.isnan(interaction_auc(prior, np.ones_like(y)))                     # every model right: undefined
+    assert interaction_auc(np.tile([0.1, 0.7, 0.3], (3, 1)), np.tile([1.0, 0, 0], (3, 1))) == 0.5  # inexact mean: ties
 
 
 def test_evaluate_known_values(seen_metrics):

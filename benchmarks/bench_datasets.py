@@ -93,7 +93,8 @@ def main() -> None:
     runs = [(name, ids, []) for name, ids in slices.items()]
     if unseen:
         runs.append(("test-unseen", splits["test"], unseen))
-    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "max_per_source": args.max_per_source, "models": models, "unseen": unseen,
+    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "max_per_source": args.max_per_source,
+                     "models": models, "unseen": unseen,
                      "aptitude": {"tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
                                   "fingerprint": aptitude.fingerprint},
                      "splits": {k: len(v) for k, v in splits.items()}, "results": []}
@@ -118,8 +119,8 @@ def main() -> None:
         lines.append(f"| {r['slice']} ({r['n']}) | {r['best_single']['accuracy']:.4f} ({r['best_single']['model']}) | "
                      f"{r['oracle']:.4f} | " + " | ".join(fmt(r["routers"][k]) for k in names) + " |")
     whole = summary["results"][0]["routers"]
-    lines += ["", "Interaction AUC on the whole test split (0.5: one fixed ranking of the models for every instruction): "
-              + ", ".join(f"{k} {v['interaction_auc']:.3f}" for k, v in whole.items()
+    lines += ["", "Interaction AUC on the whole test split (0.5: one fixed ranking of the models for every "
+              "instruction): " + ", ".join(f"{k} {v['interaction_auc']:.3f}" for k, v in whole.items()
                           if v.get("interaction_auc") is not None)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text("\n".join(lines) + "\n")

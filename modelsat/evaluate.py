@@ -344,15 +344,16 @@ def report_markdown(metrics: dict) -> str:
         at = r["cost_curve"]["cost_at_best_single"]
         lo, hi = r["gain_ci"]
         lines.append(f"| {name} | {r['accuracy']:.4f} | {r['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-                     f" | {_fmt(r['gap_closed'], '.3f')} | {_fmt(r.get('brier'))} | {_fmt(r.get('interaction_auc'), '.3f')}"
-                     f" | {r['cost_curve']['auc']:.4f}"
+                     f" | {_fmt(r['gap_closed'], '.3f')} | {_fmt(r.get('brier'))}"
+                     f" | {_fmt(r.get('interaction_auc'), '.3f')} | {r['cost_curve']['auc']:.4f}"
                      f" | {_fmt(at and at['mean_cost'], '.4g')} | {top} ({r['picks'][top]:.0%}) |")
     cost = metrics["cost"]
     lines += ["", f"Gain = router − best single; 95% paired bootstrap CI over {metrics['bootstrap']['resamples']} "
               "resamples of the instructions. Gap closed = gain / (oracle − best single). Brier: mean squared error "
               "of p_correct over every (instruction, model). Interaction AUC: how well p_correct, less each model's "
               "mean, separates right from wrong models within an instruction (0.5: one fixed ranking of the models). "
-              "Cost AUC: mean, over the zoo's cost range, of the best accuracy reachable at that mean cost (upper envelope of the cost_weight sweep). Cost at best-single "
+              "Cost AUC: mean, over the zoo's cost range, of the best accuracy reachable at that mean cost (upper "
+              "envelope of the cost_weight sweep). Cost at best-single "
               f"acc.: the lowest mean cost (best single model: {bs['cost']:.4g}) at which the sweep reaches the best "
               f"single model's accuracy. Cost rule: {cost['rule']}"
               + (f"; unknown cost: {', '.join(cost['unknown'])}." if cost["unknown"] else "."), "",

@@ -43,12 +43,19 @@ def fmt(r: dict) -> str:
     return f"{r['accuracy']:.4f} ({100 * r['gain']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}])"
 
 
+def by_source(ids: list[str], sources: dict[str, str]) -> dict[str, list[str]]:
+    """`ids` grouped by their source file, sources sorted by name, each group in the order of `ids`."""
+    groups: dict[str, list[str]] = {}
+    for q in ids:
+        groups.setdefault(sources[q], []).append(q)
+    return dict(sorted(groups.items()))
+
+
 def sample_per_source(ids: list[str], sources: dict[str, str], n: int, seed: int) -> list[str]:
     """At most `n` of `ids` per source, drawn at random with `seed`; the sample keeps the order of `ids`."""
     rng = np.random.default_rng(seed)
     keep: set[str] = set()
-    for s in sorted({sources[q] for q in ids}):
-        of_s = [q for q in ids if sources[q] == s]
+    for of_s in by_source(ids, sources).values():
         keep.update(of_s if len(of_s) <= n else rng.choice(of_s, size=n, replace=False).tolist())
     return [q for q in ids if q in keep]
 
@@ -87,9 +94,7 @@ def main() -> None:
         matrix, scored = cached_scores(router, texts, splits["test"], models, out / "predictions-test.npz")
         extra = [MatrixRouter(router, texts, matrix, scored)]
 
-    slices = {"test": splits["test"]}
-    for s in sorted({sources[q] for q in splits["test"]}):
-        slices[s] = [q for q in splits["test"] if sources[q] == s]
+    slices = {"test": splits["test"], **by_source(splits["test"], sources)}
     runs = [(name, ids, []) for name, ids in slices.items()]
     if unseen:
         runs.append(("test-unseen", splits["test"], unseen))

@@ -91,7 +91,9 @@ def main() -> None:
             sys.exit(f"{args.checkpoint}: its aptitude test differs from the config's ({cfg.data.aptitude})")
         join_zoo(router, table, models)
         texts = table.texts(splits["test"])
-        matrix, scored = cached_scores(router, texts, splits["test"], models, out / "predictions-test.npz")
+        cache = out / (f"predictions-test-per-source-{args.max_per_source}.npz" if args.max_per_source > 0
+                       else "predictions-test.npz")                    # a sample run keeps the full run's scores
+        matrix, scored = cached_scores(router, texts, splits["test"], models, cache)
         extra = [MatrixRouter(router, texts, matrix, scored)]
 
     slices = {"test": splits["test"], **by_source(splits["test"], sources)}
@@ -126,7 +128,7 @@ def main() -> None:
     whole = summary["results"][0]["routers"]
     lines += ["", "Interaction AUC on the whole test split (0.5: one fixed ranking of the models for every "
               "instruction): " + ", ".join(f"{k} {v['interaction_auc']:.3f}" for k, v in whole.items()
-                          if v.get("interaction_auc") is not None)]
+                                           if v.get("interaction_auc") is not None)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(summary))

@@ -74,7 +74,8 @@ def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list
         tmp = cache.with_name(cache.stem + ".tmp.npz")
         np.savez(tmp, p=matrix, models=np.array(models), question_ids=np.array(list(ids)))
         tmp.replace(cache)
-        print(f"scored {len(texts)} instructions x {len(missing)} models in {time.time() - start:.0f} s", file=sys.stderr)
+        print(f"scored {len(texts)} instructions x {len(missing)} models in {time.time() - start:.0f} s",
+              file=sys.stderr)
     return matrix, models
 
 

@@ -192,6 +192,7 @@ def interaction_auc(pred: np.ndarray, y: np.ndarray) -> float:
     perfectly. NaN where no instruction has both outcomes."""
     from sklearn.metrics import roc_auc_score
 
+    pred = np.asarray(pred, dtype=np.float64)                            # a float32 mean is off by ~1e-6
     residual = np.round(pred - pred.mean(axis=0, keepdims=True), 9)     # rounding noise of the mean is a tie
     hit = y >= 0.5
     rows = np.where(hit.any(axis=1) & ~hit.all(axis=1))[0]

@@ -77,6 +77,9 @@ def test_interaction_auc_separates_a_fixed_ranking_from_routing():
     assert interaction_auc(-y, y) == pytest.approx(0.0)
     assert np.isnan(interaction_auc(prior, np.ones_like(y)))                     # every model right: undefined
     assert interaction_auc(np.tile([0.1, 0.7, 0.3], (3, 1)), np.tile([1.0, 0, 0], (3, 1))) == 0.5  # inexact mean: ties
+    rng = np.random.default_rng(0)                                                  # a float32 prior, 800 rows
+    prior32 = np.tile(rng.random(8, dtype=np.float32), (800, 1))
+    assert interaction_auc(prior32, (rng.random((800, 8)) < 0.5).astype(float)) == 0.5
 
 
 def test_evaluate_known_values(seen_metrics):

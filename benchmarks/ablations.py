@@ -11,10 +11,12 @@ Arms (each changes one thing from `base`):
   stage1         a connector-only first stage (LoRA frozen) for the first third of the steps
   soft-4, soft-16, soft-all
                  4 or 16 soft tokens per candidate, or one per aptitude task (no pooling)
+  instruction-2  2 more soft tokens per candidate, pooled over its per-task tokens by the instruction
 
 Each arm is `python train.py --config configs/default.yaml <shared overrides> <arm overrides>`; its
 `final/metrics.json` gives val routing accuracy over the training models, AUC and Brier score of p(correct)
-over every (instruction, model) pair, and the training time. Prints one JSON object and writes
+over every (instruction, model) pair, the interaction AUC (0.5: the same ranking of the models for every
+instruction), and the training time. Prints one JSON object and writes
 `<out>/ablations.json` and `<out>/ablations.md`. An arm whose `final/` exists is read, not re-run.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ ARMS = {
     "soft-4": ["model.num_soft_tokens=4"],
     "soft-16": ["model.num_soft_tokens=16"],
     "soft-all": ["model.num_soft_tokens=0"],
+    "instruction-2": ["model.instruction_tokens=2"],
 }
 
 
@@ -72,12 +75,12 @@ def main() -> None:
                      "loss_last20": sum(losses[-20:]) / len(losses[-20:]), **m["val"]})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
-    lines = [f"| arm | change | steps | train s | loss (last 20) | val accuracy | best single | AUC | Brier |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| arm | change | steps | train s | loss (last 20) | val accuracy | best single | AUC | Brier "
+             "| interaction AUC |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {' '.join(r['overrides']) or '—'} | {r['steps']} | {r['train_time_s']:.0f} | "
                      f"{r['loss_last20']:.3f} | {r['accuracy']:.4f} | {r['best_single']:.4f} | {r['auc']:.4f} | "
-                     f"{r['brier']:.4f} |")
+                     f"{r['brier']:.4f} | {r.get('interaction_auc', float('nan')):.4f} |")
     out.mkdir(parents=True, exist_ok=True)
     result = {"shared_overrides": shared, "config": args.config, "rows": rows}
     (out / "ablations.json").write_text(json.dumps(result, indent=1))

@@ -86,6 +86,9 @@ class ModelConfig:
     """Projector from capability features to the LLM's embedding space (as LLaVA's)."""
     num_soft_tokens: int = 0
     """Soft tokens per candidate: 0 keeps one per task (structured) or per text chunk; k > 0 pools to k by learned queries."""
+    instruction_tokens: int = 0
+    """Extra soft tokens per candidate pooled over its per-task tokens by the instruction's sentence embedding
+    (matched to the task embeddings): the candidate's results on the tasks that resemble the instruction. 0: none."""
     text_group_size: int = 5
     """Tasks per capability-text chunk in `text` mode (each chunk is encoded whole: no task is truncated away)."""
     lora_r: int = 16
@@ -110,6 +113,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.num_soft_tokens >= 0, "model.num_soft_tokens must be >= 0")
+        _check(self.instruction_tokens >= 0, "model.instruction_tokens must be >= 0")
         _check(self.num_layers >= 0, "model.num_layers must be >= 0")
         _check(self.text_group_size > 0, "model.text_group_size must be positive")
         _check(self.lora_r > 0, "model.lora_r must be positive")

@@ -8,7 +8,12 @@ Two stages, as LLaVA's encoder → projector:
      grouped a few tasks per chunk, each chunk encoded whole by the sentence encoder (F = D). Chunks are
      sized so that no chunk exceeds the encoder's length limit: no task is ever truncated away.
 2. the trainable `CapabilityEncoder`: connector (`linear` | `mlp2x_gelu`) to the LLM width H, optionally
-   pooled to k tokens by learned-query attention.
+   pooled to k tokens by learned-query attention, and optionally followed by `instruction_tokens` tokens pooled
+   by the *instruction* (`InstructionPool`): its sentence embedding attends over the rows' own embeddings (the
+   task embeddings in `structured` mode, the chunk embeddings in `text` mode; both from the same sentence
+   encoder, so the match is meaningful from the first step). Such a token carries the candidate's results on
+   the aptitude tasks that resemble the instruction — the instruction × model signal the LLM has to combine.
+   The per-row tokens still depend only on the model (computed once); only this cheap pooling is per instruction.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from modelsat.pretrained import SentenceEncoder
@@ -123,25 +129,61 @@ class QueryPool(nn.Module):
         return torch.einsum("mkn,mnh->mkh", weights.softmax(dim=-1), x)           # (M, k, H)
 
 
+class InstructionPool(nn.Module):
+    """k tokens pooled over a candidate's N row tokens by the instruction: weights softmax(⟨q_j(x), key_n⟩ / τ_j),
+    with x the instruction's sentence embedding, key_n the row's (unit-normalised), q_j = unit(x) W_j.
+    W_j starts at the identity (plus a little noise to tell the k queries apart) and τ_j at `temperature`, so at
+    step 0 the pooling already weights the tasks most similar to the instruction."""
+
+    def __init__(self, num_queries: int, key_dim: int, temperature: float = 0.05) -> None:
+        super().__init__()
+        eye = torch.eye(key_dim).expand(num_queries, -1, -1)
+        noise = torch.randn(num_queries, key_dim, key_dim) / key_dim * torch.arange(num_queries)[:, None, None]
+        self.maps = nn.Parameter(eye + noise)                                      # (k, D, D); query 0 is x itself
+        self.log_temperature = nn.Parameter(torch.full((num_queries,), math.log(temperature)))
+
+    def forward(self, tokens: torch.Tensor, keys: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
+        # tokens (M, N, H), keys (M, N, D), instruction (M, D) → (M, k, H)
+        queries = torch.einsum("md,kde->mke", F.normalize(instruction, dim=-1), self.maps)
+        logits = torch.einsum("mke,mne->mkn", queries, F.normalize(keys, dim=-1))
+        weights = (logits / self.log_temperature.exp()[:, None]).softmax(dim=-1)
+        return torch.einsum("mkn,mnh->mkh", weights, tokens)
+
+
 class CapabilityEncoder(nn.Module):
     """Trainable part of the capability encoder: features (M, N, F) → soft tokens (M, N_tok, H).
 
     No normalisation of the inputs: the absolute level of the outcome columns is the signal.
-    N_tok = N when `num_soft_tokens` is 0, else `num_soft_tokens`.
+    N_tok = (N when `num_soft_tokens` is 0, else `num_soft_tokens`) + `instruction_tokens`; the last
+    `instruction_tokens` are pooled by the instruction, whose sentence embedding (M, D) `forward` then needs.
+    `key_dim` D: the leading feature columns that embed each row (the sentence encoder's width).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, connector: str = "mlp2x_gelu", num_soft_tokens: int = 0) -> None:
+    def __init__(self, in_dim: int, out_dim: int, connector: str = "mlp2x_gelu", num_soft_tokens: int = 0,
+                 instruction_tokens: int = 0, key_dim: int = 0) -> None:
         super().__init__()
+        if instruction_tokens and not 0 < key_dim <= in_dim:
+            raise ValueError(f"instruction pooling needs the key width (0 < key_dim <= {in_dim}), got {key_dim}")
         self.in_dim, self.out_dim, self.num_soft_tokens = in_dim, out_dim, num_soft_tokens
+        self.instruction_tokens, self.key_dim = instruction_tokens, key_dim
         self.connector = build_connector(connector, in_dim, out_dim)
         self.pool = QueryPool(num_soft_tokens, out_dim) if num_soft_tokens > 0 else None
+        self.instruction_pool = InstructionPool(instruction_tokens, key_dim) if instruction_tokens > 0 else None
 
     def num_tokens(self, num_features: int) -> int:
         """Soft tokens per candidate for N feature rows."""
-        return self.num_soft_tokens or num_features
+        return (self.num_soft_tokens or num_features) + self.instruction_tokens
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
         if features.ndim != 3 or features.shape[-1] != self.in_dim:
             raise ValueError(f"capability features must be (models, rows, {self.in_dim}), got {tuple(features.shape)}")
         tokens = self.connector(features)                                          # (M, N, H)
-        return self.pool(tokens) if self.pool is not None else tokens              # (M, N_tok, H)
+        out = self.pool(tokens) if self.pool is not None else tokens               # (M, N_tok, H)
+        if self.instruction_pool is None:
+            return out
+        if instruction is None or instruction.shape != (features.shape[0], self.key_dim):
+            got = None if instruction is None else tuple(instruction.shape)
+            raise ValueError(f"instruction pooling needs one ({self.key_dim},) instruction embedding per candidate "
+                             f"({features.shape[0]}), got {got}")
+        pooled = self.instruction_pool(tokens, features[..., :self.key_dim], instruction.to(tokens.dtype))
+        return torch.cat([out, pooled], dim=1)                                     # (M, N_tok + k_x, H)

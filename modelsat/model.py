@@ -131,13 +131,22 @@ class RouterModel(nn.Module):
             return embeds
         return embeds.masked_scatter(mask[..., None], soft.to(embeds.dtype))
 
-    def soft_tokens(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Capability soft tokens of all candidates, instruction-major: (ΣK, N_tok, H)."""
+    def soft_tokens(self, features: list[torch.Tensor], instructions: list[str] | None = None) -> torch.Tensor:
+        """Capability soft tokens of all candidates, instruction-major: (ΣK, N_tok, H). `instructions[i]`, the
+        instruction of `features[i]`, is needed (and embedded) only where the encoder pools by the instruction."""
         shapes = {tuple(f.shape[1:]) for f in features if f.ndim == 3}
         if len(shapes) != 1 or any(f.ndim != 3 for f in features):
             raise ValueError(f"features must be (K_i, N, F) tensors of one (N, F) shape, got "
                              f"{[tuple(f.shape) for f in features]}")
-        return self.capability(torch.cat(features).to(self.device, torch.float32))
+        per_block = None
+        if self.capability.instruction_tokens:
+            if self.sentence_encoder is None or instructions is None:
+                raise ValueError("model.instruction_tokens > 0 needs the instructions and the sentence encoder "
+                                 "(build the model with build_router_model)")
+            counts = torch.tensor([f.shape[0] for f in features])
+            embedded = self.sentence_encoder.encode(instructions)                   # (B, D), frozen
+            per_block = embedded.repeat_interleave(counts, dim=0).to(self.device)   # (ΣK, D)
+        return self.capability(torch.cat(features).to(self.device, torch.float32), per_block)
 
     @property
     def device(self) -> torch.device:
@@ -170,7 +179,7 @@ class RouterModel(nn.Module):
         counts = self._check(instructions, features)
         if sum(counts) == 0:
             return [torch.zeros(0, device=self.device) for _ in counts]
-        soft = self.soft_tokens(features)                                            # (ΣK, N_tok, H)
+        soft = self.soft_tokens(features, instructions)                              # (ΣK, N_tok, H)
         prefix, prefix_mask = _pad(self.prefix_ids(instructions), self.pad_id)       # (B, P)
         prefix, prefix_mask = prefix.to(self.device), prefix_mask.to(self.device)
         cache = self.decoder(inputs_embeds=self.embed(prefix), attention_mask=prefix_mask.long(),
@@ -205,7 +214,7 @@ class RouterModel(nn.Module):
         counts = self._check(instructions, features)
         if sum(counts) == 0:
             return [torch.zeros(0, device=self.device) for _ in counts]
-        soft = self.soft_tokens(features)                                            # (ΣK, N_tok, H)
+        soft = self.soft_tokens(features, instructions)                              # (ΣK, N_tok, H)
         block = self.block_ids(soft.shape[1])
         seqs = [p + block for p, k in zip(self.prefix_ids(instructions), counts) for _ in range(k)]
         hidden = []
@@ -236,7 +245,7 @@ class RouterModel(nn.Module):
     def _connector_meta(self) -> dict[str, str]:
         cap = self.capability
         return {"in_dim": str(cap.in_dim), "out_dim": str(cap.out_dim), "connector": self.cfg.connector,
-                "num_soft_tokens": str(cap.num_soft_tokens)}
+                "num_soft_tokens": str(cap.num_soft_tokens), "instruction_tokens": str(cap.instruction_tokens)}
 
     def save_trained(self, directory: str | Path) -> None:
         """Write only what trains: the LoRA adapter (PEFT format) and `connector.safetensors`."""
@@ -269,7 +278,7 @@ class RouterModel(nn.Module):
         from safetensors import safe_open
 
         with safe_open(directory / CONNECTOR_FILE, "pt") as f:
-            meta = f.metadata() or {}
+            meta = {"instruction_tokens": "0", **(f.metadata() or {})}     # older checkpoints lack the key
         if any(meta.get(k, v) != v for k, v in self._connector_meta().items()):
             raise ValueError(f"{directory / CONNECTOR_FILE} was saved for {meta}, but this model has "
                              f"{self._connector_meta()}; build the model from the checkpoint's config.yaml")
@@ -291,7 +300,8 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
     llm = get_peft_model(base, lora)
     capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
-                                   llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens)
+                                   llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens,
+                                   cfg.instruction_tokens, sentence_encoder.dim)
     model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder)
     if checkpoint is not None:
         model.load_trained(checkpoint)

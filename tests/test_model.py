@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modelsat.config import ModelConfig
-from modelsat.encoder import (CapabilityEncoder, build_connector, capability_features, capability_sentence,
+from modelsat.encoder import (CapabilityEncoder, InstructionPool, build_connector, capability_features, capability_sentence,
                               task_embeddings, text_chunks)
 from modelsat.model import build_router_model
 from modelsat.pretrained import load_sentence_encoder
@@ -118,6 +118,32 @@ def test_capability_encoder_pools_to_k_tokens() -> None:
         pooled(torch.randn(3, T, 12))
 
 
+def test_instruction_pool_weights_the_tasks_like_the_instruction() -> None:
+    keys = torch.eye(4)[None] * 3.0                                              # (1, N=4, D=4): tasks along axes
+    tokens = torch.arange(4.0)[None, :, None].expand(1, 4, 5)                    # token n is n everywhere (H=5)
+    pool = InstructionPool(num_queries=2, key_dim=4)
+    out = pool(tokens, keys, torch.tensor([[0.0, 0.0, 2.0, 0.1]]))              # resembles task 2
+    assert out.shape == (1, 2, 5)
+    torch.testing.assert_close(out[0, 0], torch.full((5,), 2.0), atol=1e-3, rtol=0)  # query 0 at init: x itself
+    assert (out[0, 1] - 2.0).abs().max() < 0.1                                   # query 1: the same, a little noise
+
+
+def test_capability_encoder_adds_instruction_pooled_tokens() -> None:
+    feats = torch.randn(3, T, 11)
+    enc = CapabilityEncoder(11, 16, "linear", num_soft_tokens=2, instruction_tokens=1, key_dim=8)
+    instr = torch.randn(3, 8)
+    out = enc(feats, instr)
+    assert out.shape == (3, 3, 16) and enc.num_tokens(T) == 3
+    torch.testing.assert_close(out[:, :2], CapabilityEncoder.forward(enc, feats, instr)[:, :2])
+    other = enc(feats, -instr)
+    torch.testing.assert_close(out[:, :2], other[:, :2])                         # learned-query tokens: model only
+    assert not torch.allclose(out[:, 2], other[:, 2])                            # the last: per instruction
+    with pytest.raises(ValueError, match="one \\(8,\\) instruction embedding per candidate"):
+        enc(feats)
+    with pytest.raises(ValueError, match="key width"):
+        CapabilityEncoder(11, 16, instruction_tokens=1, key_dim=0)
+
+
 # -- router model --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("k", [1, 3, 8])
 def test_packed_equals_separate(router, k: int) -> None:
@@ -131,6 +157,23 @@ def test_packed_equals_separate(router, k: int) -> None:
         torch.testing.assert_close(p, s, atol=1e-4, rtol=0)
     if k > 1:  # the comparison means something: candidates and instructions get clearly different scores
         assert torch.cat(packed).std() > 0.05
+
+
+@pytest.mark.parametrize("mode", ["structured", "text"])
+def test_instruction_tokens_packed_equals_separate(mode: str) -> None:
+    model = build_router_model(_cfg(encoder_mode=mode, num_soft_tokens=2, instruction_tokens=2, text_group_size=2),
+                               per_task=S)
+    _sharpen(model)
+    feats = _groups(model, [3, 2, 3])
+    with torch.no_grad():
+        packed = model.score(INSTRUCTIONS, feats)
+        separate = model.score_separate(INSTRUCTIONS, feats)
+        for p, s in zip(packed, separate):
+            torch.testing.assert_close(p, s, atol=1e-4, rtol=0)
+        same = [feats[0], feats[0], feats[0]]                                    # one zoo, three instructions
+        soft = model.soft_tokens(same, INSTRUCTIONS).view(3, 3, -1, model.capability.out_dim)
+    torch.testing.assert_close(soft[0, :, :2], soft[1, :, :2])                   # the model-only tokens
+    assert not torch.allclose(soft[0, :, 2:], soft[1, :, 2:])                    # the instruction-pooled ones
 
 
 def test_chunks_equal_one_pass(router) -> None:
@@ -260,9 +303,9 @@ def test_model_features_and_forward(router) -> None:
         assert router.score(INSTRUCTIONS[:1], [feats[None][:0]])[0].shape == (0,)
 
 
-@pytest.mark.parametrize("mode,k", [("structured", 0), ("text", 2)])
-def test_save_load_gives_identical_scores(tmp_path, mode: str, k: int) -> None:
-    cfg = _cfg(encoder_mode=mode, num_soft_tokens=k, text_group_size=2)
+@pytest.mark.parametrize("mode,k,kx", [("structured", 0, 0), ("text", 2, 0), ("structured", 2, 1)])
+def test_save_load_gives_identical_scores(tmp_path, mode: str, k: int, kx: int) -> None:
+    cfg = _cfg(encoder_mode=mode, num_soft_tokens=k, text_group_size=2, instruction_tokens=kx)
     model = build_router_model(cfg, per_task=S)
     _sharpen(model)
     with torch.no_grad():
@@ -291,6 +334,8 @@ def test_load_rejects_a_different_architecture(tmp_path) -> None:
         build_router_model(_cfg(connector="linear"), per_task=S, checkpoint=tmp_path)
     with pytest.raises(ValueError, match="adapter_config.json"):
         build_router_model(_cfg(lora_r=4), per_task=S, checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="connector.safetensors"):
+        build_router_model(_cfg(instruction_tokens=1), per_task=S, checkpoint=tmp_path)
     (tmp_path / "connector.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="connector.safetensors is missing"):
         build_router_model(_cfg(), per_task=S, checkpoint=tmp_path)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from modelsat.config import ModelConfig
-from modelsat.encoder import (CapabilityEncoder, InstructionPool, build_connector, capability_features, capability_sentence,
-                              task_embeddings, text_chunks)
+from modelsat.encoder import (CapabilityEncoder, InstructionPool, build_connector, capability_features,
+                              capability_sentence, task_embeddings, text_chunks)
 from modelsat.model import build_router_model
 from modelsat.pretrained import load_sentence_encoder
 
@@ -134,7 +134,7 @@ def test_capability_encoder_adds_instruction_pooled_tokens() -> None:
     instr = torch.randn(3, 8)
     out = enc(feats, instr)
     assert out.shape == (3, 3, 16) and enc.num_tokens(T) == 3
-    torch.testing.assert_close(out[:, :2], CapabilityEncoder.forward(enc, feats, instr)[:, :2])
+    torch.testing.assert_close(out[:, :2], enc.pool(enc.connector(feats)))     # learned-query tokens first, as before
     other = enc(feats, -instr)
     torch.testing.assert_close(out[:, :2], other[:, :2])                         # learned-query tokens: model only
     assert not torch.allclose(out[:, 2], other[:, 2])                            # the last: per instruction

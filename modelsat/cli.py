@@ -77,9 +77,32 @@ def _zoo(checkpoint: str):
     return Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
 
 
+def _table_costs(results: str, name: str) -> dict:
+    """Cost, params_b and cost unit of `name` from the models file beside a routing table's results, if any."""
+    from modelsat.data.table import _find, _read
+
+    models = _find(Path(results).parent, "models", False)
+    if models is None:
+        return {}
+    m = _read(models, "models")
+    row = m[m["model"] == name]
+    if row.empty:
+        return {}
+    r = row.iloc[0]
+    pick = {k: float(r[k]) for k in ("cost", "params_b") if k in r and r[k] == r[k]}  # NaN != NaN
+    if "cost" in pick and "cost_unit" in r and isinstance(r["cost_unit"], str):
+        pick["cost_unit"] = r["cost_unit"]
+    return pick
+
+
 def cmd_zoo_add(a: argparse.Namespace) -> None:
     zoo = _zoo(a.checkpoint)
-    entry = zoo.add(a.name, a.results, cost=a.cost, params_b=a.params_b, cost_unit=a.cost_unit)
+    meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit}
+    if a.cost is None and a.params_b is None and (found := _table_costs(a.results, a.name)):
+        meta.update(found)  # a routing table's results: its models file knows the model's cost
+        print(f"{a.name}: cost from the table beside {a.results}: "
+              + ", ".join(f"{k}={v}" for k, v in found.items() if v != ""))
+    entry = zoo.add(a.name, a.results, **meta)
     print(f"added {entry.name} to {zoo.root} (aptitude accuracy "
           f"{sum(entry.scores.values()) / len(entry.scores):.3f}); the zoo now has {len(zoo)} models")
 
@@ -161,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     za.add_argument("--checkpoint", required=True)
     za.add_argument("--name", required=True)
     za.add_argument("--results", required=True, help="long-format (model, question_id, score) or (question_id, score)")
-    za.add_argument("--cost", type=float)
+    za.add_argument("--cost", type=float, help="cost per request (default: from models.parquet beside --results)")
     za.add_argument("--cost-unit", default="")
-    za.add_argument("--params-b", type=float)
+    za.add_argument("--params-b", type=float, help="parameters in billions, the cost where --cost is absent")
     za.set_defaults(fn=cmd_zoo_add)
     zl = zoo.add_parser("list", help="the models of the zoo")
     zl.add_argument("--checkpoint", required=True)

@@ -113,3 +113,29 @@ def test_cli_zoo_add_list_remove(tmp_path: Path, aptitude: Aptitude, capsys) -> 
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "new-llm"]) == 0
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "new-llm"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def test_cli_zoo_add_takes_the_cost_from_the_table_beside_the_results(tmp_path: Path, aptitude: Aptitude,
+                                                                       capsys) -> None:
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "zoo").mkdir(parents=True)
+    aptitude.save(ckpt / "aptitude.json")
+    for name in ("config.yaml", "adapter_model.safetensors", "adapter_config.json", "connector.safetensors"):
+        (ckpt / name).write_text("")
+    table = tmp_path / "table"
+    table.mkdir()
+    pd.concat([results_for(aptitude, "big", 1.0), results_for(aptitude, "priced", 0.0)]).to_parquet(
+        table / "results.parquet")
+    pd.DataFrame({"model": ["big", "priced"], "cost": [float("nan"), 0.5], "params_b": [70.0, float("nan")],
+                  "cost_unit": ["", "usd"]}).to_parquet(table / "models.parquet")
+    res = str(table / "results.parquet")
+    for name in ("big", "priced"):
+        assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", name, "--results", res]) == 0
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "given", "--results", str(table / "results.parquet"),
+                "--params-b", "7"]) == 2  # 'given' has no results in the file: the add fails, naming it
+    capsys.readouterr()
+    assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
+    listed = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
+    assert (listed["big"]["params_b"], listed["big"]["cost"]) == (70.0, None)
+    assert (listed["priced"]["cost"], listed["priced"]["cost_unit"], listed["priced"]["params_b"]) == (0.5, "usd", None)
+    assert set(listed) == {"big", "priced"}

@@ -182,20 +182,20 @@ def main(argv: list[str] | None = None) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     core: RouterModel = accelerator.unwrap_model(model)
 
-    step, history = 0, []
+    step, history, spent = 0, [], 0.0
     if cfg.train.resume and (resume_dir := last_step_dir(out_dir)) is not None:
         state = torch.load(resume_dir / "training_state.pt", weights_only=False)
         core.load_trained(resume_dir)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        step, history = state["step"], state["history"]
-        log(f"resumed from {resume_dir} at step {step}")
+        step, history, spent = state["step"], state["history"], state.get("train_time_s", 0.0)
+        log(f"resumed from {resume_dir} at step {step} ({spent:.0f} s of training before)")
     elif out_dir.exists() and any(out_dir.glob("step-*")) and accelerator.is_main_process:
         log(f"note: {out_dir} holds an earlier run; its step folders will be overwritten (use train.resume=true to continue)")
     accelerator.init_trackers("modelsat", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})
 
     # ---- loop ------------------------------------------------------------------------------------
-    start = time.time()
+    start = time.time() - spent  # time and the max_minutes budget count the whole run across resumes
 
     def out_of_time() -> bool:
         return bool(cfg.train.max_minutes) and time.time() - start > 60 * cfg.train.max_minutes
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
             bar.set_postfix(loss=f"{loss_value:.4f}")
             if cfg.train.save_every and step % cfg.train.save_every == 0 and accelerator.is_main_process:
                 state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "step": step, "history": history}
+                         "step": step, "history": history, "train_time_s": time.time() - start}
                 save_checkpoint(out_dir / f"step-{step:06d}", core, cfg, data.aptitude, data.splits,
                                 {"step": step, "epoch": epoch, "history": history}, data.table,
                                 data.train_models, state)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO, tiny_overrides
 
@@ -41,9 +42,18 @@ def test_resume_continues_at_the_saved_step_with_the_same_data(tmp_path: Path) -
     full = train.main(["--config", TINY, *tiny_overrides(tmp_path / "a", **{"train.max_steps": 6})])
     part = tiny_overrides(tmp_path / "b", **{"train.max_steps": 6, "train.save_every": 4})
     train.main(["--config", TINY, *part])                   # as if it had stopped after the step-4 checkpoint
+    state_file = tmp_path / "b" / "run" / "step-000004" / "training_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert 0.0 < state["train_time_s"] < 600.0
+    state["train_time_s"] = 1000.0                         # as if the first four steps had taken 1000 s
+    torch.save(state, state_file)
     resumed = train.main(["--config", TINY, *part, "train.resume=true"])
     assert [h["step"] for h in resumed["history"]] == list(range(1, 7))
     assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in full["history"]], abs=1e-5)
+    assert 1000.0 <= resumed["train_time_s"] < 1600.0      # the time counts the whole run across the resume
+    # The max_minutes budget counts the whole run too: 1000 s already spent is over a 10-minute cap.
+    capped = train.main(["--config", TINY, *part, "train.resume=true", "train.max_minutes=10"])
+    assert capped["step"] == 5
 
 
 def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:

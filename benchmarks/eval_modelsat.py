@@ -2,11 +2,12 @@
 in-domain (MMLU subjects) and out-of-domain (STEMEZ, TheoremQA, SciBench) test questions separately.
 
     python benchmarks/eval_modelsat.py --checkpoint runs/default/final --out runs/default/results
+    python benchmarks/eval_modelsat.py --checkpoint runs/default/final --out runs/default/val --split val
 
 The router scores every (test instruction, model) pair of the table once — a candidate's score does not
 depend on the other candidates (packing is exact) — and each zoo reads its columns. The checkpoint's
 aptitude test and splits are used throughout; models of `data.unseen_models` join through their aptitude
-results only (for Model-SAT always; for the baselines too in the `test-unseen` runs). Prints one JSON object (accuracy, gain and its 95% CI per router, zoo and slice).
+results only (for Model-SAT always; for the baselines too in the `test-unseen` (`val-unseen`) runs). Prints one JSON object (accuracy, gain and its 95% CI per router, zoo and slice).
 """
 from __future__ import annotations
 
@@ -84,7 +85,9 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--zoos", default=",".join(ZOOS))
-    p.add_argument("--max-test", type=int, default=0, help="only the first N test instructions (a smoke run; 0: all)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="the split to score (val: choose between routers; test: report once)")
+    p.add_argument("--max-test", type=int, default=0, help="only the first N instructions (a smoke run; 0: all)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,30 +100,31 @@ def main() -> None:
     zoos = {**cfg.data.zoos, "all": table.model_names}
     join_zoo(router, table, table.model_names)
 
-    # One pass of the router over the test split, every model of the requested zoos.
+    # One pass of the router over the split, every model of the requested zoos.
     wanted = args.zoos.split(",")
     needed = sorted({m for z in wanted for m in zoos[z]} | {m for m in unseen if any(m in zoos[z] for z in wanted)})
-    test = list(splits["test"])[:args.max_test or None]
-    texts = table.texts(test)
-    matrix, models = cached_scores(router, texts, test, needed, out / "predictions-test.npz")
+    split = args.split
+    qids = list(splits[split])[:args.max_test or None]
+    texts = table.texts(qids)
+    matrix, models = cached_scores(router, texts, qids, needed, out / f"predictions-{split}.npz")
     stand_in = MatrixRouter(router, texts, matrix, models)
 
     embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))
     sources = dict(zip(table.questions["question_id"], table.questions["source"]))
-    slices = {"test": test,
-              "in-domain": [q for q in test if str(sources[q]).startswith("ori_mmlu")],
-              "out-of-domain": [q for q in test if not str(sources[q]).startswith("ori_mmlu")]}
-    summary: dict = {"checkpoint": args.checkpoint, "unseen": unseen, "results": []}
+    slices = {split: qids,
+              "in-domain": [q for q in qids if str(sources[q]).startswith("ori_mmlu")],
+              "out-of-domain": [q for q in qids if not str(sources[q]).startswith("ori_mmlu")]}
+    summary: dict = {"checkpoint": args.checkpoint, "split": split, "unseen": unseen, "results": []}
     for zoo in wanted:
         zoo_unseen = [m for m in unseen if m in zoos[zoo]]
         # Every baseline may use the train labels of every zoo model; Model-SAT knows the unseen ones only
         # through the zoo. The `unseen` setting also withholds their labels from the baselines.
         runs = [(name, ids, []) for name, ids in slices.items()]
         if zoo_unseen:
-            runs.append(("test-unseen", test, zoo_unseen))
+            runs.append((f"{split}-unseen", qids, zoo_unseen))
         for name, ids, held_out in runs:
             routers = default_routers(0) + [ModelSATRouter(router=stand_in)]
-            m = evaluate(table, {**splits, "test": ids}, router.aptitude, zoos[zoo], "test", held_out,
+            m = evaluate(table, {**splits, split: ids}, router.aptitude, zoos[zoo], split, held_out,
                          routers=routers, embed=embed, out=out / f"{zoo}-{name}", zoo=zoo, log=lambda s: None)
             row = {"zoo": zoo, "slice": name, "n": m["n_instructions"], "unseen": held_out,
                    "best_single": m["best_single"], "oracle": m["oracle"],

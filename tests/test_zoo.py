@@ -131,8 +131,8 @@ def test_cli_zoo_add_takes_the_cost_from_the_table_beside_the_results(tmp_path: 
     res = str(table / "results.parquet")
     for name in ("big", "priced"):
         assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", name, "--results", res]) == 0
-    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "given", "--results", str(table / "results.parquet"),
-                "--params-b", "7"]) == 2  # 'given' has no results in the file: the add fails, naming it
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "given", "--results", res, "--params-b", "7"]) == 2
+    assert "given" in capsys.readouterr().err  # no results for 'given' in the file: the add fails, naming it
     capsys.readouterr()
     assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
     listed = {r["model"]: r for r in json.loads(capsys.readouterr().out)}

@@ -20,8 +20,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from modelsat.router import Router  # noqa: E402
+from modelsat.aptitude import Aptitude  # noqa: E402
+from modelsat.checkpoint import check_checkpoint  # noqa: E402
+from modelsat.config import load_config  # noqa: E402
 from modelsat.data.table import RoutingTable  # noqa: E402
+from modelsat.zoo import Zoo  # noqa: E402
 
 MARGINS = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08]
 
@@ -31,13 +34,15 @@ def main() -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--predictions", required=True, help="predictions-<split>.npz written by eval_modelsat.py")
     args = p.parse_args()
-    router = Router.from_checkpoint(args.checkpoint)
-    table = RoutingTable.load(router.config.data.table_dir)
+    ckpt = check_checkpoint(args.checkpoint)  # only its config and zoo are read: no model is loaded
+    cfg = load_config(ckpt / "config.yaml")
+    zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+    table = RoutingTable.load(cfg.data.table_dir)
     cached = np.load(args.predictions, allow_pickle=True)
     scores, models, qids = cached["p"], list(cached["models"]), list(cached["question_ids"])
-    aptitude = {r["model"]: r["aptitude_accuracy"] for r in router.zoo.describe()}
+    aptitude = {r["model"]: r["aptitude_accuracy"] for r in zoo.describe()}
     out = {"checkpoint": args.checkpoint, "predictions": args.predictions, "zoos": {}}
-    for zoo, members in {**router.config.data.zoos, "all": table.model_names}.items():
+    for zoo, members in {**cfg.data.zoos, "all": table.model_names}.items():
         labels = table.score_matrix(qids, members)
         keep = ~np.isnan(labels).any(axis=1)
         labels, p_zoo = labels[keep], scores[np.ix_(keep, [models.index(m) for m in members])]

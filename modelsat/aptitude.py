@@ -130,6 +130,18 @@ class Aptitude:
                                 "the file was edited. Rebuild it with `modelsat aptitude build`.")
         return apt
 
+    def extended(self, other: "Aptitude") -> "Aptitude":
+        """This test's tasks followed by `other`'s (same questions per task; no task name or question twice)."""
+        return Aptitude(self.tasks + other.tasks, {**self.texts, **other.texts}, {**self.answers, **other.answers},
+                        source={**self.source, "extended_by": other.source}, seed=self.seed)
+
+    def head(self, num_tasks: int) -> "Aptitude":
+        """The test made of the first `num_tasks` tasks (the base of an `extended` test)."""
+        tasks = self.tasks[:num_tasks]
+        keep = {q for t in tasks for q in t.question_ids}
+        return Aptitude(tasks, {q: x for q, x in self.texts.items() if q in keep},
+                        {q: x for q, x in self.answers.items() if q in keep}, source=dict(self.source), seed=self.seed)
+
     def check(self, fingerprint: str, where: str) -> None:
         """Raise AptitudeError when `fingerprint` (read from `where`) is not this test's."""
         if fingerprint != self.fingerprint:
@@ -201,7 +213,8 @@ def _clusters(texts: list[str], rows: np.ndarray, num_tasks: int, seed: int,
     return out
 
 
-def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20, tasks_by: Literal["task", "cluster"] = "task",
+def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20,
+                   tasks_by: Literal["task", "task_or_source", "cluster"] = "task",
                    seed: int = 0, embed: Callable[[list[str]], np.ndarray] | None = None) -> Aptitude:
     """Pick `num_tasks` tasks × `per_task` questions that discriminate between the table's models.
 
@@ -210,11 +223,15 @@ def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20, tasks_by
     across models (p(1-p) for 0/1 scores), seeded; questions evaluated by every model come first, so that every
     model of the table can be profiled from it. When more tasks qualify than needed, those that can be filled
     with such questions win, then those with the most candidates, then by name.
+
+    `tasks_by`: "task" groups by the table's `task` field (questions without one are left out); "task_or_source"
+    falls back to the `source` field where `task` is empty, so that sources without subjects (on MMLU-Pro:
+    STEMEZ, TheoremQA, SciBench) get tasks of their own; "cluster" uses K-means clusters of `embed`.
     """
     if num_tasks < 1 or per_task < 1:
         raise AptitudeError(f"num_tasks and per_task must be positive, got {num_tasks} and {per_task}")
-    if tasks_by not in ("task", "cluster"):
-        raise AptitudeError(f"tasks_by must be 'task' or 'cluster', got {tasks_by!r}")
+    if tasks_by not in ("task", "task_or_source", "cluster"):
+        raise AptitudeError(f"tasks_by must be 'task', 'task_or_source' or 'cluster', got {tasks_by!r}")
     models = list(table.model_names)
     if len(models) < 2:
         raise AptitudeError(f"an aptitude test needs results of at least 2 models to find discriminative questions, "
@@ -231,8 +248,10 @@ def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20, tasks_by
     full = n_eval == len(models)
 
     groups: dict[str, tuple[str, np.ndarray]] = {}  # task name -> (description, candidate rows)
-    if tasks_by == "task":
+    if tasks_by != "cluster":
         task = q["task"].fillna("").astype(str).to_numpy()
+        if tasks_by == "task_or_source" and "source" in q.columns:
+            task = np.where(task != "", task, q["source"].fillna("").astype(str).to_numpy())
         if not (task != "").any():
             raise AptitudeError("the routing table has no `task` values; build the aptitude test with tasks_by='cluster'")
         groups = {n: (_readable(n), np.flatnonzero(candidate & (task == n))) for n in sorted(set(task[candidate]) - {""})}
@@ -253,7 +272,7 @@ def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20, tasks_by
         raise AptitudeError(f"only {len(chosen)} of the {len(groups)} tasks have at least {per_task} discriminative questions "
                             f"(evaluated by >= {min_models} of {len(models)} models, not all right or all wrong), "
                             f"{num_tasks} needed; too few in: {shown}. Lower num_tasks or per_task"
-                            + (", or use tasks_by='cluster'." if tasks_by == "task" else "."))
+                            + (", or use tasks_by='cluster'." if tasks_by != "cluster" else "."))
     tasks = [AptitudeTask(n, groups[n][0], sorted(ids[_sample(groups[n][1], weight, full, per_task, seed, n)].tolist()))
              for n in sorted(chosen)]
 

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--out", required=True)
     ab.add_argument("--tasks", type=int, default=50)
     ab.add_argument("--per-task", type=int, default=20)
-    ab.add_argument("--tasks-by", choices=["task", "cluster"], default="task")
+    ab.add_argument("--tasks-by", choices=["task", "task_or_source", "cluster"], default="task")
     ab.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder for --tasks-by cluster")
     ab.add_argument("--seed", type=int, default=0)
     ab.set_defaults(fn=cmd_aptitude_build)

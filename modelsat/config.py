@@ -44,8 +44,13 @@ class DataConfig:
     """Tasks in the aptitude test."""
     per_task: int = 20
     """Questions per aptitude task."""
-    tasks_by: Literal["task", "cluster"] = "task"
-    """Aptitude tasks from the table's `task` field or from K-means clusters of question embeddings."""
+    tasks_by: Literal["task", "task_or_source", "cluster"] = "task"
+    """Aptitude tasks from the table's `task` field, from `task` or else `source` (so that questions without a
+    subject get tasks too), or from K-means clusters of question embeddings."""
+    source_tasks: int = 0
+    """Extra aptitude tasks, one per `source` of the train-split questions that have no `task` (on MMLU-Pro:
+    STEMEZ, TheoremQA, SciBench), drawn after the splits from the train split alone, so that val and test stay
+    those of the `num_tasks` test. Needs split_by=random."""
     val: float = 0.1
     """Fraction of the non-aptitude questions held out for validation."""
     test: float = 0.2
@@ -68,6 +73,10 @@ class DataConfig:
         _check(0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1,
                f"data.val={self.val} and data.test={self.test} must be fractions summing to less than 1")
         _check(self.num_tasks > 0 and self.per_task > 0, "data.num_tasks and data.per_task must be positive")
+        _check(self.source_tasks >= 0, f"data.source_tasks={self.source_tasks} must be >= 0")
+        _check(not self.source_tasks or self.split_by == "random",
+               "data.source_tasks needs data.split_by=random (with split_by=source the test is drawn from the train "
+               "files already)")
         overlap = set(self.unseen_models) & set(self.train_models)
         _check(not overlap, f"models both in data.train_models and data.unseen_models: {sorted(overlap)}")
 

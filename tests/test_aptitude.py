@@ -119,6 +119,22 @@ def test_tasks_with_most_discriminative_questions_win() -> None:
     assert len(names) == 5
 
 
+def test_task_or_source_gives_untasked_questions_their_source_as_task() -> None:
+    """The 30 untasked questions (source `test`) are left out by `task` and become task `test` by `task_or_source`."""
+    table = make_table()
+    with pytest.raises(AptitudeError, match="only 5 of the 5 tasks"):
+        build_aptitude(table, num_tasks=6, per_task=8, tasks_by="task")
+    apt = build_aptitude(table, num_tasks=6, per_task=8, tasks_by="task_or_source")
+    assert [t.name for t in apt.tasks] == sorted(TASKS + ["test"])
+    assert all(q.startswith("u") for q in apt.tasks[[t.name for t in apt.tasks].index("test")].question_ids)
+    tasked = build_aptitude(table, num_tasks=5, per_task=8, tasks_by="task")
+    both = tasked.extended(build_aptitude(table.subset(question_ids=[f"u{j:03d}" for j in range(30)]), num_tasks=1,
+                                          per_task=8, tasks_by="task_or_source"))
+    assert [t.name for t in both.tasks] == sorted(TASKS) + ["test"] and both.head(5).fingerprint == tasked.fingerprint
+    with pytest.raises(AptitudeError, match="names must be unique"):
+        tasked.extended(tasked.head(1))
+
+
 def test_too_few_questions_is_an_error() -> None:
     table = make_table(extra_tasks={"tiny_topic": 9})
     with pytest.raises(AptitudeError, match=r"only 5 of the 6 tasks.*tiny_topic \(9\)"):

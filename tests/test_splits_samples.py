@@ -226,3 +226,40 @@ def test_prepare_by_source_with_cluster_aptitude(tmp_path: Path) -> None:
     assert len(data.splits["test"]) == (np.arange(len(q)) % 4 == 0).sum()
     again = prepare(cfg, encoder_name="hash", log=lambda s: None)           # reloaded, not rebuilt
     assert again.splits == data.splits and again.aptitude.fingerprint == data.aptitude.fingerprint
+
+
+def test_prepare_with_source_tasks_keeps_val_and_test(tmp_path: Path) -> None:
+    """data.source_tasks: the extra tasks (one per source of untasked questions) come from the train split only,
+    so val and test are those of the plain test; the base tasks are unchanged; a reload gives the same files."""
+    from modelsat.config import ConfigError, DataConfig, load_config
+    from modelsat.data.prepare import prepare
+    from conftest import make_synthetic_table
+
+    src = make_synthetic_table(tmp_path / "src")
+    q = pd.read_parquet(src / "questions.parquet")
+    untasked = q["task"].isin(sorted(q["task"].unique())[:2])   # two tasks lose their `task`: their source remains
+    q.loc[untasked, "task"] = ""
+    q.to_parquet(src / "questions.parquet")
+
+    def cfg(name: str, **kw) -> DataConfig:
+        return DataConfig(source="table", input=str(src), table_dir=str(tmp_path / "table"),
+                          aptitude=str(tmp_path / f"{name}.json"), splits=str(tmp_path / f"{name}-splits.json"),
+                          num_tasks=3, per_task=4, **kw)
+
+    plain = prepare(cfg("plain"), log=lambda s: None)
+    more = prepare(cfg("more", source_tasks=2), log=lambda s: None)
+    assert more.aptitude.head(3).fingerprint == plain.aptitude.fingerprint
+    extra = more.aptitude.question_ids[12:]
+    source = dict(zip(q["question_id"], q["source"]))
+    assert [t.name for t in more.aptitude.tasks[3:]] == sorted({source[i] for i in extra}) and len(extra) == 8
+    assert set(extra) <= set(plain.splits["train"]) and set(q.loc[untasked, "question_id"]) >= set(extra)
+    assert more.splits["val"] == plain.splits["val"] and more.splits["test"] == plain.splits["test"]
+    assert more.splits["train"] == [i for i in plain.splits["train"] if i not in set(extra)]
+    again = prepare(cfg("more", source_tasks=2), log=lambda s: None)
+    assert again.splits == more.splits and again.aptitude.fingerprint == more.aptitude.fingerprint
+    (tmp_path / "more-splits.json").unlink()                                # splits rebuilt from the saved test
+    assert prepare(cfg("more", source_tasks=2), log=lambda s: None).splits == more.splits
+    with pytest.raises(ConfigError, match="source_tasks needs data.split_by=random"):
+        cfg("x", source_tasks=2, split_by="source")
+    with pytest.raises(ConfigError, match="source_tasks"):
+        load_config(Path(__file__).resolve().parents[1] / "configs/tiny.yaml", ["data.source_tasks=-1"])

@@ -63,6 +63,8 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
                                    models=_train_models(cfg, table))
         aptitude = build_aptitude(train_table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
                                   seed=cfg.seed, embed=embed)
+        if cfg.source_tasks:
+            aptitude = _with_source_tasks(cfg, table, aptitude, log)
         aptitude.save(apt_path)
 
     splits_path = Path(cfg.splits)
@@ -74,10 +76,31 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
             splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
         else:
             log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
-            splits = make_splits(table, aptitude, val=cfg.val, test=cfg.test, seed=cfg.seed)
+            splits = _random_splits(cfg, table, aptitude)
         save_splits(splits, splits_path, aptitude=aptitude)
 
     return Prepared(table, aptitude, splits, _train_models(cfg, table), list(cfg.unseen_models))
+
+
+def _random_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude) -> dict[str, list[str]]:
+    """Splits drawn around the base test (its first `num_tasks` tasks); source tasks then leave the train split."""
+    base = aptitude.head(cfg.num_tasks) if cfg.source_tasks else aptitude
+    splits = make_splits(table, base, val=cfg.val, test=cfg.test, seed=cfg.seed)
+    held = set(aptitude.question_ids)
+    return {k: [q for q in v if q not in held] for k, v in splits.items()}
+
+
+def _with_source_tasks(cfg: DataConfig, table: RoutingTable, base: Aptitude, log) -> Aptitude:
+    """`base` extended by `source_tasks` tasks, one per source, from train-split questions that have no task."""
+    train = set(make_splits(table, base, val=cfg.val, test=cfg.test, seed=cfg.seed)["train"])
+    q = table.questions
+    pool = q[q["question_id"].astype(str).isin(train) & (q["task"].fillna("").astype(str) == "")]["question_id"]
+    if pool.empty:
+        raise ConfigError("data.source_tasks: the train split has no question without a `task`; set it to 0")
+    log(f"adding {cfg.source_tasks} source tasks x {cfg.per_task} from {len(pool)} train questions without a task")
+    extra = build_aptitude(table.subset(question_ids=pool.astype(str).tolist(), models=_train_models(cfg, table)),
+                           num_tasks=cfg.source_tasks, per_task=cfg.per_task, tasks_by="task_or_source", seed=cfg.seed)
+    return base.extended(extra)
 
 
 def _train_models(cfg: DataConfig, table: RoutingTable) -> list[str]:

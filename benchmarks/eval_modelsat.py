@@ -34,7 +34,7 @@ class MatrixRouter:
     """A Router stand-in that answers `predict_matrix` from scores computed once by the real router."""
 
     def __init__(self, router: Router, texts: list[str], matrix: np.ndarray, models: list[str]) -> None:
-        self.aptitude, self.models = router.aptitude, list(models)
+        self.aptitude, self.config, self.models = router.aptitude, router.config, list(models)
         self.row = {t: i for i, t in enumerate(texts)}
         self.col = {m: j for j, m in enumerate(models)}
         self.matrix = matrix

@@ -159,6 +159,10 @@ class BaseRouter:
     def _order(self, models: list[str], utility: np.ndarray) -> list[int]:
         return sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))
 
+    def utility_offset(self, models: Sequence[str]) -> np.ndarray | None:
+        """(M,) added to the scores when choosing (not when scoring p_correct); None: nothing."""
+        return None
+
     def _fit(self, data: RoutingData, models: list[str]) -> list[str]:
         raise NotImplementedError
 
@@ -474,6 +478,13 @@ class ModelSATRouter(BaseRouter):
 
     def _predict(self, question_ids: list[str], instructions: list[str]) -> np.ndarray:
         return np.asarray(self.router.predict_matrix(instructions, self.models_, progress=len(instructions) > 64))
+
+    def utility_offset(self, models: Sequence[str]) -> np.ndarray | None:
+        """The checkpoint's `route.aptitude_prior` × each model's aptitude accuracy (as `Router.rank` adds it)."""
+        weight = self.router.config.route.aptitude_prior
+        if not weight:
+            return None
+        return weight * np.nanmean(self.data.aptitude_scores(models), axis=0)
 
 
 def default_routers(seed: int = 0, checkpoint: str | Path | None = None) -> list[BaseRouter]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -188,10 +189,23 @@ class TrainConfig:
 
 
 @dataclass
+class RouteConfig:
+    aptitude_prior: float = 0.0
+    """Ranking adds `aptitude_prior × the candidate's aptitude-test accuracy` to its utility (p_correct itself is
+    unchanged): the router leaves the model that does best on the test only when p_correct says so by more than
+    the accuracy gap allows. 0 ranks by p_correct alone."""
+
+    def __post_init__(self) -> None:
+        _check(math.isfinite(self.aptitude_prior) and self.aptitude_prior >= 0,
+               f"route.aptitude_prior must be a finite number >= 0, got {self.aptitude_prior}")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    route: RouteConfig = field(default_factory=RouteConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -200,9 +200,12 @@ def interaction_auc(pred: np.ndarray, y: np.ndarray) -> float:
 
 
 def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray, models: list[str],
-                   norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool, seed: int) -> dict:
-    """Every metric of one router's (Q, M) predictions against the (Q, M) scores `y`."""
-    c = choice_weights(pred, norm_cost)
+                   norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool, seed: int,
+                   offset: np.ndarray | None = None) -> dict:
+    """Every metric of one router's (Q, M) predictions against the (Q, M) scores `y`; the router chooses by
+    `pred + offset` (its utility before cost), while Brier and AUC score `pred`."""
+    utility = pred if offset is None else pred + np.asarray(offset)[None, :]
+    c = choice_weights(utility, norm_cost)
     per = (c * y).sum(axis=1)                                              # (Q,) score of the routed choice
     acc, base = float(per.mean()), float(y[:, best].mean())
     lo, hi = bootstrap_ci(per - y[:, best], seed=seed)
@@ -215,7 +218,7 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
     out["per_category"] = {k: float(per[cats == k].mean()) for k in sorted(set(cats))}
     out["picks_per_category"] = {k: dict(zip(models, c[cats == k].mean(axis=0).round(6).tolist()))
                                  for k in sorted(set(cats))}
-    out["cost_curve"] = cost_curve(pred, y, norm_cost, raw_cost, base)
+    out["cost_curve"] = cost_curve(utility, y, norm_cost, raw_cost, base)
     return out
 
 
@@ -292,7 +295,8 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
             log(f"[{zoo}] warning: {results[r.name]['reason']}")
             continue
         pred = r.predict(ids, texts, models)
-        m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed)
+        m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed,
+                           offset=r.utility_offset(models))
         results[r.name] = {**m, "uses": r.uses, "params": r.params()}
         if getattr(r, "notes", None):
             results[r.name]["notes"] = r.notes

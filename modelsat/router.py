@@ -8,9 +8,11 @@
 Scores come from the packed forward pass: all candidates of an instruction share one sequence
 (large zoos are split into chunks of `chunk_size` candidates).
 
-Cost: `utility = p_correct - cost_weight * cost / max_cost`, where `max_cost` is the largest known
-cost among the candidates being ranked (so `cost_weight` is in units of probability per "the most
-expensive candidate"); a model of unknown cost counts as the most expensive (the rule of `modelsat evaluate`).
+Utility: `p_correct + aptitude_prior * aptitude_accuracy - cost_weight * cost / max_cost`, where
+`aptitude_prior` is the checkpoint's `route.aptitude_prior` (0 unless set), `aptitude_accuracy` the candidate's
+mean score on the aptitude test, and `max_cost` the largest known cost among the candidates being ranked (so
+`cost_weight` is in units of probability per "the most expensive candidate"); a model of unknown cost counts
+as the most expensive (the rule of `modelsat evaluate`).
 """
 from __future__ import annotations
 
@@ -89,6 +91,11 @@ class Router:
                 self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
         return self._features[name]
 
+    def prior(self, models: Sequence[str]) -> np.ndarray:
+        """(M,) `route.aptitude_prior` × each model's aptitude-test accuracy: the utility's prior term."""
+        weight = self.config.route.aptitude_prior
+        return np.array([weight * float(self.zoo.outcomes(m).mean()) if weight else 0.0 for m in models])
+
     # ----- ranking -------------------------------------------------------------------------------
     def _check_instructions(self, instructions: Sequence[str]) -> list[str]:
         if isinstance(instructions, str) or not isinstance(instructions, Sequence):
@@ -144,9 +151,10 @@ class Router:
         known = costs[~np.isnan(costs)]
         norm = costs / known.max() if known.size and known.max() > 0 else np.zeros_like(costs)
         penalty = np.nan_to_num(norm, nan=1.0) * cost_weight            # unknown cost: as the most expensive
+        prior = self.prior(models)
         ranked = []
         for row in p:
-            utility = row - penalty
+            utility = row + prior - penalty
             order = sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))[:top_k]
             ranked.append([Ranked(models[j], float(row[j]), None if np.isnan(costs[j]) else float(costs[j]),
                                   float(utility[j])) for j in order])

@@ -45,6 +45,8 @@ def test_overrides_apply_and_types_convert() -> None:
     (["train.epochs=0"], "train.epochs"),
     (["train.batch_size=two"], "train.batch_size"),
     (["data.val=0.7", "data.test=0.5"], "data.val"),
+    (["route.aptitude_prior=-0.1"], "route.aptitude_prior"),
+    (["data.source_tasks=-1"], "data.source_tasks"),
     (["lr"], "key.sub=value"),
 ])
 def test_bad_values_name_the_key(override: list[str], message: str) -> None:

@@ -68,6 +68,20 @@ def test_cost_weight_trades_quality_for_cost(router: Router) -> None:
         assert r.utility == pytest.approx(r.p_correct - 1e3 * r.cost / top)
 
 
+def test_aptitude_prior_adds_aptitude_accuracy_to_the_utility(tiny_checkpoint: Path) -> None:
+    r = Router.from_checkpoint(tiny_checkpoint)
+    plain = {x.model: x.p_correct for x in r.rank(INSTRUCTION)}
+    accuracy = {m: float(r.zoo.outcomes(m).mean()) for m in r.models}
+    assert len(set(accuracy.values())) > 1
+    r.config.route.aptitude_prior = 1e3                                      # a huge prior ranks by aptitude alone
+    ranked = r.rank(INSTRUCTION)
+    assert [x.model for x in ranked] == sorted(r.models, key=lambda m: (-accuracy[m], m))
+    for x in ranked:
+        assert x.p_correct == pytest.approx(plain[x.model], abs=1e-6)        # p_correct itself is unchanged
+        assert x.utility == pytest.approx(x.p_correct + 1e3 * accuracy[x.model], rel=1e-9)
+    assert r.prior(r.models) == pytest.approx([1e3 * accuracy[m] for m in r.models])
+
+
 def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)

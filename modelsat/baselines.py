@@ -145,13 +145,14 @@ class BaseRouter:
 
     def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
              top_k: int | None = None, question_id: str = "") -> list[Choice]:
-        """The candidates for one instruction, best first, by `score − cost_weight · normalised cost`."""
+        """The candidates for one instruction, best first, by score + utility_offset − cost_weight · normalised cost."""
         if not math.isfinite(cost_weight) or cost_weight < 0:
             raise RoutingError(f"cost_weight must be a finite number >= 0, got {cost_weight!r}")
         models = list(models) if models is not None else list(self.models_)
         score = self.predict([question_id], [instruction], models)[0]
         cost = np.array([self.costs_.get(m, math.nan) for m in models])
-        utility = score - cost_weight * normalised_costs(cost)
+        offset = self.utility_offset(models)
+        utility = score + (0.0 if offset is None else offset) - cost_weight * normalised_costs(cost)
         order = self._order(models, utility)[:top_k]
         return [Choice(models[j], float(score[j]), None if np.isnan(cost[j]) else float(cost[j]), float(utility[j]))
                 for j in order]

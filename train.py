@@ -52,8 +52,12 @@ def build_dataloader(cfg: Config, data: Prepared, epoch: int) -> DataLoader:
     rng = np.random.default_rng(cfg.train.seed)
     if cfg.train.max_train_instructions and len(ids) > cfg.train.max_train_instructions:
         ids = sorted(rng.choice(ids, cfg.train.max_train_instructions, replace=False).tolist())
+    pools = [p for p in ([m for m in zoo if m in data.train_models] for zoo in cfg.data.zoos.values()) if len(p) >= 2]
+    if cfg.train.zoo_groups and not pools:
+        raise ValueError("train.zoo_groups > 0 needs a data.zoos entry with at least 2 trained models")
     groups = build_groups(data.table, ids, data.train_models, group_size=cfg.train.group_size,
-                          mode=cfg.train.grouping, seed=cfg.train.seed * 1000 + epoch)
+                          mode=cfg.train.grouping, seed=cfg.train.seed * 1000 + epoch,
+                          pools=pools if cfg.train.zoo_groups else (), pool_fraction=cfg.train.zoo_groups)
     order = np.random.default_rng(cfg.train.seed * 1000 + epoch).permutation(len(groups))
     return DataLoader(GroupDataset([groups[i] for i in order], data.table), batch_size=cfg.train.batch_size,
                       shuffle=False, collate_fn=collate_groups)

@@ -150,6 +150,9 @@ class TrainConfig:
     """Candidates per training group (K)."""
     grouping: Literal["instruction", "model"] = "instruction"
     """Instruction-centred groups (this project) or the paper's model-centred groups."""
+    zoo_groups: float = 0.0
+    """Fraction of instruction groups whose candidates are the trained models of one of `data.zoos` (chosen at
+    random) rather than any trained models: the loss then also compares the models a zoo routes between."""
     batch_size: int = 4
     """Groups per micro-batch."""
     grad_accum: int = 1
@@ -183,6 +186,9 @@ class TrainConfig:
         for name in ("epochs", "group_size", "batch_size", "grad_accum"):
             _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
         _check(self.lr > 0 and self.connector_lr > 0, "train.lr and train.connector_lr must be positive")
+        _check(0 <= self.zoo_groups <= 1, f"train.zoo_groups={self.zoo_groups} must be in [0, 1]")
+        _check(not self.zoo_groups or self.grouping == "instruction",
+               "train.zoo_groups needs train.grouping=instruction (model-centred groups have one model each)")
         _check(self.pointwise_weight >= 0 and self.listwise_weight >= 0
                and self.pointwise_weight + self.listwise_weight > 0,
                "train.pointwise_weight and train.listwise_weight must be >= 0 and not both 0")

@@ -47,6 +47,8 @@ def test_overrides_apply_and_types_convert() -> None:
     (["data.val=0.7", "data.test=0.5"], "data.val"),
     (["route.aptitude_prior=-0.1"], "route.aptitude_prior"),
     (["data.source_tasks=-1"], "data.source_tasks"),
+    (["train.zoo_groups=1.5"], "train.zoo_groups"),
+    (["train.zoo_groups=0.5", "train.grouping=model"], "train.zoo_groups needs train.grouping=instruction"),
     (["lr"], "key.sub=value"),
 ])
 def test_bad_values_name_the_key(override: list[str], message: str) -> None:

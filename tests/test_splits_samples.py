@@ -173,6 +173,31 @@ def test_groups_deterministic_per_seed_and_epoch() -> None:
     assert len(build_groups(table, qids, MODELS, group_size=3, seed=1, max_groups=10)) == 10
 
 
+def test_zoo_pools_draw_candidates_from_one_pool() -> None:
+    table = make_table()
+    qids = sorted(table.results.question_id.unique())
+    pools = [MODELS[:2], MODELS[2:5]]
+    plain = build_groups(table, qids, MODELS, group_size=4, seed=3)
+    assert build_groups(table, qids, MODELS, group_size=4, seed=3, pools=pools, pool_fraction=0.0) == plain
+    everyone = build_groups(table, qids, MODELS, group_size=4, seed=3, pools=pools, pool_fraction=1.0)
+    assert len(everyone) > 0
+    for g in everyone:
+        assert set(g.models) <= set(pools[0]) or set(g.models) <= set(pools[1])
+        assert g.labels == table.score_matrix(g.question_ids[:1], g.models)[0].tolist()
+    assert {frozenset(g.models) <= set(pools[0]) for g in everyone} == {True, False}  # both pools are drawn
+    half = build_groups(table, qids, MODELS, group_size=4, seed=3, pools=pools, pool_fraction=0.5)
+    pooled = sum(set(g.models) <= set(pools[0]) or set(g.models) <= set(pools[1]) for g in half)
+    assert 0.3 * len(half) < pooled < 0.8 * len(half)  # about half (a plain group of 4 of 6 fits no pool)
+    with pytest.raises(ValueError, match="at least 2 of the training models"):
+        build_groups(table, qids, MODELS[:3], pools=[MODELS[2:5]], pool_fraction=0.5)
+    with pytest.raises(ValueError, match="instruction groups only"):
+        build_groups(table, qids, MODELS, mode="model", pools=pools, pool_fraction=0.5)
+    with pytest.raises(ValueError, match="needs at least one candidate pool"):
+        build_groups(table, qids, MODELS, pool_fraction=0.5)
+    with pytest.raises(ValueError, match=r"pool_fraction must be in \[0, 1\]"):
+        build_groups(table, qids, MODELS, pools=pools, pool_fraction=1.5)
+
+
 def test_model_centred_groups() -> None:
     table = make_table()
     qids = sorted(table.results.question_id.unique())

@@ -290,6 +290,49 @@ def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20,
     return Aptitude(tasks, texts, answers, source=source, seed=seed)
 
 
+def top_up(aptitude: Aptitude, table: Any, extra: int, seed: int = 0) -> Aptitude:
+    """`aptitude` with `extra` more questions in each task, drawn from the same task of `table` (by `task`, or else
+    `source`, as `tasks_by="task_or_source"` names them) among the questions every model of `table` answered and on
+    which they disagree, with probability proportional to the variance of their scores (as `build_aptitude`).
+    A larger test gives steadier per-task accuracies (RESULTS §10). Tasks with fewer such questions are dropped,
+    so that every task keeps the same size; `table` must not hold the test's own questions."""
+    if extra < 1:
+        raise AptitudeError(f"top_up needs a positive number of questions per task, got {extra}")
+    shared = set(aptitude.question_ids) & set(table.questions["question_id"].astype(str))
+    if shared:
+        raise AptitudeError(f"top_up draws from questions outside the test, but {len(shared)} of the table's are in it")
+    q = table.questions.assign(question_id=table.questions["question_id"].astype(str))
+    q = q.sort_values("question_id", kind="stable").reset_index(drop=True)
+    ids = q["question_id"].to_numpy()
+    S = table.score_matrix(list(ids), list(table.model_names)).astype(np.float64)
+    full = ~np.isnan(S).any(axis=1)
+    weight = np.where(full, np.nanvar(np.where(full[:, None], S, 0.0), axis=1), 0.0)
+    candidate = full & (weight > 1e-9)
+    task = q["task"].fillna("").astype(str).to_numpy()
+    if "source" in q.columns:
+        task = np.where(task != "", task, q["source"].fillna("").astype(str).to_numpy())
+    tasks, dropped = [], {}
+    for t in aptitude.tasks:
+        rows = np.flatnonzero(candidate & (task == t.name))
+        if len(rows) < extra:
+            dropped[t.name] = int(len(rows))
+            continue
+        tasks.append(AptitudeTask(t.name, t.description, t.question_ids + sorted(ids[_sample(rows, weight, full, extra,
+                                                                                              seed, t.name)].tolist())))
+    if not tasks:
+        raise AptitudeError(f"no aptitude task has {extra} more discriminative questions in the table; lower top_up")
+    added = [x for t in tasks for x in t.question_ids[aptitude.per_task:]]
+    qi = q.set_index("question_id")
+    texts = {**aptitude.texts, **{x: str(qi.at[x, "text"]) for x in added}}
+    answers = {**aptitude.answers, **({x: a.strip() for x in added if isinstance(a := qi.at[x, "answer"], str)
+                                       and a.strip()} if "answer" in qi.columns else {})}
+    keep = {x for t in tasks for x in t.question_ids}
+    return Aptitude(tasks, {x: v for x, v in texts.items() if x in keep}, {x: v for x, v in answers.items() if x in keep},
+                    source={**aptitude.source, "topped_up": {"extra": extra, "dropped": dropped,
+                                                             "num_candidates": int(candidate.sum())}},
+                    seed=aptitude.seed)
+
+
 # ---------------------------------------------------------------- running the test on a causal LM
 
 

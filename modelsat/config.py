@@ -52,6 +52,10 @@ class DataConfig:
     """Extra aptitude tasks, one per `source` of the train-split questions that have no `task` (on MMLU-Pro:
     STEMEZ, TheoremQA, SciBench), drawn after the splits from the train split alone, so that val and test stay
     those of the `num_tasks` test. Needs split_by=random."""
+    top_up: int = 0
+    """Questions added to each aptitude task after the splits are made (and after `source_tasks`), drawn from the
+    same task's train-split questions, so that val and test stay those of the plain test; tasks with fewer such
+    questions are dropped. Needs split_by=random and tasks named by the table (not `cluster`)."""
     val: float = 0.1
     """Fraction of the non-aptitude questions held out for validation."""
     test: float = 0.2
@@ -78,6 +82,9 @@ class DataConfig:
         _check(not self.source_tasks or self.split_by == "random",
                "data.source_tasks needs data.split_by=random (with split_by=source the test is drawn from the train "
                "files already)")
+        _check(self.top_up >= 0, f"data.top_up={self.top_up} must be >= 0")
+        _check(not self.top_up or (self.split_by == "random" and self.tasks_by != "cluster"),
+               "data.top_up needs data.split_by=random and data.tasks_by=task or task_or_source")
         overlap = set(self.unseen_models) & set(self.train_models)
         _check(not overlap, f"models both in data.train_models and data.unseen_models: {sorted(overlap)}")
 

@@ -48,6 +48,7 @@ def test_overrides_apply_and_types_convert() -> None:
     (["route.aptitude_prior=-0.1"], "route.aptitude_prior"),
     (["data.source_tasks=-1"], "data.source_tasks"),
     (["train.zoo_groups=1.5"], "train.zoo_groups"),
+    (["data.top_up=-1"], "data.top_up"),
     (["train.zoo_groups=0.5", "train.grouping=model"], "train.zoo_groups needs train.grouping=instruction"),
     (["lr"], "key.sub=value"),
 ])

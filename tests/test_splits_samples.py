@@ -288,3 +288,50 @@ def test_prepare_with_source_tasks_keeps_val_and_test(tmp_path: Path) -> None:
         cfg("x", source_tasks=2, split_by="source")
     with pytest.raises(ConfigError, match="source_tasks"):
         load_config(Path(__file__).resolve().parents[1] / "configs/tiny.yaml", ["data.source_tasks=-1"])
+
+
+def test_prepare_with_top_up_keeps_val_and_test(tmp_path: Path) -> None:
+    """data.top_up: each task gains questions of the same task from the train split only (discriminative ones,
+    answered by every training model); val and test are those of the plain test; a task without enough such
+    questions is dropped; a lost splits file is recovered by rebuilding the same test."""
+    from modelsat.aptitude import top_up
+    from modelsat.config import ConfigError, DataConfig
+    from modelsat.data.prepare import prepare
+    from conftest import make_synthetic_table
+
+    src = make_synthetic_table(tmp_path / "src")
+
+    def cfg(name: str, **kw) -> DataConfig:
+        return DataConfig(source="table", input=str(src), table_dir=str(tmp_path / "table"),
+                          aptitude=str(tmp_path / f"{name}.json"), splits=str(tmp_path / f"{name}-splits.json"),
+                          num_tasks=3, per_task=4, **kw)
+
+    plain = prepare(cfg("plain"), log=lambda s: None)
+    more = prepare(cfg("more", top_up=3), log=lambda s: None)
+    assert more.aptitude.per_task == 7 and more.aptitude.num_tasks == 3
+    task_of = dict(zip(plain.table.questions["question_id"], plain.table.questions["task"]))
+    for before, after in zip(plain.aptitude.tasks, more.aptitude.tasks):
+        assert after.name == before.name and after.question_ids[:4] == before.question_ids
+        added = after.question_ids[4:]
+        assert set(added) <= set(plain.splits["train"]) and {task_of[i] for i in added} == {before.name}
+        scores = plain.table.score_matrix(added, plain.table.model_names)
+        assert not np.isnan(scores).any() and (scores.max(axis=1) > scores.min(axis=1)).all()
+    assert more.splits["val"] == plain.splits["val"] and more.splits["test"] == plain.splits["test"]
+    held = set(more.aptitude.question_ids)
+    assert more.splits["train"] == [i for i in plain.splits["train"] if i not in held]
+    assert more.aptitude.texts.keys() == held
+    (tmp_path / "more-splits.json").unlink()                                # recovered by rebuilding the test
+    assert prepare(cfg("more", top_up=3), log=lambda s: None).splits == more.splits
+    (tmp_path / "more-splits.json").unlink()
+    with pytest.raises(ConfigError, match="cannot be recovered"):           # a different test on disk
+        prepare(cfg("more", top_up=2), log=lambda s: None)
+    train_table = more.table.subset(question_ids=plain.splits["train"])
+    in_train = {t.name: int((train_table.questions["task"] == t.name).sum()) for t in plain.aptitude.tasks}
+    smallest = min(in_train, key=in_train.__getitem__)
+    fewer = top_up(plain.aptitude, train_table, in_train[smallest] + 1)     # more than the smallest task has
+    assert smallest in fewer.source["topped_up"]["dropped"] and smallest not in [t.name for t in fewer.tasks]
+    assert fewer.num_tasks >= 1 and fewer.per_task == 4 + in_train[smallest] + 1
+    with pytest.raises(AptitudeError, match="outside the test"):
+        top_up(plain.aptitude, plain.table, 2)
+    with pytest.raises(ConfigError, match="top_up needs"):
+        cfg("x", top_up=2, tasks_by="cluster")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelsat.aptitude import Aptitude, build_aptitude
+from modelsat.aptitude import Aptitude, build_aptitude, top_up
 from modelsat.config import ConfigError, DataConfig
 from modelsat.data.converters import build_table
 from modelsat.data.splits import load_splits, make_splits, save_splits, source_splits, train_source_ids
@@ -47,24 +47,12 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
             raise ConfigError(f"data.zoos.{name}: unknown model(s) {unknown}")
 
     apt_path = Path(cfg.aptitude)
+    built_splits = None  # with top_up, the splits are made around the test before it is topped up
     if apt_path.exists():
         aptitude = Aptitude.load(apt_path)
     else:
-        embed = None
-        if cfg.tasks_by == "cluster":
-            from modelsat.evaluate import cached_embedder
-
-            # Every question of the table is encoded once and cached beside it (evaluation reuses it).
-            embed = cached_embedder(table, encoder_name, table_dir)
         log(f"building the aptitude test ({cfg.num_tasks} tasks x {cfg.per_task}, by {cfg.tasks_by}) -> {apt_path}")
-        # Chosen on the training models only: models held out as unseen must not shape their own test.
-        # With split_by=source, only from the train files: the test files must not shape it either.
-        train_table = table.subset(question_ids=train_source_ids(table) if cfg.split_by == "source" else None,
-                                   models=_train_models(cfg, table))
-        aptitude = build_aptitude(train_table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
-                                  seed=cfg.seed, embed=embed)
-        if cfg.source_tasks:
-            aptitude = _with_source_tasks(cfg, table, aptitude, log)
+        aptitude, built_splits = _build_aptitude(cfg, table, encoder_name, log)
         aptitude.save(apt_path)
 
     splits_path = Path(cfg.splits)
@@ -74,12 +62,36 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
         if cfg.split_by == "source":
             log(f"splitting by source file (train files -> train/val {cfg.val}; other files -> test) -> {splits_path}")
             splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
+        elif cfg.top_up:
+            splits = built_splits or _rebuilt_top_up_splits(cfg, table, aptitude, encoder_name, log)
         else:
             log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
             splits = _random_splits(cfg, table, aptitude)
         save_splits(splits, splits_path, aptitude=aptitude)
 
     return Prepared(table, aptitude, splits, _train_models(cfg, table), list(cfg.unseen_models))
+
+
+def _build_aptitude(cfg: DataConfig, table: RoutingTable, encoder_name: str,
+                    log) -> tuple[Aptitude, dict[str, list[str]] | None]:
+    """The aptitude test `cfg` describes (and, when topped up, the splits made around it before the top-up)."""
+    embed = None
+    if cfg.tasks_by == "cluster":
+        from modelsat.evaluate import cached_embedder
+
+        # Every question of the table is encoded once and cached beside it (evaluation reuses it).
+        embed = cached_embedder(table, encoder_name, Path(cfg.table_dir))
+    # Chosen on the training models only: models held out as unseen must not shape their own test.
+    # With split_by=source, only from the train files: the test files must not shape it either.
+    train_table = table.subset(question_ids=train_source_ids(table) if cfg.split_by == "source" else None,
+                               models=_train_models(cfg, table))
+    aptitude = build_aptitude(train_table, num_tasks=cfg.num_tasks, per_task=cfg.per_task, tasks_by=cfg.tasks_by,
+                              seed=cfg.seed, embed=embed)
+    if cfg.source_tasks:
+        aptitude = _with_source_tasks(cfg, table, aptitude, log)
+    if cfg.top_up:
+        return _topped_up(cfg, table, aptitude, log)
+    return aptitude, None
 
 
 def _random_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude) -> dict[str, list[str]]:
@@ -101,6 +113,33 @@ def _with_source_tasks(cfg: DataConfig, table: RoutingTable, base: Aptitude, log
     extra = build_aptitude(table.subset(question_ids=pool.astype(str).tolist(), models=_train_models(cfg, table)),
                            num_tasks=cfg.source_tasks, per_task=cfg.per_task, tasks_by="task_or_source", seed=cfg.seed)
     return base.extended(extra)
+
+
+def _topped_up(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, log) -> tuple[Aptitude, dict[str, list[str]]]:
+    """`aptitude` topped up by `top_up` train-split questions per task, and the splits (made around `aptitude`,
+    less the questions added)."""
+    splits = _random_splits(cfg, table, aptitude)
+    log(f"topping up each aptitude task by {cfg.top_up} questions from the {len(splits['train'])} train questions")
+    bigger = top_up(aptitude, table.subset(question_ids=splits["train"], models=_train_models(cfg, table)),
+                    cfg.top_up, seed=cfg.seed)
+    dropped = bigger.source["topped_up"]["dropped"]
+    if dropped:
+        log(f"dropped {len(dropped)} aptitude task(s) without {cfg.top_up} more train questions: {', '.join(dropped)}")
+    held = set(bigger.question_ids)
+    return bigger, {k: [q for q in v if q not in held] for k, v in splits.items()}
+
+
+def _rebuilt_top_up_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, encoder_name: str,
+                           log) -> dict[str, list[str]]:
+    """The splits of a topped-up test whose splits file is missing: the test is rebuilt from `cfg` (deterministic)
+    and must be the one on disk."""
+    log("rebuilding the topped-up aptitude test to recover the splits made around it")
+    rebuilt, splits = _build_aptitude(cfg, table, encoder_name, log)
+    if rebuilt.fingerprint != aptitude.fingerprint:
+        raise ConfigError(f"data.splits {cfg.splits} is missing and the topped-up aptitude test {cfg.aptitude} is not "
+                          "the one this data config builds, so its splits cannot be recovered; restore the splits "
+                          "file, or remove the aptitude file to rebuild both")
+    return splits
 
 
 def _train_models(cfg: DataConfig, table: RoutingTable) -> list[str]:

@@ -1,0 +1,107 @@
+"""How much per-category signal an aptitude test carries, and what aptitude-derived priors do to routing, on val.
+
+    python benchmarks/aptitude_signal.py --aptitude data/mmlu-pro/aptitude-src14.json \
+        --splits data/mmlu-pro/splits-src14.json
+    python benchmarks/aptitude_signal.py --aptitude checkpoints/modelsat-smollm2-mmlupro/aptitude.json \
+        --splits checkpoints/modelsat-smollm2-mmlupro/splits.json --predictions runs/src14/val/predictions-val.npz
+
+`signal`: per zoo, the correlation between the models' per-category accuracy on the aptitude test and on the val
+split, after removing each model's and each category's mean (the model × category interaction, the part a router
+can use; a main effect alone routes every question to one model). With `--predictions` (the scores
+`eval_modelsat.py --split val` caches), the gain over the best single model in points when the router's utility
+adds, to p_correct, `lam ×` one of three aptitude-only priors:
+  - `global`: the candidate's aptitude accuracy (`route.aptitude_prior`);
+  - `local`: its accuracy on the k aptitude questions nearest the instruction (MiniLM cosine);
+  - `category`: its aptitude accuracy per category, weighted by a logistic-regression guess of the instruction's
+    category from its MiniLM embedding (fitted on the train split's categories; no model labels).
+Prints one JSON object. Use it on val only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from modelsat.aptitude import Aptitude  # noqa: E402
+from modelsat.config import load_config  # noqa: E402
+from modelsat.data.splits import load_splits  # noqa: E402
+from modelsat.data.table import RoutingTable  # noqa: E402
+from modelsat.evaluate import cached_embedder  # noqa: E402
+
+LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+NEIGHBOURS = [10, 50, 100]
+
+
+def interaction(x: np.ndarray) -> np.ndarray:
+    """(C, M) with row and column means removed."""
+    return x - x.mean(axis=0, keepdims=True) - x.mean(axis=1, keepdims=True) + x.mean()
+
+
+def category_signal(table: RoutingTable, apt_ids: list[str], val: list[str], models: list[str]) -> float:
+    """Correlation of the aptitude test's and val's model × category interaction (categories on both sides)."""
+    ca, cv = np.array(table.categories(apt_ids)), np.array(table.categories(val))
+    a = table.score_matrix(apt_ids, models).astype(float)
+    v = table.score_matrix(val, models).astype(float)
+    cats = [c for c in sorted(set(cv)) if (ca == c).any()]
+    A = np.stack([np.nanmean(a[ca == c], axis=0) for c in cats])
+    V = np.stack([np.nanmean(v[cv == c], axis=0) for c in cats])
+    return float(np.corrcoef(interaction(A).ravel(), interaction(V).ravel())[0, 1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--aptitude", required=True)
+    p.add_argument("--splits", required=True)
+    p.add_argument("--config", default=str(REPO / "configs/default.yaml"), help="for the table and the zoos")
+    p.add_argument("--predictions", help="predictions-val.npz of eval_modelsat.py (made with this aptitude test)")
+    args = p.parse_args()
+    cfg = load_config(args.config)
+    table = RoutingTable.load(cfg.data.table_dir)
+    aptitude = Aptitude.load(args.aptitude)
+    splits = load_splits(args.splits, aptitude=aptitude)
+    apt_ids, zoos = aptitude.question_ids, {k: v for k, v in cfg.data.zoos.items()}
+    out: dict = {"aptitude": args.aptitude, "num_tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
+                 "signal": {z: round(category_signal(table, apt_ids, splits["val"], m), 4) for z, m in zoos.items()}}
+    if args.predictions:
+        from sklearn.linear_model import LogisticRegression
+
+        with np.load(args.predictions) as z:
+            P, pm, pq = z["p"], z["models"].tolist(), z["question_ids"].tolist()
+        embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        E_q, E_a = unit(embed(table.texts(pq))), unit(embed(table.texts(apt_ids)))
+        nearest = np.argsort(-(E_q @ E_a.T), axis=1)                        # (Q, A) aptitude questions, nearest first
+        train = list(splits["train"])
+        clf = LogisticRegression(max_iter=2000).fit(embed(table.texts(train)), table.categories(train))
+        proba, classes = clf.predict_proba(E_q), list(clf.classes_)
+        ca = np.array(table.categories(apt_ids))
+        out["category_guess_accuracy"] = float(np.mean(np.array(classes)[proba.argmax(1)] == table.categories(pq)))
+        out["gain"] = {}
+        for zoo, models in zoos.items():
+            y = table.score_matrix(pq, models).astype(float)
+            ok = ~np.isnan(y).any(axis=1)
+            ytr = table.score_matrix(train, models).astype(float)
+            best = int(np.nanmean(ytr[~np.isnan(ytr).any(axis=1)], axis=0).argmax())
+            a = table.score_matrix(apt_ids, models).astype(float)            # (A, M)
+            acc = np.nanmean(a, axis=0)
+            per_cat = np.stack([np.nanmean(a[ca == c], axis=0) if (ca == c).any() else acc for c in classes])
+            pz = P[:, [pm.index(m) for m in models]]
+
+            def gain(prior: np.ndarray, lam: float) -> float:
+                pick = (pz + lam * prior).argmax(axis=1)
+                return round(100 * float((y[np.arange(len(y)), pick] - y[:, best])[ok].mean()), 2)
+
+            priors = {"global": np.broadcast_to(acc, pz.shape), "category": proba @ per_cat,
+                      **{f"local-{k}": np.nanmean(a[nearest[:, :k]], axis=1) for k in NEIGHBOURS}}
+            out["gain"][zoo] = {name: {str(lam): gain(prior, lam) for lam in LAMBDAS} for name, prior in priors.items()}
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -94,7 +94,7 @@ class Router:
     def prior(self, models: Sequence[str]) -> np.ndarray:
         """(M,) `route.aptitude_prior` × each model's aptitude-test accuracy: the utility's prior term."""
         weight = self.config.route.aptitude_prior
-        return np.array([weight * float(self.zoo.outcomes(m).mean()) if weight else 0.0 for m in models])
+        return np.array([weight * self.zoo.get(m).accuracy if weight else 0.0 for m in models])
 
     # ----- ranking -------------------------------------------------------------------------------
     def _check_instructions(self, instructions: Sequence[str]) -> list[str]:

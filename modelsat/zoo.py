@@ -13,6 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,11 @@ class ZooEntry:
     cost: float | None = None
     cost_unit: str = ""
     params_b: float | None = None
+
+    @cached_property
+    def accuracy(self) -> float:
+        """Mean score on the aptitude test (computed once per entry; `Zoo.add` makes a new entry)."""
+        return float(np.mean(list(self.scores.values())))
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "fingerprint": self.fingerprint, "cost": self.cost,
@@ -186,6 +192,6 @@ class Zoo:
 
     def describe(self) -> list[dict]:
         """One row per model: name, aptitude accuracy, cost, params."""
-        return [{"model": n, "aptitude_accuracy": float(np.mean(list(e.scores.values()))),
+        return [{"model": n, "aptitude_accuracy": e.accuracy,
                  "cost": e.cost, "cost_unit": e.cost_unit, "params_b": e.params_b}
                 for n, e in sorted(self.entries.items())]

@@ -36,7 +36,7 @@ class Group:
 
 
 def _instruction_groups(S: np.ndarray, qids: list[str], models: list[str], K: int, rng: np.random.Generator,
-                        skip_uniform: bool, uniform_weight: float, pools: list[np.ndarray] = (),
+                        skip_uniform: bool, uniform_weight: float, pools: Sequence[np.ndarray] = (),
                         pool_fraction: float = 0.0) -> list[Group]:
     groups = []
     for i, qid in enumerate(qids):

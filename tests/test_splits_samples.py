@@ -253,6 +253,15 @@ def test_prepare_by_source_with_cluster_aptitude(tmp_path: Path) -> None:
     assert again.splits == data.splits and again.aptitude.fingerprint == data.aptitude.fingerprint
 
 
+def small_data_config(tmp_path: Path, src: Path, name: str, **kw):
+    """A DataConfig on the synthetic table at `src`: 3 tasks x 4 questions, files named after `name`."""
+    from modelsat.config import DataConfig
+
+    return DataConfig(source="table", input=str(src), table_dir=str(tmp_path / "table"),
+                      aptitude=str(tmp_path / f"{name}.json"), splits=str(tmp_path / f"{name}-splits.json"),
+                      num_tasks=3, per_task=4, **kw)
+
+
 def test_prepare_with_source_tasks_keeps_val_and_test(tmp_path: Path) -> None:
     """data.source_tasks: the extra tasks (one per source of untasked questions) come from the train split only,
     so val and test are those of the plain test; the base tasks are unchanged; a reload gives the same files."""
@@ -267,9 +276,7 @@ def test_prepare_with_source_tasks_keeps_val_and_test(tmp_path: Path) -> None:
     q.to_parquet(src / "questions.parquet")
 
     def cfg(name: str, **kw) -> DataConfig:
-        return DataConfig(source="table", input=str(src), table_dir=str(tmp_path / "table"),
-                          aptitude=str(tmp_path / f"{name}.json"), splits=str(tmp_path / f"{name}-splits.json"),
-                          num_tasks=3, per_task=4, **kw)
+        return small_data_config(tmp_path, src, name, **kw)
 
     plain = prepare(cfg("plain"), log=lambda s: None)
     more = prepare(cfg("more", source_tasks=2), log=lambda s: None)
@@ -302,9 +309,7 @@ def test_prepare_with_top_up_keeps_val_and_test(tmp_path: Path) -> None:
     src = make_synthetic_table(tmp_path / "src")
 
     def cfg(name: str, **kw) -> DataConfig:
-        return DataConfig(source="table", input=str(src), table_dir=str(tmp_path / "table"),
-                          aptitude=str(tmp_path / f"{name}.json"), splits=str(tmp_path / f"{name}-splits.json"),
-                          num_tasks=3, per_task=4, **kw)
+        return small_data_config(tmp_path, src, name, **kw)
 
     plain = prepare(cfg("plain"), log=lambda s: None)
     more = prepare(cfg("more", top_up=3), log=lambda s: None)

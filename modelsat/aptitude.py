@@ -213,6 +213,26 @@ def _clusters(texts: list[str], rows: np.ndarray, num_tasks: int, seed: int,
     return out
 
 
+def _question_stats(table: Any) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """The table's questions sorted by id (its row order must not matter), their ids, how many models answered
+    each, and the variance of their scores across those models."""
+    q = table.questions.assign(question_id=table.questions["question_id"].astype(str))
+    q = q.sort_values("question_id", kind="stable").reset_index(drop=True)
+    ids = q["question_id"].to_numpy()
+    S = table.score_matrix(list(ids), list(table.model_names)).astype(np.float64)  # (Q, M), NaN = not evaluated
+    n_eval = (~np.isnan(S)).sum(axis=1)
+    mean = np.nansum(S, axis=1) / np.maximum(n_eval, 1)
+    return q, ids, n_eval, np.nansum(S * S, axis=1) / np.maximum(n_eval, 1) - mean ** 2
+
+
+def _task_names(q: pd.DataFrame, or_source: bool) -> np.ndarray:
+    """Each question's task: its `task` field, or (with `or_source`) its `source` where `task` is empty."""
+    task = q["task"].fillna("").astype(str).to_numpy()
+    if or_source and "source" in q.columns:
+        task = np.where(task != "", task, q["source"].fillna("").astype(str).to_numpy())
+    return task
+
+
 def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20,
                    tasks_by: Literal["task", "task_or_source", "cluster"] = "task",
                    seed: int = 0, embed: Callable[[list[str]], np.ndarray] | None = None) -> Aptitude:
@@ -236,22 +256,14 @@ def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20,
     if len(models) < 2:
         raise AptitudeError(f"an aptitude test needs results of at least 2 models to find discriminative questions, "
                             f"got {models}")
-    q = table.questions.assign(question_id=table.questions["question_id"].astype(str))
-    q = q.sort_values("question_id", kind="stable").reset_index(drop=True)  # the table's row order must not matter
-    ids = q["question_id"].to_numpy()
-    S = table.score_matrix(list(ids), models).astype(np.float64)  # (Q, M), NaN = not evaluated
-    n_eval = (~np.isnan(S)).sum(axis=1)
-    mean = np.nansum(S, axis=1) / np.maximum(n_eval, 1)
-    weight = np.nansum(S * S, axis=1) / np.maximum(n_eval, 1) - mean ** 2  # variance across models
+    q, ids, n_eval, weight = _question_stats(table)
     min_models = max(2, math.ceil(MIN_COVERAGE * len(models)))
     candidate = (n_eval >= min_models) & (weight > 1e-9)
     full = n_eval == len(models)
 
     groups: dict[str, tuple[str, np.ndarray]] = {}  # task name -> (description, candidate rows)
     if tasks_by != "cluster":
-        task = q["task"].fillna("").astype(str).to_numpy()
-        if tasks_by == "task_or_source" and "source" in q.columns:
-            task = np.where(task != "", task, q["source"].fillna("").astype(str).to_numpy())
+        task = _task_names(q, or_source=tasks_by == "task_or_source")
         if not (task != "").any():
             raise AptitudeError("the routing table has no `task` values; build the aptitude test with tasks_by='cluster'")
         groups = {n: (_readable(n), np.flatnonzero(candidate & (task == n))) for n in sorted(set(task[candidate]) - {""})}
@@ -302,16 +314,10 @@ def top_up(aptitude: Aptitude, table: Any, extra: int, seed: int = 0) -> Aptitud
     shared = set(aptitude.question_ids) & set(table.questions["question_id"].astype(str))
     if shared:
         raise AptitudeError(f"top_up draws from questions outside the test, but {len(shared)} of the table's are in it")
-    q = table.questions.assign(question_id=table.questions["question_id"].astype(str))
-    q = q.sort_values("question_id", kind="stable").reset_index(drop=True)
-    ids = q["question_id"].to_numpy()
-    S = table.score_matrix(list(ids), list(table.model_names)).astype(np.float64)
-    full = ~np.isnan(S).any(axis=1)
-    weight = np.where(full, np.nanvar(np.where(full[:, None], S, 0.0), axis=1), 0.0)
+    q, ids, n_eval, weight = _question_stats(table)
+    full = n_eval == len(table.model_names)
     candidate = full & (weight > 1e-9)
-    task = q["task"].fillna("").astype(str).to_numpy()
-    if "source" in q.columns:
-        task = np.where(task != "", task, q["source"].fillna("").astype(str).to_numpy())
+    task = _task_names(q, or_source=True)
     tasks, dropped = [], {}
     for t in aptitude.tasks:
         rows = np.flatnonzero(candidate & (task == t.name))

@@ -65,7 +65,7 @@ def main() -> None:
     table = RoutingTable.load(cfg.data.table_dir)
     aptitude = Aptitude.load(args.aptitude)
     splits = load_splits(args.splits, aptitude=aptitude)
-    apt_ids, zoos = aptitude.question_ids, {k: v for k, v in cfg.data.zoos.items()}
+    apt_ids, zoos = aptitude.question_ids, dict(cfg.data.zoos)
     out: dict = {"aptitude": args.aptitude, "num_tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
                  "signal": {z: round(category_signal(table, apt_ids, splits["val"], m), 4) for z, m in zoos.items()}}
     if args.predictions:

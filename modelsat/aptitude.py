@@ -233,6 +233,14 @@ def _task_names(q: pd.DataFrame, or_source: bool) -> np.ndarray:
     return task
 
 
+def _texts_and_answers(qi: pd.DataFrame, ids: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Texts of `ids` and, where the table (indexed by question id) has them, their answers."""
+    texts = {x: str(qi.at[x, "text"]) for x in ids}
+    answers = ({x: a.strip() for x in ids if isinstance(a := qi.at[x, "answer"], str) and a.strip()}
+               if "answer" in qi.columns else {})
+    return texts, answers
+
+
 def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20,
                    tasks_by: Literal["task", "task_or_source", "cluster"] = "task",
                    seed: int = 0, embed: Callable[[list[str]], np.ndarray] | None = None) -> Aptitude:
@@ -290,9 +298,7 @@ def build_aptitude(table: Any, num_tasks: int = 50, per_task: int = 20,
 
     qi = q.set_index("question_id")
     all_ids = [x for t in tasks for x in t.question_ids]
-    texts = {x: str(qi.at[x, "text"]) for x in all_ids}
-    answers = ({x: a.strip() for x in all_ids if isinstance(a := qi.at[x, "answer"], str) and a.strip()}
-               if "answer" in qi.columns else {})
+    texts, answers = _texts_and_answers(qi, all_ids)
     source = {"tasks_by": tasks_by, "benchmarks": sorted({str(qi.at[x, "benchmark"]) for x in all_ids}),
               "num_models": len(models), "min_models": min_models, "num_candidates": int(candidate.sum()),
               "num_not_by_all_models": int((~full[np.isin(ids, all_ids)]).sum()),
@@ -328,13 +334,11 @@ def top_up(aptitude: Aptitude, table: Any, extra: int, seed: int = 0) -> Aptitud
                                                                                               seed, t.name)].tolist())))
     if not tasks:
         raise AptitudeError(f"no aptitude task has {extra} more discriminative questions in the table; lower top_up")
-    added = [x for t in tasks for x in t.question_ids[aptitude.per_task:]]
-    qi = q.set_index("question_id")
-    texts = {**aptitude.texts, **{x: str(qi.at[x, "text"]) for x in added}}
-    answers = {**aptitude.answers, **({x: a.strip() for x in added if isinstance(a := qi.at[x, "answer"], str)
-                                       and a.strip()} if "answer" in qi.columns else {})}
-    keep = {x for t in tasks for x in t.question_ids}
-    return Aptitude(tasks, {x: v for x, v in texts.items() if x in keep}, {x: v for x, v in answers.items() if x in keep},
+    kept = {x for t in tasks for x in t.question_ids[:aptitude.per_task]}
+    texts, answers = _texts_and_answers(q.set_index("question_id"),
+                                        [x for t in tasks for x in t.question_ids[aptitude.per_task:]])
+    return Aptitude(tasks, {**{x: v for x, v in aptitude.texts.items() if x in kept}, **texts},
+                    {**{x: v for x, v in aptitude.answers.items() if x in kept}, **answers},
                     source={**aptitude.source, "topped_up": {"extra": extra, "dropped": dropped,
                                                              "num_candidates": int(candidate.sum())}},
                     seed=aptitude.seed)

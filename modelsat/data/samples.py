@@ -62,7 +62,7 @@ def _instruction_groups(S: np.ndarray, qids: list[str], models: list[str], K: in
 
 
 def _model_groups(S: np.ndarray, qids: list[str], models: list[str], K: int, rng: np.random.Generator,
-                  skip_uniform: bool, uniform_weight: float, **_: Any) -> list[Group]:
+                  skip_uniform: bool, uniform_weight: float) -> list[Group]:
     groups = []
     for j, model in enumerate(models):
         col = S[:, j]
@@ -114,9 +114,11 @@ def build_groups(table: Any, question_ids: list[str], models: list[str], group_s
         raise ValueError("question_ids lists a question twice")
     S = np.asarray(table.score_matrix(question_ids, models), dtype=np.float64)  # (Q, M), NaN = not evaluated
     rng = np.random.default_rng([seed, epoch])
-    make = _instruction_groups if mode == "instruction" else _model_groups
-    groups = make(S, question_ids, models, group_size, rng, skip_uniform, uniform_weight, pools=pool_cols,
-                  pool_fraction=pool_fraction)
+    if mode == "instruction":
+        groups = _instruction_groups(S, question_ids, models, group_size, rng, skip_uniform, uniform_weight,
+                                     pool_cols, pool_fraction)
+    else:
+        groups = _model_groups(S, question_ids, models, group_size, rng, skip_uniform, uniform_weight)
     groups = [groups[i] for i in rng.permutation(len(groups))]
     return groups if max_groups is None else groups[:max_groups]
 

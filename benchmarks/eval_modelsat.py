@@ -34,10 +34,12 @@ class MatrixRouter:
     """A Router stand-in that answers `predict_matrix` from scores computed once by the real router."""
 
     def __init__(self, router: Router, texts: list[str], matrix: np.ndarray, models: list[str]) -> None:
-        self.aptitude, self.config, self.models = router.aptitude, router.config, list(models)
+        self.router, self.aptitude, self.config, self.models = router, router.aptitude, router.config, list(models)
         self.row = {t: i for i, t in enumerate(texts)}
         self.col = {m: j for j, m in enumerate(models)}
         self.matrix = matrix
+        k = router.config.route.aptitude_neighbours if router.config.route.aptitude_prior else 0
+        self.nearest = router.nearest_aptitude_questions(texts, k) if k else None    # found once for every slice
 
     def add_model(self, name: str, results, cost=None) -> None:
         if name not in self.col:
@@ -48,6 +50,11 @@ class MatrixRouter:
 
     def predict_matrix(self, instructions: list[str], models: list[str], progress: bool = False) -> np.ndarray:
         return self.matrix[np.ix_([self.row[t] for t in instructions], [self.col[m] for m in models])]
+
+    def prior(self, models: list[str], instructions: list[str]) -> np.ndarray:
+        if self.nearest is None:
+            return self.router.prior(models)
+        return self.router.prior(models, nearest=self.nearest[[self.row[t] for t in instructions]])
 
 
 def join_zoo(router: Router, table: RoutingTable, models: list[str]) -> None:

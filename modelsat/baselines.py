@@ -151,8 +151,9 @@ class BaseRouter:
         models = list(models) if models is not None else list(self.models_)
         score = self.predict([question_id], [instruction], models)[0]
         cost = np.array([self.costs_.get(m, math.nan) for m in models])
-        offset = self.utility_offset(models)
-        utility = score + (0.0 if offset is None else offset) - cost_weight * normalised_costs(cost)
+        offset = self.utility_offset(models, [instruction])
+        offset = 0.0 if offset is None else np.asarray(offset).reshape(-1)               # (M,) or (1, M) → (M,)
+        utility = score + offset - cost_weight * normalised_costs(cost)
         order = self._order(models, utility)[:top_k]
         return [Choice(models[j], float(score[j]), None if np.isnan(cost[j]) else float(cost[j]), float(utility[j]))
                 for j in order]
@@ -160,8 +161,9 @@ class BaseRouter:
     def _order(self, models: list[str], utility: np.ndarray) -> list[int]:
         return sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))
 
-    def utility_offset(self, models: Sequence[str]) -> np.ndarray | None:
-        """(M,) added to the scores when choosing (not when scoring p_correct); None: nothing."""
+    def utility_offset(self, models: Sequence[str], instructions: Sequence[str]) -> np.ndarray | None:
+        """(M,) or (Q, M) added to the scores of `instructions` when choosing (not when scoring p_correct);
+        None: nothing."""
         return None
 
     def _fit(self, data: RoutingData, models: list[str]) -> list[str]:
@@ -480,12 +482,11 @@ class ModelSATRouter(BaseRouter):
     def _predict(self, question_ids: list[str], instructions: list[str]) -> np.ndarray:
         return np.asarray(self.router.predict_matrix(instructions, self.models_, progress=len(instructions) > 64))
 
-    def utility_offset(self, models: Sequence[str]) -> np.ndarray | None:
-        """The checkpoint's `route.aptitude_prior` × each model's aptitude accuracy (as `Router.rank` adds it)."""
-        weight = self.router.config.route.aptitude_prior
-        if not weight:
+    def utility_offset(self, models: Sequence[str], instructions: Sequence[str]) -> np.ndarray | None:
+        """The checkpoint's aptitude prior, as `Router.rank` adds it (`Router.prior`)."""
+        if not self.router.config.route.aptitude_prior:
             return None
-        return weight * np.nanmean(self.data.aptitude_scores(models), axis=0)
+        return self.router.prior(models, instructions)
 
 
 def default_routers(seed: int = 0, checkpoint: str | Path | None = None) -> list[BaseRouter]:

@@ -207,10 +207,16 @@ class RouteConfig:
     """Ranking adds `aptitude_prior × the candidate's aptitude-test accuracy` to its utility (p_correct itself is
     unchanged): the router leaves the model that does best on the test only when p_correct says so by more than
     the accuracy gap allows. 0 ranks by p_correct alone."""
+    aptitude_neighbours: int = 0
+    """0: the prior's accuracy is over the whole aptitude test. k > 0: over the k aptitude questions nearest the
+    instruction (cosine of their sentence embeddings), so the prior follows the instruction's domain. Either way
+    it reads only aptitude results, so models added to the zoo afterwards get it too."""
 
     def __post_init__(self) -> None:
         _check(math.isfinite(self.aptitude_prior) and self.aptitude_prior >= 0,
                f"route.aptitude_prior must be a finite number >= 0, got {self.aptitude_prior}")
+        _check(isinstance(self.aptitude_neighbours, int) and self.aptitude_neighbours >= 0,
+               f"route.aptitude_neighbours must be an integer >= 0, got {self.aptitude_neighbours!r}")
 
 
 @dataclass

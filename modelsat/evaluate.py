@@ -203,8 +203,8 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
                    norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool, seed: int,
                    offset: np.ndarray | None = None) -> dict:
     """Every metric of one router's (Q, M) predictions against the (Q, M) scores `y`; the router chooses by
-    `pred + offset` (its utility before cost), while Brier and AUC score `pred`."""
-    utility = pred if offset is None else pred + np.asarray(offset)[None, :]
+    `pred + offset` (its utility before cost; offset (M,) or (Q, M)), while Brier and AUC score `pred`."""
+    utility = pred if offset is None else pred + np.asarray(offset)
     c = choice_weights(utility, norm_cost)
     per = (c * y).sum(axis=1)                                              # (Q,) score of the routed choice
     acc, base = float(per.mean()), float(y[:, best].mean())
@@ -296,7 +296,7 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
             continue
         pred = r.predict(ids, texts, models)
         m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed,
-                           offset=r.utility_offset(models))
+                           offset=r.utility_offset(models, texts))
         results[r.name] = {**m, "uses": r.uses, "params": r.params()}
         if getattr(r, "notes", None):
             results[r.name]["notes"] = r.notes

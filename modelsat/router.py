@@ -10,7 +10,8 @@ Scores come from the packed forward pass: all candidates of an instruction share
 
 Utility: `p_correct + aptitude_prior * aptitude_accuracy - cost_weight * cost / max_cost`, where
 `aptitude_prior` is the checkpoint's `route.aptitude_prior` (0 unless set), `aptitude_accuracy` the candidate's
-mean score on the aptitude test, and `max_cost` the largest known cost among the candidates being ranked (so
+mean score on the aptitude test (with `route.aptitude_neighbours` k > 0: on the k aptitude questions nearest the
+instruction), and `max_cost` the largest known cost among the candidates being ranked (so
 `cost_weight` is in units of probability per "the most expensive candidate"); a model of unknown cost counts
 as the most expensive (the rule of `modelsat evaluate`).
 """
@@ -57,6 +58,7 @@ class Router:
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
+        self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
@@ -91,10 +93,32 @@ class Router:
                 self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
         return self._features[name]
 
-    def prior(self, models: Sequence[str]) -> np.ndarray:
-        """(M,) `route.aptitude_prior` × each model's aptitude-test accuracy: the utility's prior term."""
-        weight = self.config.route.aptitude_prior
-        return np.array([weight * self.zoo.get(m).accuracy if weight else 0.0 for m in models])
+    def prior(self, models: Sequence[str], instructions: Sequence[str] | None = None,
+              nearest: np.ndarray | None = None) -> np.ndarray:
+        """The utility's prior term, `route.aptitude_prior` × each model's aptitude-test accuracy: (M,), or
+        (Q, M) for `instructions` with `route.aptitude_neighbours` k > 0 (accuracy on the k aptitude questions
+        nearest each instruction; `nearest`, their positions if already found, skips the encoding)."""
+        weight, k = self.config.route.aptitude_prior, self.config.route.aptitude_neighbours
+        if not k or not weight:
+            return np.array([weight * self.zoo.get(m).accuracy if weight else 0.0 for m in models])
+        if nearest is None:
+            if instructions is None:
+                raise RouterError("route.aptitude_neighbours > 0: the prior depends on the instructions; pass them")
+            nearest = self.nearest_aptitude_questions(instructions, k)                      # (Q, k)
+        outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
+        return weight * outcomes[nearest].mean(axis=1)
+
+    def nearest_aptitude_questions(self, instructions: Sequence[str], k: int) -> np.ndarray:
+        """(Q, k) positions in `aptitude.question_ids` of the k questions nearest each instruction, nearest first."""
+        encoder = self.model.sentence_encoder
+        if encoder is None:
+            raise RouterError("route.aptitude_neighbours > 0 needs the router's sentence encoder")
+        if self._aptitude_emb is None:
+            texts = [self.aptitude.texts[q] for q in self.aptitude.question_ids]
+            self._aptitude_emb = torch.nn.functional.normalize(encoder.encode(texts).float(), dim=-1)
+        k = min(k, self._aptitude_emb.shape[0])
+        queries = torch.nn.functional.normalize(encoder.encode(list(instructions)).float(), dim=-1)
+        return (queries @ self._aptitude_emb.T).topk(k, dim=1).indices.numpy()
 
     # ----- ranking -------------------------------------------------------------------------------
     def _check_instructions(self, instructions: Sequence[str]) -> list[str]:
@@ -151,10 +175,10 @@ class Router:
         known = costs[~np.isnan(costs)]
         norm = costs / known.max() if known.size and known.max() > 0 else np.zeros_like(costs)
         penalty = np.nan_to_num(norm, nan=1.0) * cost_weight            # unknown cost: as the most expensive
-        prior = self.prior(models)
+        prior = np.broadcast_to(self.prior(models, instructions), p.shape)
         ranked = []
-        for row in p:
-            utility = row + prior - penalty
+        for row, row_prior in zip(p, prior):
+            utility = row + row_prior - penalty
             order = sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))[:top_k]
             ranked.append([Ranked(models[j], float(row[j]), None if np.isnan(costs[j]) else float(costs[j]),
                                   float(utility[j])) for j in order])

@@ -46,6 +46,8 @@ def test_overrides_apply_and_types_convert() -> None:
     (["train.batch_size=two"], "train.batch_size"),
     (["data.val=0.7", "data.test=0.5"], "data.val"),
     (["route.aptitude_prior=-0.1"], "route.aptitude_prior"),
+    (["route.aptitude_neighbours=-1"], "route.aptitude_neighbours"),
+    (["route.aptitude_neighbours=1.5"], "route.aptitude_neighbours"),
     (["data.source_tasks=-1"], "data.source_tasks"),
     (["train.zoo_groups=1.5"], "train.zoo_groups"),
     (["data.top_up=-1"], "data.top_up"),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,6 +81,28 @@ def test_aptitude_prior_adds_aptitude_accuracy_to_the_utility(tiny_checkpoint: P
         assert x.p_correct == pytest.approx(plain[x.model], abs=1e-6)        # p_correct itself is unchanged
         assert x.utility == pytest.approx(x.p_correct + 1e3 * accuracy[x.model], abs=1e-4)  # outcomes are float32
     assert r.prior(r.models) == pytest.approx([1e3 * accuracy[m] for m in r.models])
+
+
+def test_neighbour_prior_reads_the_aptitude_questions_nearest_the_instruction(tiny_checkpoint: Path) -> None:
+    r = Router.from_checkpoint(tiny_checkpoint)
+    r.config.route.aptitude_prior = 1e3
+    outcomes = {m: r.zoo.outcomes(m).ravel() for m in r.models}                # task-major, as question_ids
+    ids = r.aptitude.question_ids
+    # An aptitude question's own text is its nearest question: with k=1 the prior is each model's score on it.
+    i = next(j for j in range(len(ids)) if len({float(outcomes[m][j]) for m in r.models}) > 1)
+    r.config.route.aptitude_neighbours = 1
+    text = r.aptitude.texts[ids[i]]
+    assert r.prior(r.models, [text]) == pytest.approx(np.array([[1e3 * outcomes[m][i] for m in r.models]]))
+    ranked = r.rank(text)
+    assert outcomes[ranked[0].model][i] == max(outcomes[m][i] for m in r.models)
+    for x in ranked:
+        assert x.utility == pytest.approx(x.p_correct + 1e3 * outcomes[x.model][i], abs=1e-4)
+    # Every question a neighbour: the prior is the whole test's accuracy again, one row per instruction.
+    r.config.route.aptitude_neighbours = len(ids)
+    whole = [1e3 * float(outcomes[m].mean()) for m in r.models]
+    assert r.prior(r.models, [text, INSTRUCTION]) == pytest.approx(np.array([whole, whole]), abs=1e-3)
+    with pytest.raises(RouterError, match="pass them"):
+        r.prior(r.models)
 
 
 def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Path, tmp_path: Path) -> None:

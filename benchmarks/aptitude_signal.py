@@ -35,7 +35,7 @@ from modelsat.data.table import RoutingTable  # noqa: E402
 from modelsat.evaluate import cached_embedder  # noqa: E402
 
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
-NEIGHBOURS = [10, 50, 100]
+NEIGHBOURS = [10, 25, 50, 100, 200]
 
 
 def interaction(x: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from modelsat.data.splits import load_splits  # noqa: E402
 from modelsat.data.table import RoutingTable  # noqa: E402
 from modelsat.evaluate import cached_embedder  # noqa: E402
 
-LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 1000.0]   # 1000: the prior alone, p_correct breaks ties
 NEIGHBOURS = [10, 25, 50, 100, 200]
 
 

@@ -137,7 +137,9 @@ def cmd_serve(a: argparse.Namespace) -> None:
     from modelsat.router import Router
     from modelsat.service import create_app
 
-    app = create_app(Router.from_checkpoint(a.checkpoint), persist=a.persist)
+    router = Router.from_checkpoint(a.checkpoint)
+    router.warm_up()
+    app = create_app(router, persist=a.persist)
     uvicorn.run(app, host=a.host, port=a.port, log_level="info")
 
 

@@ -108,17 +108,30 @@ class Router:
         outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
         return weight * outcomes[nearest].mean(axis=1)
 
+    def _encode(self, texts: list[str]) -> torch.Tensor:
+        """(N, D) unit sentence embeddings."""
+        if self.model.sentence_encoder is None:
+            raise RouterError("route.aptitude_neighbours > 0 needs the router's sentence encoder")
+        return torch.nn.functional.normalize(self.model.sentence_encoder.encode(texts).float(), dim=-1)
+
+    def aptitude_embeddings(self) -> torch.Tensor:
+        """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order; computed once."""
+        if self._aptitude_emb is None:
+            self._aptitude_emb = self._encode([self.aptitude.texts[q] for q in self.aptitude.question_ids])
+        return self._aptitude_emb
+
     def nearest_aptitude_questions(self, instructions: Sequence[str], k: int) -> np.ndarray:
         """(Q, k) positions in `aptitude.question_ids` of the k questions nearest each instruction, nearest first."""
-        encoder = self.model.sentence_encoder
-        if encoder is None:
-            raise RouterError("route.aptitude_neighbours > 0 needs the router's sentence encoder")
-        if self._aptitude_emb is None:
-            texts = [self.aptitude.texts[q] for q in self.aptitude.question_ids]
-            self._aptitude_emb = torch.nn.functional.normalize(encoder.encode(texts).float(), dim=-1)
-        k = min(k, self._aptitude_emb.shape[0])
-        queries = torch.nn.functional.normalize(encoder.encode(list(instructions)).float(), dim=-1)
-        return (queries @ self._aptitude_emb.T).topk(k, dim=1).indices.numpy()
+        keys = self.aptitude_embeddings()
+        return (self._encode(list(instructions)) @ keys.T).topk(min(k, keys.shape[0]), dim=1).indices.numpy()
+
+    def warm_up(self) -> None:
+        """Compute now what the first ranking would: every zoo model's capability features and, where the prior
+        reads the nearest aptitude questions, their embeddings (a service calls this before it serves)."""
+        for name in self.models:
+            self.features(name)
+        if self.config.route.aptitude_neighbours and self.config.route.aptitude_prior:
+            self.aptitude_embeddings()
 
     # ----- ranking -------------------------------------------------------------------------------
     def _check_instructions(self, instructions: Sequence[str]) -> list[str]:

@@ -105,6 +105,15 @@ def test_neighbour_prior_reads_the_aptitude_questions_nearest_the_instruction(ti
         r.prior(r.models)
 
 
+def test_warm_up_computes_what_the_first_ranking_needs(tiny_checkpoint: Path) -> None:
+    r = Router.from_checkpoint(tiny_checkpoint)
+    r.config.route.aptitude_prior, r.config.route.aptitude_neighbours = 1.0, 3
+    r.warm_up()
+    assert set(r._features) == set(r.models)
+    assert r._aptitude_emb is not None and r._aptitude_emb.shape[0] == len(r.aptitude.question_ids)
+    assert r.aptitude_embeddings() is r._aptitude_emb                          # computed once
+
+
 def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Path, tmp_path: Path) -> None:
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)

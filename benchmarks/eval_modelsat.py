@@ -38,7 +38,7 @@ class MatrixRouter:
         self.row = {t: i for i, t in enumerate(texts)}
         self.col = {m: j for j, m in enumerate(models)}
         self.matrix = matrix
-        k = router.config.route.aptitude_neighbours if router.config.route.aptitude_prior else 0
+        k = router.prior_neighbours
         self.nearest = router.nearest_aptitude_questions(texts, k) if k else None    # found once for every slice
 
     def add_model(self, name: str, results, cost=None) -> None:

@@ -93,13 +93,20 @@ class Router:
                 self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
         return self._features[name]
 
+    @property
+    def prior_neighbours(self) -> int:
+        """k where the prior reads the k aptitude questions nearest the instruction; 0 where it reads the whole
+        test or there is no prior."""
+        route = self.config.route
+        return route.aptitude_neighbours if route.aptitude_prior else 0
+
     def prior(self, models: Sequence[str], instructions: Sequence[str] | None = None,
               nearest: np.ndarray | None = None) -> np.ndarray:
         """The utility's prior term, `route.aptitude_prior` × each model's aptitude-test accuracy: (M,), or
         (Q, M) for `instructions` with `route.aptitude_neighbours` k > 0 (accuracy on the k aptitude questions
         nearest each instruction; `nearest`, their positions if already found, skips the encoding)."""
-        weight, k = self.config.route.aptitude_prior, self.config.route.aptitude_neighbours
-        if not k or not weight:
+        weight, k = self.config.route.aptitude_prior, self.prior_neighbours
+        if not k:
             return np.array([weight * self.zoo.get(m).accuracy if weight else 0.0 for m in models])
         if nearest is None:
             if instructions is None:
@@ -130,7 +137,7 @@ class Router:
         reads the nearest aptitude questions, their embeddings (a service calls this before it serves)."""
         for name in self.models:
             self.features(name)
-        if self.config.route.aptitude_neighbours and self.config.route.aptitude_prior:
+        if self.prior_neighbours:
             self.aptitude_embeddings()
 
     # ----- ranking -------------------------------------------------------------------------------

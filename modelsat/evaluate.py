@@ -132,6 +132,11 @@ def choice_weights(pred: np.ndarray, norm_cost: np.ndarray, cost_weight: float =
     return tie / tie.sum(axis=1, keepdims=True)
 
 
+def routed_scores(utility: np.ndarray, y: np.ndarray, norm_cost: np.ndarray) -> np.ndarray:
+    """(Q,) score of the model(s) a router chooses by `utility` (before cost) for each instruction."""
+    return (choice_weights(utility, norm_cost) * y).sum(axis=1)
+
+
 def bootstrap_ci(diff: np.ndarray, n: int = N_BOOT, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
     """Percentile CI of mean(diff) over `n` resamples of the instructions (same seed -> same resamples: paired)."""
     rng = np.random.default_rng(seed)
@@ -206,7 +211,7 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
     `pred + offset` (its utility before cost; offset (M,) or (Q, M)), while Brier and AUC score `pred`."""
     utility = pred if offset is None else pred + np.asarray(offset)
     c = choice_weights(utility, norm_cost)
-    per = (c * y).sum(axis=1)                                              # (Q,) score of the routed choice
+    per = routed_scores(utility, y, norm_cost)                             # (Q,) score of the routed choice
     acc, base = float(per.mean()), float(y[:, best].mean())
     lo, hi = bootstrap_ci(per - y[:, best], seed=seed)
     out = {"applicable": True, "accuracy": acc, "gain": acc - base, "gain_ci": [lo, hi],
@@ -279,6 +284,7 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
     routers = list(routers) if routers is not None else default_routers(seed, checkpoint)
     texts = table.texts(ids)
     results: dict[str, dict] = {}
+    scores: dict[str, np.ndarray] = {}                                     # router -> (Q,) score of its choices
     for r in routers:
         if unseen and not r.handles_unseen:
             results[r.name] = {"applicable": False, "uses": r.uses, "reason": (
@@ -295,12 +301,19 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
             log(f"[{zoo}] warning: {results[r.name]['reason']}")
             continue
         pred = r.predict(ids, texts, models)
+        offset = r.utility_offset(models, texts)
         m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed,
-                           offset=r.utility_offset(models, texts))
+                           offset=offset)
+        scores[r.name] = routed_scores(pred if offset is None else pred + np.asarray(offset), y, norm)
         results[r.name] = {**m, "uses": r.uses, "params": r.params()}
         if getattr(r, "notes", None):
             results[r.name]["notes"] = r.notes
         log(f"[{zoo}] {r.name}: accuracy {m['accuracy']:.4f}, gain {m['gain']:+.4f}")
+    if "model-sat" in scores:                  # is Model-SAT above each other router? paired, same resamples
+        results["model-sat"]["versus"] = {
+            name: {"diff": float((scores["model-sat"] - other).mean()),
+                   "ci": list(bootstrap_ci(scores["model-sat"] - other, seed=seed))}
+            for name, other in scores.items() if name != "model-sat"}
     if "model-sat" not in results:
         results["model-sat"] = {"applicable": False, "reason": "absent: no checkpoint given" if checkpoint is None
                                 else "absent: not among the routers run"}
@@ -361,8 +374,13 @@ def report_markdown(metrics: dict) -> str:
               "envelope of the cost_weight sweep). Cost at best-single "
               f"acc.: the lowest mean cost (best single model: {bs['cost']:.4g}) at which the sweep reaches the best "
               f"single model's accuracy. Cost rule: {cost['rule']}"
-              + (f"; unknown cost: {', '.join(cost['unknown'])}." if cost["unknown"] else "."), "",
-              "## Per-category accuracy", ""]
+              + (f"; unknown cost: {', '.join(cost['unknown'])}." if cost["unknown"] else "."), ""]
+    versus = routers.get("model-sat", {}).get("versus")
+    if versus:
+        lines += ["Model-SAT − each other router, accuracy on the same instructions (95% paired bootstrap CI): "
+                  + "; ".join(f"{n} {v['diff']:+.4f} [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]"
+                              for n, v in versus.items()) + ".", ""]
+    lines += ["## Per-category accuracy", ""]
     shown = [n for n, r in routers.items() if r.get("applicable", True)]
     lines += ["| category | n | best single | oracle | " + " | ".join(shown) + " |",
               "|---|---:|---:|---:|" + "---:|" * len(shown)]

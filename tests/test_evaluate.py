@@ -121,6 +121,23 @@ def test_evaluate_unseen_models(tmp_path):
     assert "| knn | n/a |" in report and "unseen: D" in report
 
 
+def test_model_sat_is_compared_with_every_other_router_on_the_same_instructions(tmp_path):
+    class Stand(BestSingleRouter):                 # stands in for Model-SAT: always C, right on 60%
+        name = "model-sat"
+
+    table, aptitude, splits = make_world()
+    m = evaluate(table, splits, aptitude, ["A", "B", "C"], routers=[Stand(), BestSingleRouter(), KNNRouter(k=5)],
+                 embed=hashing_embed, out=tmp_path / "out", log=lambda m: None)
+    versus = m["routers"]["model-sat"]["versus"]
+    assert set(versus) == {"best-single", "knn"}
+    assert versus["best-single"] == {"diff": 0.0, "ci": [0.0, 0.0]}       # the same picks: no difference at all
+    assert versus["knn"]["diff"] == pytest.approx(-0.4)                  # kNN is right on every instruction
+    lo, hi = versus["knn"]["ci"]
+    assert lo <= -0.4 <= hi < 0
+    assert "versus" not in m["routers"]["knn"]
+    assert "Model-SAT − each other router" in (tmp_path / "out" / "report.md").read_text()
+
+
 def test_missing_results_are_dropped_and_counted():
     table, aptitude, splits = make_world()
     r = table.results

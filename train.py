@@ -32,6 +32,7 @@ from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.evaluate import interaction_auc
 from modelsat.checkpoint import save_checkpoint
+from modelsat.router import unit_embeddings
 from modelsat.model import RouterModel, build_router_model
 
 
@@ -254,8 +255,11 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
                         "total_parameters": n_all})
+        keys = None                                        # the prior's nearest-question keys, stored once
+        if cfg.route.aptitude_prior and cfg.route.aptitude_neighbours and core.sentence_encoder is not None:
+            keys = unit_embeddings(core.sentence_encoder, [data.aptitude.texts[q] for q in data.aptitude.question_ids])
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
-                        data.train_models)
+                        data.train_models, aptitude_embeddings=keys)
         log(f"wrote {out_dir / 'final'}")
     accelerator.end_training()
     return metrics

@@ -5,6 +5,9 @@
     <dir>/config.yaml                                      the resolved config
     <dir>/aptitude.json, splits.json, metrics.json
     <dir>/zoo/                                             one entry per candidate model
+    <dir>/aptitude_embeddings.safetensors                  the aptitude questions' sentence embeddings, where the
+                                                           route's prior reads the nearest ones (optional: else
+                                                           computed on load, ~1 min on a CPU)
     <dir>/training_state.pt                                optimizer, scheduler and step; step folders only (resume)
 """
 from __future__ import annotations
@@ -13,14 +16,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modelsat.io_utils import atomic_dir, atomic_write_text
+from modelsat.io_utils import atomic_dir, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # torch-heavy imports only for type checkers
+    import torch
+
     from modelsat.aptitude import Aptitude
     from modelsat.config import Config
     from modelsat.data.table import RoutingTable
     from modelsat.model import RouterModel
 
+APTITUDE_EMBEDDINGS = "aptitude_embeddings.safetensors"
 CHECKPOINT_FILES = ("config.yaml", "aptitude.json", "adapter_model.safetensors", "adapter_config.json",
                     "connector.safetensors")
 
@@ -45,8 +51,10 @@ def check_checkpoint(path: str | Path) -> Path:
 
 def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "Aptitude",
                     splits: dict[str, list[str]], metrics: dict, table: "RoutingTable", zoo_models: list[str],
-                    state: dict[str, Any] | None = None) -> None:
-    """Write a complete router checkpoint to a temporary folder, then rename it onto `path`."""
+                    state: dict[str, Any] | None = None, aptitude_embeddings: "torch.Tensor | None" = None) -> None:
+    """Write a complete router checkpoint to a temporary folder, then rename it onto `path` (with
+    `aptitude_embeddings`, the (A, D) unit embeddings of the aptitude questions, computed by the model's sentence
+    encoder)."""
     import torch
 
     from modelsat.zoo import Zoo
@@ -67,3 +75,45 @@ def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "
                     params_b=row.get("params_b"), cost_unit=str(row.get("cost_unit") or ""))
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
+        if aptitude_embeddings is not None:
+            save_aptitude_embeddings(tmp, aptitude_embeddings, aptitude, cfg.model.sentence_encoder)
+
+
+def save_aptitude_embeddings(directory: str | Path, embeddings: "torch.Tensor", aptitude: "Aptitude",
+                             encoder: str) -> None:
+    """Write the aptitude questions' (A, D) embeddings to `directory`, stamped with the test and the encoder."""
+    from safetensors.torch import save
+
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(aptitude.question_ids):
+        raise ValueError(f"aptitude embeddings of shape {tuple(embeddings.shape)} do not match the aptitude test's "
+                         f"{len(aptitude.question_ids)} questions")
+    meta = {"aptitude_fingerprint": aptitude.fingerprint, "sentence_encoder": encoder}
+    atomic_write_bytes(Path(directory) / APTITUDE_EMBEDDINGS,
+                       save({"embeddings": embeddings.detach().float().cpu().contiguous()}, metadata=meta))
+
+
+def load_aptitude_embeddings(directory: str | Path, aptitude: "Aptitude", encoder: str) -> "torch.Tensor | None":
+    """The stored (A, D) aptitude embeddings of a checkpoint, None where it has none; a clear error where they
+    were computed for another aptitude test or encoder, or the file is broken."""
+    from safetensors import SafetensorError, safe_open
+
+    file = Path(directory) / APTITUDE_EMBEDDINGS
+    if not file.is_file():
+        return None
+    try:
+        with safe_open(file, "pt") as f:
+            meta, emb = f.metadata() or {}, f.get_tensor("embeddings")
+    except (SafetensorError, OSError, KeyError) as e:
+        raise CheckpointError(f"{file} is not a readable aptitude-embeddings file ({e}); delete it to recompute "
+                              "the embeddings on load") from e
+    fix = f"; delete {file.name} to recompute them on load"
+    if meta.get("aptitude_fingerprint") != aptitude.fingerprint:
+        raise CheckpointError(f"{file} was computed for the aptitude test {str(meta.get('aptitude_fingerprint'))[:12]}"
+                              f"…, but the checkpoint's aptitude.json is {aptitude.fingerprint[:12]}…{fix}")
+    if meta.get("sentence_encoder") != encoder:
+        raise CheckpointError(f"{file} was computed with the sentence encoder {meta.get('sentence_encoder')!r}, but "
+                              f"the config's model.sentence_encoder is {encoder!r}{fix}")
+    if emb.ndim != 2 or emb.shape[0] != len(aptitude.question_ids):
+        raise CheckpointError(f"{file} holds embeddings of shape {tuple(emb.shape)}, but the aptitude test has "
+                              f"{len(aptitude.question_ids)} questions{fix}")
+    return emb

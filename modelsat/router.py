@@ -27,12 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from modelsat.aptitude import Aptitude
-from modelsat.checkpoint import check_checkpoint
+from modelsat.checkpoint import check_checkpoint, load_aptitude_embeddings
 from modelsat.config import Config, load_config
 from modelsat.model import RouterModel, build_router_model
 from modelsat.zoo import Zoo, ZooError
 
 MAX_INSTRUCTION_CHARS = 32_000
+
+
+def unit_embeddings(encoder, texts: list[str]) -> torch.Tensor:
+    """(N, D) sentence embeddings of `texts` by `encoder`, scaled to unit length (cosine = dot product)."""
+    return torch.nn.functional.normalize(encoder.encode(texts).float(), dim=-1)
 
 
 class RouterError(ValueError):
@@ -69,7 +74,9 @@ class Router:
         zoo = Zoo.load(path / "zoo", aptitude)
         model = build_router_model(config.model, per_task=aptitude.per_task)
         model.load_trained(path)
-        return cls(model, aptitude, zoo, config, **kwargs)
+        router = cls(model, aptitude, zoo, config, **kwargs)
+        router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
+        return router
 
     # ----- the zoo -------------------------------------------------------------------------------
     @property
@@ -119,10 +126,11 @@ class Router:
         """(N, D) unit sentence embeddings."""
         if self.model.sentence_encoder is None:
             raise RouterError("route.aptitude_neighbours > 0 needs the router's sentence encoder")
-        return torch.nn.functional.normalize(self.model.sentence_encoder.encode(texts).float(), dim=-1)
+        return unit_embeddings(self.model.sentence_encoder, texts)
 
     def aptitude_embeddings(self) -> torch.Tensor:
-        """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order; computed once."""
+        """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order: the
+        checkpoint's `aptitude_embeddings.safetensors` where it has one, else computed once."""
         if self._aptitude_emb is None:
             self._aptitude_emb = self._encode([self.aptitude.texts[q] for q in self.aptitude.question_ids])
         return self._aptitude_emb

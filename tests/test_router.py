@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO
 from modelsat import Router
@@ -112,6 +113,38 @@ def test_warm_up_computes_what_the_first_ranking_needs(tiny_checkpoint: Path) ->
     assert set(r._features) == set(r.models)
     assert r._aptitude_emb is not None and r._aptitude_emb.shape[0] == len(r.aptitude.question_ids)
     assert r.aptitude_embeddings() is r._aptitude_emb                          # computed once
+
+
+def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from modelsat.checkpoint import APTITUDE_EMBEDDINGS, save_aptitude_embeddings
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    fresh = Router.from_checkpoint(ckpt)
+    assert fresh._aptitude_emb is None                                        # none stored: computed on first use
+    keys, encoder = fresh.aptitude_embeddings(), fresh.config.model.sentence_encoder
+    save_aptitude_embeddings(ckpt, keys * 2, fresh.aptitude, encoder)         # stored ones are used, not recomputed
+    stored = Router.from_checkpoint(ckpt)
+    assert torch.equal(stored.aptitude_embeddings(), keys * 2)
+    save_aptitude_embeddings(ckpt, keys, fresh.aptitude, encoder)
+    loaded = Router.from_checkpoint(ckpt)
+    for r in (fresh, loaded):
+        r.config.route.aptitude_prior, r.config.route.aptitude_neighbours = 1.0, 3
+    assert loaded.prior(loaded.models, [INSTRUCTION]) == pytest.approx(fresh.prior(fresh.models, [INSTRUCTION]))
+    with pytest.raises(ValueError, match="do not match"):
+        save_aptitude_embeddings(ckpt, keys[:-1], fresh.aptitude, encoder)
+    assert Router.from_checkpoint(ckpt)._aptitude_emb.shape == keys.shape     # the failed write lost nothing
+    bad = [(SimpleNamespace(fingerprint="0" * 64, question_ids=fresh.aptitude.question_ids), encoder, "aptitude test"),
+           (fresh.aptitude, "another-encoder", "sentence encoder")]
+    for aptitude, enc, message in bad:
+        save_aptitude_embeddings(ckpt, keys, aptitude, enc)
+        with pytest.raises(CheckpointError, match=message):
+            Router.from_checkpoint(ckpt)
+    (ckpt / APTITUDE_EMBEDDINGS).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        Router.from_checkpoint(ckpt)
 
 
 def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Path, tmp_path: Path) -> None:

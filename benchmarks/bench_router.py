@@ -1,0 +1,80 @@
+"""How long a trained router takes to start and to rank: load, warm-up, one instruction at a time, and in batches.
+
+    python benchmarks/bench_router.py                                   # the committed router, 40 instructions
+    python benchmarks/bench_router.py --recompute-embeddings            # as if the checkpoint stored no embeddings
+
+Steps, each timed once with wall clock, in this order:
+  - `load_s`: `Router.from_checkpoint` (backbone, adapter, connector, zoo and, where stored, the aptitude questions'
+    embeddings);
+  - `warm_up_s`: `Router.warm_up()` (every zoo model's capability features and, where the route's prior reads the
+    nearest aptitude questions and the checkpoint stores no embeddings, encoding the aptitude questions);
+  - `rank_ms`: `Router.rank` on one instruction at a time over the whole zoo (median and 90th percentile);
+  - `rank_many_per_s`: `Router.rank_many` on all of them at once (instructions per second).
+`start_to_first_ranking_s` = load + warm-up + the first ranking: what `infer.py` waits for one instruction.
+The instructions are the first `--n` questions of the checkpoint's aptitude test (present in every checkpoint; the
+timing does not depend on which questions they are). Prints one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from modelsat import Router  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", default=str(REPO / "checkpoints/modelsat-smollm2-mmlupro"))
+    p.add_argument("--n", type=int, default=40, help="instructions to rank")
+    p.add_argument("--recompute-embeddings", action="store_true",
+                   help="ignore the checkpoint's stored aptitude embeddings: warm_up encodes the questions")
+    args = p.parse_args()
+
+    start = time.perf_counter()
+    router = Router.from_checkpoint(args.checkpoint)
+    load_s = time.perf_counter() - start
+    stored = router._aptitude_emb is not None
+    if args.recompute_embeddings:
+        router._aptitude_emb = None
+    start = time.perf_counter()
+    router.warm_up()
+    warm_up_s = time.perf_counter() - start
+
+    texts = [router.aptitude.texts[q] for q in router.aptitude.question_ids[:args.n]]
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        router.rank(text)
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    router.rank_many(texts)
+    many_s = time.perf_counter() - start
+
+    print(json.dumps({
+        "checkpoint": args.checkpoint, "models": len(router.models), "aptitude_questions": len(router.aptitude.question_ids),
+        "prior_neighbours": router.prior_neighbours, "embeddings_stored": stored,
+        "embeddings_used": stored and not args.recompute_embeddings,
+        "load_s": round(load_s, 2), "warm_up_s": round(warm_up_s, 2),
+        "start_to_first_ranking_s": round(load_s + warm_up_s + times[0], 2),
+        "rank_ms": {"median": round(1000 * float(np.median(times)), 1),
+                    "p90": round(1000 * float(np.percentile(times, 90)), 1), "n": len(times)},
+        "rank_many_per_s": round(len(texts) / many_s, 2), "batch_size": router.batch_size,
+        "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                     "torch_threads": torch.get_num_threads(),
+                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -97,7 +97,11 @@ def _build_aptitude(cfg: DataConfig, table: RoutingTable, encoder_name: str,
 def _random_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude) -> dict[str, list[str]]:
     """Splits drawn around the base test (its first `num_tasks` tasks); source tasks then leave the train split."""
     base = aptitude.head(cfg.num_tasks) if cfg.source_tasks else aptitude
-    splits = make_splits(table, base, val=cfg.val, test=cfg.test, seed=cfg.seed)
+    return _without(make_splits(table, base, val=cfg.val, test=cfg.test, seed=cfg.seed), aptitude)
+
+
+def _without(splits: dict[str, list[str]], aptitude: Aptitude) -> dict[str, list[str]]:
+    """`splits` less the aptitude test's questions."""
     held = set(aptitude.question_ids)
     return {k: [q for q in v if q not in held] for k, v in splits.items()}
 
@@ -125,8 +129,7 @@ def _topped_up(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, log) ->
     dropped = bigger.source["topped_up"]["dropped"]
     if dropped:
         log(f"dropped {len(dropped)} aptitude task(s) without {cfg.top_up} more train questions: {', '.join(dropped)}")
-    held = set(bigger.question_ids)
-    return bigger, {k: [q for q in v if q not in held] for k, v in splits.items()}
+    return bigger, _without(splits, bigger)
 
 
 def _rebuilt_top_up_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, encoder_name: str,

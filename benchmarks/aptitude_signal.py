@@ -13,7 +13,10 @@ adds, to p_correct, `lam ×` one of three aptitude-only priors:
   - `global`: the candidate's aptitude accuracy (`route.aptitude_prior`);
   - `local`: its accuracy on the k aptitude questions nearest the instruction (MiniLM cosine);
   - `category`: its aptitude accuracy per category, weighted by a logistic-regression guess of the instruction's
-    category from its MiniLM embedding (fitted on the train split's categories; no model labels).
+    category from its MiniLM embedding (fitted on the train split's categories; no model labels);
+  - `category-apt`: the same with the guess fitted on the aptitude questions' own categories only (what a
+    checkpoint could ship without the train split);
+  - `kernel-τ`: its scores on every aptitude question, weighted by softmax(cosine / τ) (a soft neighbourhood).
 Prints one JSON object. Use it on val only.
 """
 from __future__ import annotations
@@ -34,8 +37,9 @@ from modelsat.data.splits import load_splits  # noqa: E402
 from modelsat.data.table import RoutingTable  # noqa: E402
 from modelsat.evaluate import cached_embedder  # noqa: E402
 
-LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 1000.0]   # 1000: the prior alone, p_correct breaks ties
+LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 1000.0]   # 1000: the prior alone, p_correct breaks ties
 NEIGHBOURS = [10, 25, 50, 100, 200]
+TEMPERATURES = [0.01, 0.02, 0.05, 0.1]
 
 
 def interaction(x: np.ndarray) -> np.ndarray:
@@ -76,11 +80,18 @@ def main() -> None:
         embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))
         unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
         E_q, E_a = unit(embed(table.texts(pq))), unit(embed(table.texts(apt_ids)))
-        nearest = np.argsort(-(E_q @ E_a.T), axis=1)                        # (Q, A) aptitude questions, nearest first
+        cosine = E_q @ E_a.T
+        nearest = np.argsort(-cosine, axis=1)                                # (Q, A) aptitude questions, nearest first
+        kernels = {}
+        for tau in TEMPERATURES:
+            w = np.exp((cosine - cosine.max(axis=1, keepdims=True)) / tau)
+            kernels[tau] = w / w.sum(axis=1, keepdims=True)                  # (Q, A) soft neighbourhood
         train = list(splits["train"])
         clf = LogisticRegression(max_iter=2000).fit(embed(table.texts(train)), table.categories(train))
         proba, classes = clf.predict_proba(E_q), list(clf.classes_)
         ca = np.array(table.categories(apt_ids))
+        clf_apt = LogisticRegression(max_iter=2000).fit(E_a, ca)                 # the aptitude questions only
+        proba_apt = clf_apt.predict_proba(E_q)
         out["category_guess_accuracy"] = float(np.mean(np.array(classes)[proba.argmax(1)] == table.categories(pq)))
         out["gain"] = {}
         for zoo, models in zoos.items():
@@ -91,6 +102,8 @@ def main() -> None:
             a = table.score_matrix(apt_ids, models).astype(float)            # (A, M)
             acc = np.nanmean(a, axis=0)
             per_cat = np.stack([np.nanmean(a[ca == c], axis=0) if (ca == c).any() else acc for c in classes])
+            per_cat_apt = np.stack([np.nanmean(a[ca == c], axis=0) for c in clf_apt.classes_])
+            a0 = np.where(np.isnan(a), acc, a)                                # a missing score counts as the mean
             pz = P[:, [pm.index(m) for m in models]]
 
             def gain(prior: np.ndarray, lam: float) -> float:
@@ -98,7 +111,9 @@ def main() -> None:
                 return round(100 * float((y[np.arange(len(y)), pick] - y[:, best])[ok].mean()), 2)
 
             priors = {"global": np.broadcast_to(acc, pz.shape), "category": proba @ per_cat,
-                      **{f"local-{k}": np.nanmean(a[nearest[:, :k]], axis=1) for k in NEIGHBOURS}}
+                      "category-apt": proba_apt @ per_cat_apt,
+                      **{f"local-{k}": np.nanmean(a[nearest[:, :k]], axis=1) for k in NEIGHBOURS},
+                      **{f"kernel-{tau}": kernels[tau] @ a0 for tau in TEMPERATURES}}
             out["gain"][zoo] = {name: {str(lam): gain(prior, lam) for lam in LAMBDAS} for name, prior in priors.items()}
     print(json.dumps(out, indent=1))
 

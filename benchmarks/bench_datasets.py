@@ -15,6 +15,11 @@ through their aptitude results only (and withheld from every router in the `test
 whole test split, then each test file (for RouterDC that includes the out-of-distribution sets MATH
 prealgebra, C-Eval, JavaScript and MBPP, which have no train file). Costs: the table's `models` cost (RouterBench:
 mean US dollars per query), so the cost–quality curve is in dollars.
+`--split val` measures on the val split (questions of the train files held out of training) instead, to choose
+settings. Model-SAT routes by its checkpoint's `route` section; `route.*` overrides on the command line replace it:
+
+    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-val-n100 --split val \
+        --checkpoint checkpoints/modelsat-smollm2-routerdc route.aptitude_prior=2 route.aptitude_neighbours=100
 """
 from __future__ import annotations
 
@@ -68,7 +73,8 @@ def main() -> None:
     p.add_argument("--max-per-source", type=int, default=0,
                    help="at most N test instructions per test file, drawn with the config's seed (0: all); every "
                         "router, baselines included, is then measured on that same sample")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config (route.*: of Model-SAT's route)")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
@@ -77,6 +83,8 @@ def main() -> None:
     table, splits, aptitude = data.table, data.splits, data.aptitude
     models, unseen = table.model_names, list(data.unseen_models)
     sources = dict(zip(table.questions["question_id"], table.questions["source"]))
+    if args.split == "val":                      # val stands in for test below; the baselines still fit on train
+        splits = {**splits, "test": splits["val"]}
     if args.max_per_source > 0:
         splits = {**splits, "test": sample_per_source(splits["test"], sources, args.max_per_source, cfg.data.seed)}
     embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
@@ -89,18 +97,22 @@ def main() -> None:
         router = Router.from_checkpoint(args.checkpoint)
         if router.aptitude.fingerprint != aptitude.fingerprint:
             sys.exit(f"{args.checkpoint}: its aptitude test differs from the config's ({cfg.data.aptitude})")
+        if any(o.startswith("route.") for o in args.overrides):
+            router.config.route = cfg.route
         join_zoo(router, table, models)
         texts = table.texts(splits["test"])
-        cache = out / (f"predictions-test-per-source-{args.max_per_source}.npz" if args.max_per_source > 0
-                       else "predictions-test.npz")                    # a sample run keeps the full run's scores
+        cache = out / (f"predictions-{args.split}-per-source-{args.max_per_source}.npz" if args.max_per_source > 0
+                       else f"predictions-{args.split}.npz")           # a sample run keeps the full run's scores
         matrix, scored = cached_scores(router, texts, splits["test"], models, cache)
         extra = [MatrixRouter(router, texts, matrix, scored)]
 
-    slices = {"test": splits["test"], **by_source(splits["test"], sources)}
+    whole = args.split                                                    # the slice of the whole split
+    slices = {whole: splits["test"], **by_source(splits["test"], sources)}
     runs = [(name, ids, []) for name, ids in slices.items()]
     if unseen:
-        runs.append(("test-unseen", splits["test"], unseen))
-    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "max_per_source": args.max_per_source,
+        runs.append((f"{whole}-unseen", splits["test"], unseen))
+    summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split,
+                     "route": vars(extra[0].config.route) if extra else None, "max_per_source": args.max_per_source,
                      "models": models, "unseen": unseen,
                      "aptitude": {"tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
                                   "fingerprint": aptitude.fingerprint},
@@ -108,7 +120,7 @@ def main() -> None:
     for name, ids, held_out in runs:
         routers = default_routers(cfg.data.seed) + [ModelSATRouter(router=r) for r in extra]
         m = evaluate(table, {**splits, "test": ids}, aptitude, models, "test", held_out, routers=routers,
-                     embed=embed, out=out / name if name in ("test", "test-unseen") else None, zoo=name,
+                     embed=embed, out=out / name if name in (whole, f"{whole}-unseen") else None, zoo=name,
                      log=lambda s: None)
         summary["results"].append({
             "slice": name, "n": m["n_instructions"], "unseen": held_out, "best_single": m["best_single"],
@@ -125,9 +137,9 @@ def main() -> None:
     for r in summary["results"]:
         lines.append(f"| {r['slice']} ({r['n']}) | {r['best_single']['accuracy']:.4f} ({r['best_single']['model']}) | "
                      f"{r['oracle']:.4f} | " + " | ".join(fmt(r["routers"][k]) for k in names) + " |")
-    whole = summary["results"][0]["routers"]
-    lines += ["", "Interaction AUC on the whole test split (0.5: one fixed ranking of the models for every "
-              "instruction): " + ", ".join(f"{k} {v['interaction_auc']:.3f}" for k, v in whole.items()
+    first = summary["results"][0]["routers"]
+    lines += ["", f"Interaction AUC on the whole {whole} split (0.5: one fixed ranking of the models for every "
+              "instruction): " + ", ".join(f"{k} {v['interaction_auc']:.3f}" for k, v in first.items()
                                            if v.get("interaction_auc") is not None)]
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -211,7 +211,7 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
     `pred + offset` (its utility before cost; offset (M,) or (Q, M)), while Brier and AUC score `pred`."""
     utility = pred if offset is None else pred + np.asarray(offset)
     c = choice_weights(utility, norm_cost)
-    per = routed_scores(utility, y, norm_cost)                             # (Q,) score of the routed choice
+    per = (c * y).sum(axis=1)                                              # (Q,) score of the routed choice
     acc, base = float(per.mean()), float(y[:, best].mean())
     lo, hi = bootstrap_ci(per - y[:, best], seed=seed)
     out = {"applicable": True, "accuracy": acc, "gain": acc - base, "gain_ci": [lo, hi],

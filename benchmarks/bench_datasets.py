@@ -16,7 +16,8 @@ whole test split, then each test file (for RouterDC that includes the out-of-dis
 prealgebra, C-Eval, JavaScript and MBPP, which have no train file). Costs: the table's `models` cost (RouterBench:
 mean US dollars per query), so the cost–quality curve is in dollars.
 `--split val` measures on the val split (questions of the train files held out of training) instead, to choose
-settings. Model-SAT routes by its checkpoint's `route` section; `route.*` overrides on the command line replace it:
+Model-SAT's settings (the baselines still fit on train; the MLP also stops early on val, so its val figure is
+optimistic). Model-SAT routes by its checkpoint's `route` section; `route.*` overrides on the command line replace it:
 
     python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-val-n100 --split val \
         --checkpoint checkpoints/modelsat-smollm2-routerdc route.aptitude_prior=2 route.aptitude_neighbours=100

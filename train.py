@@ -32,7 +32,7 @@ from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.evaluate import interaction_auc
 from modelsat.checkpoint import save_checkpoint
-from modelsat.router import unit_embeddings
+from modelsat.router import aptitude_keys
 from modelsat.model import RouterModel, build_router_model
 
 
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
                         "total_parameters": n_all})
         keys = None                                        # the prior's nearest-question keys, stored once
-        if cfg.route.aptitude_prior and cfg.route.aptitude_neighbours and core.sentence_encoder is not None:
-            keys = unit_embeddings(core.sentence_encoder, [data.aptitude.texts[q] for q in data.aptitude.question_ids])
+        if cfg.route.prior_neighbours and core.sentence_encoder is not None:
+            keys = aptitude_keys(core.sentence_encoder, data.aptitude)
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
                         data.train_models, aptitude_embeddings=keys)
         log(f"wrote {out_dir / 'final'}")

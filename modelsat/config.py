@@ -218,6 +218,12 @@ class RouteConfig:
         _check(isinstance(self.aptitude_neighbours, int) and self.aptitude_neighbours >= 0,
                f"route.aptitude_neighbours must be an integer >= 0, got {self.aptitude_neighbours!r}")
 
+    @property
+    def prior_neighbours(self) -> int:
+        """k where the prior reads the k aptitude questions nearest the instruction; 0 where it reads the whole
+        test or there is no prior."""
+        return self.aptitude_neighbours if self.aptitude_prior else 0
+
 
 @dataclass
 class Config:

@@ -40,6 +40,12 @@ def unit_embeddings(encoder, texts: list[str]) -> torch.Tensor:
     return torch.nn.functional.normalize(encoder.encode(texts).float(), dim=-1)
 
 
+def aptitude_keys(encoder, aptitude: Aptitude) -> torch.Tensor:
+    """(A, D) unit embeddings of the aptitude questions, in `aptitude.question_ids` order: what the prior's
+    nearest-question search compares an instruction with."""
+    return unit_embeddings(encoder, [aptitude.texts[q] for q in aptitude.question_ids])
+
+
 class RouterError(ValueError):
     """Bad input to the router (instruction, arguments) or a broken checkpoint."""
 
@@ -102,10 +108,8 @@ class Router:
 
     @property
     def prior_neighbours(self) -> int:
-        """k where the prior reads the k aptitude questions nearest the instruction; 0 where it reads the whole
-        test or there is no prior."""
-        route = self.config.route
-        return route.aptitude_neighbours if route.aptitude_prior else 0
+        """`route.prior_neighbours` of the router's config (0: the prior does not read the nearest questions)."""
+        return self.config.route.prior_neighbours
 
     def prior(self, models: Sequence[str], instructions: Sequence[str] | None = None,
               nearest: np.ndarray | None = None) -> np.ndarray:
@@ -122,23 +126,22 @@ class Router:
         outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
         return weight * outcomes[nearest].mean(axis=1)
 
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        """(N, D) unit sentence embeddings."""
+    def _encoder(self):
         if self.model.sentence_encoder is None:
             raise RouterError("route.aptitude_neighbours > 0 needs the router's sentence encoder")
-        return unit_embeddings(self.model.sentence_encoder, texts)
+        return self.model.sentence_encoder
 
     def aptitude_embeddings(self) -> torch.Tensor:
         """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order: the
         checkpoint's `aptitude_embeddings.safetensors` where it has one, else computed once."""
         if self._aptitude_emb is None:
-            self._aptitude_emb = self._encode([self.aptitude.texts[q] for q in self.aptitude.question_ids])
+            self._aptitude_emb = aptitude_keys(self._encoder(), self.aptitude)
         return self._aptitude_emb
 
     def nearest_aptitude_questions(self, instructions: Sequence[str], k: int) -> np.ndarray:
         """(Q, k) positions in `aptitude.question_ids` of the k questions nearest each instruction, nearest first."""
         keys = self.aptitude_embeddings()
-        return (self._encode(list(instructions)) @ keys.T).topk(min(k, keys.shape[0]), dim=1).indices.numpy()
+        return (unit_embeddings(self._encoder(), list(instructions)) @ keys.T).topk(min(k, keys.shape[0]), dim=1).indices.numpy()
 
     def warm_up(self) -> None:
         """Compute now what the first ranking would: every zoo model's capability features and, where the prior

@@ -32,7 +32,8 @@ from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.evaluate import interaction_auc
 from modelsat.checkpoint import save_checkpoint
-from modelsat.router import aptitude_keys
+from modelsat.category import CategoryClassifier
+from modelsat.router import aptitude_keys, unit_embeddings
 from modelsat.model import RouterModel, build_router_model
 
 
@@ -255,11 +256,17 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
                         "total_parameters": n_all})
-        keys = None                                        # the prior's nearest-question keys, stored once
+        keys = classifier = None           # what the route's priors read: computed once, stored in final/
         if cfg.route.prior_neighbours and core.sentence_encoder is not None:
             keys = aptitude_keys(core.sentence_encoder, data.aptitude)
+        if cfg.route.category_prior and core.sentence_encoder is not None:
+            ids = list(data.splits["train"])
+            log(f"fitting the category prior's classifier on {len(ids)} train-split questions")
+            classifier = CategoryClassifier.fit(unit_embeddings(core.sentence_encoder, data.table.texts(ids)),
+                                                data.table.categories(ids),
+                                                data.table.categories(data.aptitude.question_ids))
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
-                        data.train_models, aptitude_embeddings=keys)
+                        data.train_models, aptitude_embeddings=keys, category_classifier=classifier)
         log(f"wrote {out_dir / 'final'}")
     accelerator.end_training()
     return metrics

@@ -16,7 +16,9 @@ adds, to p_correct, `lam ×` one of three aptitude-only priors:
     category from its MiniLM embedding (fitted on the train split's categories; no model labels);
   - `category-apt`: the same with the guess fitted on the aptitude questions' own categories only (what a
     checkpoint could ship without the train split);
-  - `kernel-τ`: its scores on every aptitude question, weighted by softmax(cosine / τ) (a soft neighbourhood).
+  - `kernel-τ`: its scores on every aptitude question, weighted by softmax(cosine / τ) (a soft neighbourhood);
+  - `combined`: `a ×` local-k plus `b ×` category (`route.aptitude_prior=a`, `route.aptitude_neighbours=k`,
+    `route.category_prior=b`), for the k, a, b of RESULTS §13.
 Prints one JSON object. Use it on val only.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ from modelsat.evaluate import cached_embedder  # noqa: E402
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 1000.0]   # 1000: the prior alone, p_correct breaks ties
 NEIGHBOURS = [10, 25, 50, 100, 200]
 TEMPERATURES = [0.01, 0.02, 0.05, 0.1]
+COMBINED = [(k, a, b) for k in (100, 200) for a in (1, 2) for b in (1, 2)]     # local-k × a + category × b
 
 
 def interaction(x: np.ndarray) -> np.ndarray:
@@ -115,6 +118,9 @@ def main() -> None:
                       **{f"local-{k}": np.nanmean(a[nearest[:, :k]], axis=1) for k in NEIGHBOURS},
                       **{f"kernel-{tau}": kernels[tau] @ a0 for tau in TEMPERATURES}}
             out["gain"][zoo] = {name: {str(lam): gain(prior, lam) for lam in LAMBDAS} for name, prior in priors.items()}
+            out.setdefault("combined", {})[zoo] = {
+                f"local-{k}x{a}+categoryx{b}": gain(a * priors[f"local-{k}"] + b * priors["category"], 1.0)
+                for k, a, b in COMBINED}
     print(json.dumps(out, indent=1))
 
 

@@ -38,8 +38,7 @@ class MatrixRouter:
         self.row = {t: i for i, t in enumerate(texts)}
         self.col = {m: j for j, m in enumerate(models)}
         self.matrix = matrix
-        k = router.prior_neighbours
-        self.nearest = router.nearest_aptitude_questions(texts, k) if k else None    # found once for every slice
+        self.inputs = router.prior_inputs(texts) if router.prior_reads_instructions else None  # once for every slice
 
     def add_model(self, name: str, results, cost=None) -> None:
         if name not in self.col:
@@ -52,9 +51,9 @@ class MatrixRouter:
         return self.matrix[np.ix_([self.row[t] for t in instructions], [self.col[m] for m in models])]
 
     def prior(self, models: list[str], instructions: list[str]) -> np.ndarray:
-        if self.nearest is None:
+        if self.inputs is None:
             return self.router.prior(models)
-        return self.router.prior(models, nearest=self.nearest[[self.row[t] for t in instructions]])
+        return self.router.prior(models, inputs=self.inputs.take([self.row[t] for t in instructions]))
 
 
 def join_zoo(router: Router, table: RoutingTable, models: list[str]) -> None:

@@ -483,8 +483,9 @@ class ModelSATRouter(BaseRouter):
         return np.asarray(self.router.predict_matrix(instructions, self.models_, progress=len(instructions) > 64))
 
     def utility_offset(self, models: Sequence[str], instructions: Sequence[str]) -> np.ndarray | None:
-        """The checkpoint's aptitude prior, as `Router.rank` adds it (`Router.prior`)."""
-        if not self.router.config.route.aptitude_prior:
+        """The checkpoint's aptitude and category priors, as `Router.rank` adds them (`Router.prior`)."""
+        route = self.router.config.route
+        if not (route.aptitude_prior or route.category_prior):
             return None
         return self.router.prior(models, instructions)
 

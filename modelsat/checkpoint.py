@@ -8,6 +8,8 @@
     <dir>/aptitude_embeddings.safetensors                  the aptitude questions' sentence embeddings, where the
                                                            route's prior reads the nearest ones (optional: else
                                                            computed on load, ~1 min on a CPU)
+    <dir>/category_classifier.safetensors                  the category prior's classifier, where the route has
+                                                           one (`route.category_prior`; RESULTS §13)
     <dir>/training_state.pt                                optimizer, scheduler and step; step folders only (resume)
 """
 from __future__ import annotations
@@ -22,11 +24,13 @@ if TYPE_CHECKING:  # torch-heavy imports only for type checkers
     import torch
 
     from modelsat.aptitude import Aptitude
+    from modelsat.category import CategoryClassifier
     from modelsat.config import Config
     from modelsat.data.table import RoutingTable
     from modelsat.model import RouterModel
 
 APTITUDE_EMBEDDINGS = "aptitude_embeddings.safetensors"
+CATEGORY_CLASSIFIER = "category_classifier.safetensors"
 CHECKPOINT_FILES = ("config.yaml", "aptitude.json", "adapter_model.safetensors", "adapter_config.json",
                     "connector.safetensors")
 
@@ -51,10 +55,11 @@ def check_checkpoint(path: str | Path) -> Path:
 
 def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "Aptitude",
                     splits: dict[str, list[str]], metrics: dict, table: "RoutingTable", zoo_models: list[str],
-                    state: dict[str, Any] | None = None, aptitude_embeddings: "torch.Tensor | None" = None) -> None:
+                    state: dict[str, Any] | None = None, aptitude_embeddings: "torch.Tensor | None" = None,
+                    category_classifier: "CategoryClassifier | None" = None) -> None:
     """Write a complete router checkpoint to a temporary folder, then rename it onto `path` (with
-    `aptitude_embeddings`, the (A, D) unit embeddings of the aptitude questions, computed by the model's sentence
-    encoder)."""
+    `aptitude_embeddings`, the (A, D) unit embeddings of the aptitude questions, and `category_classifier`, both
+    computed with the model's sentence encoder)."""
     import torch
 
     from modelsat.zoo import Zoo
@@ -77,43 +82,96 @@ def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "
             torch.save(state, tmp / "training_state.pt")
         if aptitude_embeddings is not None:
             save_aptitude_embeddings(tmp, aptitude_embeddings, aptitude, cfg.model.sentence_encoder)
+        if category_classifier is not None:
+            save_category_classifier(tmp, category_classifier, aptitude, cfg.model.sentence_encoder)
 
 
-def save_aptitude_embeddings(directory: str | Path, embeddings: "torch.Tensor", aptitude: "Aptitude",
-                             encoder: str) -> None:
-    """Write the aptitude questions' (A, D) embeddings to `directory`, stamped with the test and the encoder."""
+def _write_stamped(file: Path, tensors: dict[str, "torch.Tensor"], aptitude: "Aptitude", encoder: str,
+                   **meta: str) -> None:
+    """Write `tensors` to a safetensors `file` (atomically), stamped with the aptitude test and the encoder."""
     from safetensors.torch import save
 
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(aptitude.question_ids):
-        raise ValueError(f"aptitude embeddings of shape {tuple(embeddings.shape)} do not match the aptitude test's "
-                         f"{len(aptitude.question_ids)} questions")
-    meta = {"aptitude_fingerprint": aptitude.fingerprint, "sentence_encoder": encoder}
-    atomic_write_bytes(Path(directory) / APTITUDE_EMBEDDINGS,
-                       save({"embeddings": embeddings.detach().float().cpu().contiguous()}, metadata=meta))
+    stamp = {"aptitude_fingerprint": aptitude.fingerprint, "sentence_encoder": encoder, **meta}
+    atomic_write_bytes(file, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=stamp))
 
 
-def load_aptitude_embeddings(directory: str | Path, aptitude: "Aptitude", encoder: str) -> "torch.Tensor | None":
-    """The stored (A, D) aptitude embeddings of a checkpoint, None where it has none; a clear error where they
-    were computed for another aptitude test or encoder, or the file is broken."""
+def _read_stamped(file: Path, names: tuple[str, ...], aptitude: "Aptitude", encoder: str, what: str,
+                  fix: str) -> tuple[dict[str, "torch.Tensor"], dict[str, str]] | None:
+    """The tensors `names` and the metadata of a file `_write_stamped` wrote, None where there is no file; a
+    CheckpointError, ending with `fix`, where it is broken or was made for another aptitude test or encoder."""
     from safetensors import SafetensorError, safe_open
 
-    file = Path(directory) / APTITUDE_EMBEDDINGS
     if not file.is_file():
         return None
     try:
         with safe_open(file, "pt") as f:
-            meta, emb = f.metadata() or {}, f.get_tensor("embeddings")
+            meta, tensors = f.metadata() or {}, {n: f.get_tensor(n) for n in names}
     except (SafetensorError, OSError, KeyError) as e:
-        raise CheckpointError(f"{file} is not a readable aptitude-embeddings file ({e}); delete it to recompute "
-                              "the embeddings on load") from e
-    fix = f"; delete {file.name} to recompute them on load"
+        raise CheckpointError(f"{file} is not a readable {what} file ({e}){fix}") from e
     if meta.get("aptitude_fingerprint") != aptitude.fingerprint:
         raise CheckpointError(f"{file} was computed for the aptitude test {str(meta.get('aptitude_fingerprint'))[:12]}"
                               f"…, but the checkpoint's aptitude.json is {aptitude.fingerprint[:12]}…{fix}")
     if meta.get("sentence_encoder") != encoder:
         raise CheckpointError(f"{file} was computed with the sentence encoder {meta.get('sentence_encoder')!r}, but "
                               f"the config's model.sentence_encoder is {encoder!r}{fix}")
+    return tensors, meta
+
+
+def save_aptitude_embeddings(directory: str | Path, embeddings: "torch.Tensor", aptitude: "Aptitude",
+                             encoder: str) -> None:
+    """Write the aptitude questions' (A, D) embeddings to `directory`, stamped with the test and the encoder."""
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(aptitude.question_ids):
+        raise ValueError(f"aptitude embeddings of shape {tuple(embeddings.shape)} do not match the aptitude test's "
+                         f"{len(aptitude.question_ids)} questions")
+    _write_stamped(Path(directory) / APTITUDE_EMBEDDINGS, {"embeddings": embeddings.float()}, aptitude, encoder)
+
+
+def load_aptitude_embeddings(directory: str | Path, aptitude: "Aptitude", encoder: str) -> "torch.Tensor | None":
+    """The stored (A, D) aptitude embeddings of a checkpoint, None where it has none; a clear error where they
+    were computed for another aptitude test or encoder, or the file is broken."""
+    file = Path(directory) / APTITUDE_EMBEDDINGS
+    fix = f"; delete {file.name} to recompute the embeddings on load"
+    read = _read_stamped(file, ("embeddings",), aptitude, encoder, "aptitude-embeddings", fix)
+    if read is None:
+        return None
+    emb = read[0]["embeddings"]
     if emb.ndim != 2 or emb.shape[0] != len(aptitude.question_ids):
         raise CheckpointError(f"{file} holds embeddings of shape {tuple(emb.shape)}, but the aptitude test has "
                               f"{len(aptitude.question_ids)} questions{fix}")
     return emb
+
+
+def save_category_classifier(directory: str | Path, classifier: "CategoryClassifier", aptitude: "Aptitude",
+                             encoder: str) -> None:
+    """Write the category prior's classifier to `directory`, stamped with the aptitude test and the encoder."""
+    if len(classifier.aptitude_category) != len(aptitude.question_ids):
+        raise ValueError(f"the classifier has categories for {len(classifier.aptitude_category)} aptitude questions, "
+                         f"the aptitude test has {len(aptitude.question_ids)}")
+    _write_stamped(Path(directory) / CATEGORY_CLASSIFIER,
+                   {"weight": classifier.weight.float(), "bias": classifier.bias.float(),
+                    "aptitude_category": classifier.aptitude_category.long()},
+                   aptitude, encoder, classes=json.dumps(classifier.classes))
+
+
+def load_category_classifier(directory: str | Path, aptitude: "Aptitude", encoder: str) -> "CategoryClassifier | None":
+    """The checkpoint's category classifier, None where it has none; a clear error where it was made for another
+    aptitude test or encoder, or the file is broken."""
+    from modelsat.category import CategoryClassifier
+
+    file = Path(directory) / CATEGORY_CLASSIFIER
+    fix = (f"; train.py writes {file.name} when route.category_prior > 0 (with route.category_prior=0 the router "
+           "does without it)")
+    read = _read_stamped(file, ("weight", "bias", "aptitude_category"), aptitude, encoder, "category-classifier", fix)
+    if read is None:
+        return None
+    t, meta = read
+    try:
+        classes = json.loads(meta["classes"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{file} does not name its categories ({e}){fix}") from e
+    if (t["weight"].ndim != 2 or t["weight"].shape[0] != len(classes) or t["bias"].shape != (len(classes),)
+            or t["aptitude_category"].shape != (len(aptitude.question_ids),)):
+        raise CheckpointError(f"{file} has {len(classes)} categories, a weight of shape {tuple(t['weight'].shape)} "
+                              f"and categories for {len(t['aptitude_category'])} aptitude questions, which do not fit "
+                              f"together or the aptitude test's {len(aptitude.question_ids)} questions{fix}")
+    return CategoryClassifier(classes, t["weight"], t["bias"], t["aptitude_category"])

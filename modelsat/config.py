@@ -211,12 +211,18 @@ class RouteConfig:
     """0: the prior's accuracy is over the whole aptitude test. k > 0: over the k aptitude questions nearest the
     instruction (cosine of their sentence embeddings), so the prior follows the instruction's domain. Either way
     it reads only aptitude results, so models added to the zoo afterwards get it too."""
+    category_prior: float = 0.0
+    """Ranking also adds `category_prior × the candidate's aptitude accuracy in the instruction's category`, the
+    category guessed by a classifier that `train.py` fits on the train split's categories and stores in the
+    checkpoint (`modelsat/category.py`). It too reads only aptitude results. 0: no category term."""
 
     def __post_init__(self) -> None:
         _check(math.isfinite(self.aptitude_prior) and self.aptitude_prior >= 0,
                f"route.aptitude_prior must be a finite number >= 0, got {self.aptitude_prior}")
         _check(isinstance(self.aptitude_neighbours, int) and self.aptitude_neighbours >= 0,
                f"route.aptitude_neighbours must be an integer >= 0, got {self.aptitude_neighbours!r}")
+        _check(math.isfinite(self.category_prior) and self.category_prior >= 0,
+               f"route.category_prior must be a finite number >= 0, got {self.category_prior}")
 
     @property
     def prior_neighbours(self) -> int:

@@ -8,10 +8,12 @@
 Scores come from the packed forward pass: all candidates of an instruction share one sequence
 (large zoos are split into chunks of `chunk_size` candidates).
 
-Utility: `p_correct + aptitude_prior * aptitude_accuracy - cost_weight * cost / max_cost`, where
-`aptitude_prior` is the checkpoint's `route.aptitude_prior` (0 unless set), `aptitude_accuracy` the candidate's
-mean score on the aptitude test (with `route.aptitude_neighbours` k > 0: on the k aptitude questions nearest the
-instruction), and `max_cost` the largest known cost among the candidates being ranked (so
+Utility: `p_correct + aptitude_prior * aptitude_accuracy + category_prior * category_accuracy
+- cost_weight * cost / max_cost`, where `aptitude_prior` and `category_prior` are the checkpoint's
+`route.aptitude_prior` and `route.category_prior` (0 unless set), `aptitude_accuracy` the candidate's mean score on
+the aptitude test (with `route.aptitude_neighbours` k > 0: on the k aptitude questions nearest the instruction),
+`category_accuracy` its aptitude accuracy per category weighted by the checkpoint's guess of the instruction's
+category (`modelsat/category.py`), and `max_cost` the largest known cost among the candidates being ranked (so
 `cost_weight` is in units of probability per "the most expensive candidate"); a model of unknown cost counts
 as the most expensive (the rule of `modelsat evaluate`).
 """
@@ -27,7 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from modelsat.aptitude import Aptitude
-from modelsat.checkpoint import check_checkpoint, load_aptitude_embeddings
+from modelsat.category import CategoryClassifier
+from modelsat.checkpoint import (CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, load_aptitude_embeddings,
+                                 load_category_classifier)
 from modelsat.config import Config, load_config
 from modelsat.model import RouterModel, build_router_model
 from modelsat.zoo import Zoo, ZooError
@@ -50,6 +54,16 @@ class RouterError(ValueError):
     """Bad input to the router (instruction, arguments) or a broken checkpoint."""
 
 
+class PriorInputs(NamedTuple):
+    """What the prior reads of each instruction, from one sentence encoding of it (None: not read)."""
+    nearest: np.ndarray | None     # (Q, k) positions in `aptitude.question_ids` of the k nearest aptitude questions
+    category: np.ndarray | None    # (Q, C) the category classifier's probabilities
+
+    def take(self, rows) -> "PriorInputs":
+        """The inputs of the instructions at `rows`."""
+        return PriorInputs(*(None if x is None else x[rows] for x in self))
+
+
 class Ranked(NamedTuple):
     model: str
     p_correct: float
@@ -70,6 +84,7 @@ class Router:
         self.batch_size = batch_size
         self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
+        self.category_classifier: CategoryClassifier | None = None   # the category prior's (from the checkpoint)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
@@ -82,6 +97,11 @@ class Router:
         model.load_trained(path)
         router = cls(model, aptitude, zoo, config, **kwargs)
         router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
+        router.category_classifier = load_category_classifier(path, aptitude, config.model.sentence_encoder)
+        if config.route.category_prior and router.category_classifier is None:
+            raise CheckpointError(f"{path} has route.category_prior={config.route.category_prior} but no "
+                                  f"{CATEGORY_CLASSIFIER} (train.py writes it); set route.category_prior: 0 in its "
+                                  "config.yaml to route without the category term")
         return router
 
     # ----- the zoo -------------------------------------------------------------------------------
@@ -111,24 +131,58 @@ class Router:
         """`route.prior_neighbours` of the router's config (0: the prior does not read the nearest questions)."""
         return self.config.route.prior_neighbours
 
+    @property
+    def prior_reads_instructions(self) -> bool:
+        """Whether the prior depends on the instruction (nearest aptitude questions or a category term)."""
+        return bool(self.prior_neighbours or self.config.route.category_prior)
+
+    def prior_inputs(self, instructions: Sequence[str]) -> PriorInputs:
+        """What the prior reads of `instructions`, from one sentence encoding of them."""
+        route = self.config.route
+        emb = unit_embeddings(self._encoder(), list(instructions))                        # (Q, D)
+        nearest = category = None
+        if self.prior_neighbours:
+            keys = self.aptitude_embeddings()
+            nearest = (emb @ keys.T).topk(min(self.prior_neighbours, keys.shape[0]), dim=1).indices.numpy()  # nearest first
+        if route.category_prior:
+            if self.category_classifier is None:
+                raise RouterError("route.category_prior > 0 needs a category classifier (the checkpoint's "
+                                  f"{CATEGORY_CLASSIFIER}, written by train.py)")
+            category = self.category_classifier.proba(emb)
+        return PriorInputs(nearest, category)
+
     def prior(self, models: Sequence[str], instructions: Sequence[str] | None = None,
-              nearest: np.ndarray | None = None) -> np.ndarray:
-        """The utility's prior term, `route.aptitude_prior` × each model's aptitude-test accuracy: (M,), or
-        (Q, M) for `instructions` with `route.aptitude_neighbours` k > 0 (accuracy on the k aptitude questions
-        nearest each instruction; `nearest`, their positions if already found, skips the encoding)."""
-        weight, k = self.config.route.aptitude_prior, self.prior_neighbours
-        if not k:
-            return np.array([weight * self.zoo.get(m).accuracy if weight else 0.0 for m in models])
-        if nearest is None:
+              inputs: PriorInputs | None = None) -> np.ndarray:
+        """The utility's prior term: (M,) where it does not depend on the instruction, else (Q, M) for
+        `instructions` (or their `inputs`, if already found by `prior_inputs`, which skips the encoding).
+
+        `route.aptitude_prior` × each model's aptitude-test accuracy (with `route.aptitude_neighbours` k > 0: on
+        the k aptitude questions nearest each instruction), plus `route.category_prior` × its aptitude accuracy per
+        category weighted by the classifier's guess of the instruction's category."""
+        route = self.config.route
+        if not self.prior_reads_instructions:
+            return np.array([route.aptitude_prior * self.zoo.get(m).accuracy if route.aptitude_prior else 0.0
+                             for m in models])
+        if inputs is None:
             if instructions is None:
-                raise RouterError("route.aptitude_neighbours > 0: the prior depends on the instructions; pass them")
-            nearest = self.nearest_aptitude_questions(instructions, k)                      # (Q, k)
+                raise RouterError("the prior reads the instructions (route.aptitude_neighbours or "
+                                  "route.category_prior > 0); pass them")
+            inputs = self.prior_inputs(instructions)
         outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
-        return weight * outcomes[nearest].mean(axis=1)
+        rows = len(inputs.nearest if inputs.nearest is not None else inputs.category)
+        out = np.zeros((rows, len(models)))
+        if inputs.nearest is not None:
+            out += route.aptitude_prior * outcomes[inputs.nearest].mean(axis=1)
+        elif route.aptitude_prior:
+            out += route.aptitude_prior * outcomes.mean(axis=0)
+        if inputs.category is not None:
+            out += route.category_prior * inputs.category @ self.category_classifier.per_category(outcomes)
+        return out
 
     def _encoder(self):
         if self.model.sentence_encoder is None:
-            raise RouterError("route.aptitude_neighbours > 0 needs the router's sentence encoder")
+            raise RouterError("a prior that reads the instruction (route.aptitude_neighbours or route.category_prior "
+                              "> 0) needs the router's sentence encoder")
         return self.model.sentence_encoder
 
     def aptitude_embeddings(self) -> torch.Tensor:
@@ -137,11 +191,6 @@ class Router:
         if self._aptitude_emb is None:
             self._aptitude_emb = aptitude_keys(self._encoder(), self.aptitude)
         return self._aptitude_emb
-
-    def nearest_aptitude_questions(self, instructions: Sequence[str], k: int) -> np.ndarray:
-        """(Q, k) positions in `aptitude.question_ids` of the k questions nearest each instruction, nearest first."""
-        keys = self.aptitude_embeddings()
-        return (unit_embeddings(self._encoder(), list(instructions)) @ keys.T).topk(min(k, keys.shape[0]), dim=1).indices.numpy()
 
     def warm_up(self) -> None:
         """Compute now what the first ranking would: every zoo model's capability features and, where the prior

@@ -23,7 +23,8 @@ class RankRequest(BaseModel):
     instruction: str = Field(min_length=1, max_length=MAX_INSTRUCTION_CHARS, description="the instruction to route")
     models: list[str] | None = Field(default=None, max_length=10_000, description="candidates (default: the whole zoo)")
     cost_weight: float = Field(default=0.0, ge=0.0, le=1e6, description=(
-        "utility = p_correct + aptitude_prior * aptitude accuracy - cost_weight * cost / max cost"))
+        "utility = p_correct + the checkpoint's aptitude priors (route.aptitude_prior, route.category_prior) "
+        "- cost_weight * cost / max cost"))
     top_k: int | None = Field(default=None, ge=1, description="return only the best k")
 
 

@@ -48,6 +48,8 @@ def test_overrides_apply_and_types_convert() -> None:
     (["route.aptitude_prior=-0.1"], "route.aptitude_prior"),
     (["route.aptitude_neighbours=-1"], "route.aptitude_neighbours"),
     (["route.aptitude_neighbours=1.5"], "route.aptitude_neighbours"),
+    (["route.category_prior=-1"], "route.category_prior"),
+    (["route.category_prior=inf"], "route.category_prior"),
     (["data.source_tasks=-1"], "data.source_tasks"),
     (["train.zoo_groups=1.5"], "train.zoo_groups"),
     (["data.top_up=-1"], "data.top_up"),

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import CATEGORIES, REPO
 from modelsat import Router
 from modelsat.aptitude import AptitudeError
 from modelsat.checkpoint import CheckpointError
@@ -143,6 +143,91 @@ def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path
         with pytest.raises(CheckpointError, match=message):
             Router.from_checkpoint(ckpt)
     (ckpt / APTITUDE_EMBEDDINGS).write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        Router.from_checkpoint(ckpt)
+
+
+def aptitude_categories(router: Router) -> list[str]:
+    """The synthetic category of each aptitude question (its id is syn/<task>/<i>)."""
+    category = {task: cat for cat, tasks in CATEGORIES.items() for task in tasks}
+    return [category[q.split("/")[1]] for q in router.aptitude.question_ids]
+
+
+def test_category_classifier_matches_scikit_learn_and_averages_per_category() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from modelsat.category import CategoryClassifier
+
+    rng = np.random.default_rng(0)
+    x = torch.nn.functional.normalize(torch.randn(60, 8), dim=-1)
+    for labels in (["a", "b", "c"], ["a", "b"]):                            # two classes: sklearn keeps one logit
+        y = [labels[i % len(labels)] for i in range(60)]
+        clf = CategoryClassifier.fit(x, y, ["b", "a", "b", "zz"])
+        reference = LogisticRegression(max_iter=2000).fit(x.double().numpy(), y).predict_proba(x.double().numpy())
+        assert clf.classes == labels
+        assert clf.proba(x) == pytest.approx(reference, abs=1e-5)
+    assert clf.aptitude_category.tolist() == [1, 0, 1, -1]                 # unknown category: -1
+    outcomes = rng.random((4, 3))
+    per_cat = clf.per_category(outcomes)
+    assert per_cat[0] == pytest.approx(outcomes[1])
+    assert per_cat[1] == pytest.approx(outcomes[[0, 2]].mean(axis=0))
+    empty = CategoryClassifier(["a", "b", "c"], torch.zeros(3, 8), torch.zeros(3), torch.tensor([0, 0, 1, 1]))
+    assert empty.per_category(outcomes)[2] == pytest.approx(outcomes.mean(axis=0))  # none in the test: all of it
+    with pytest.raises(ValueError, match="two categories"):
+        CategoryClassifier.fit(x, ["a"] * 60, ["a"])
+
+
+def test_category_prior_adds_the_guessed_category_s_aptitude_accuracy(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from modelsat.category import CategoryClassifier
+    from modelsat.checkpoint import CATEGORY_CLASSIFIER, save_category_classifier
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    plain = Router.from_checkpoint(ckpt)
+    assert plain.category_classifier is None
+    cats, encoder = aptitude_categories(plain), plain.config.model.sentence_encoder
+    clf = CategoryClassifier.fit(plain.aptitude_embeddings(), cats, cats)
+    save_category_classifier(ckpt, clf, plain.aptitude, encoder)
+    r = Router.from_checkpoint(ckpt)
+    assert torch.equal(r.category_classifier.weight, clf.weight) and r.category_classifier.classes == clf.classes
+    r.config.route.category_prior = 1e3                                    # a huge prior ranks by it alone
+    texts = [INSTRUCTION, "A law question about torts number 1?\nA. x\nB. y"]
+    r.add_model("newcomer", unseen_results(r))                             # added afterwards: it gets the prior too
+    outcomes = np.stack([r.zoo.outcomes(m).ravel() for m in r.models], axis=1)          # (A, M)
+    category = clf.proba(torch.nn.functional.normalize(r.model.sentence_encoder.encode(texts).float(), dim=-1))
+    per_cat = np.stack([outcomes[np.array(cats) == c].mean(axis=0) for c in clf.classes])
+    expected = 1e3 * category @ per_cat
+    prior = r.prior(r.models, texts)
+    assert prior.shape == (2, len(r.models)) and prior == pytest.approx(expected)
+    assert r.prior(r.models, inputs=r.prior_inputs(texts).take([1])) == pytest.approx(expected[[1]])
+    for text, row in zip(texts, expected):
+        ranked = r.rank(text)
+        assert ranked[0].model == r.models[int(row.argmax())]
+        assert all(x.utility == pytest.approx(x.p_correct + row[r.models.index(x.model)], abs=1e-3) for x in ranked)
+    # with the neighbour prior too, the two terms add
+    r.config.route.aptitude_prior, r.config.route.aptitude_neighbours = 1.0, 3
+    inputs = r.prior_inputs(texts)
+    assert r.prior(r.models, texts) == pytest.approx(expected + outcomes[inputs.nearest].mean(axis=1))
+    with pytest.raises(RouterError, match="pass them"):
+        r.prior(r.models)
+    # a route that asks for the category term needs the classifier; a mismatched or broken one is an error
+    (ckpt / CATEGORY_CLASSIFIER).unlink()
+    config = (ckpt / "config.yaml").read_text()
+    (ckpt / "config.yaml").write_text(config.replace("category_prior: 0.0", "category_prior: 2.0"))
+    with pytest.raises(CheckpointError, match=CATEGORY_CLASSIFIER):
+        Router.from_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="aptitude questions"):
+        save_category_classifier(ckpt, CategoryClassifier.fit(plain.aptitude_embeddings()[:-1], cats[:-1], cats[:-1]),
+                                 plain.aptitude, encoder)
+    assert not (ckpt / CATEGORY_CLASSIFIER).exists()                       # the failed write left nothing
+    other = SimpleNamespace(fingerprint="0" * 64, question_ids=plain.aptitude.question_ids)
+    for aptitude, enc, message in [(other, encoder, "aptitude test"), (plain.aptitude, "another", "sentence encoder")]:
+        save_category_classifier(ckpt, clf, aptitude, enc)
+        with pytest.raises(CheckpointError, match=message):
+            Router.from_checkpoint(ckpt)
+    (ckpt / CATEGORY_CLASSIFIER).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="not a readable"):
         Router.from_checkpoint(ckpt)
 

@@ -22,11 +22,14 @@ CHECKPOINT_FILES = {"adapter_model.safetensors", "adapter_config.json", "connect
 def test_tiny_run_writes_the_checkpoint_and_loss_falls(tmp_path: Path) -> None:
     metrics = train.main(["--config", TINY, *tiny_overrides(tmp_path, **{"train.max_steps": 24, "train.save_every": 12,
                                                                          "train.batch_size": 4, "route.aptitude_prior": 1.0,
-                                                                         "route.aptitude_neighbours": 3})])
+                                                                         "route.aptitude_neighbours": 3,
+                                                                         "route.category_prior": 1.0})])
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir() if not p.name.startswith(".")} >= {"step-000012", "step-000024", "final"}
-    # the route's prior reads the nearest aptitude questions: their embeddings are stored with the final router
-    assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | {"aptitude_embeddings.safetensors"}
+    # the route's priors read the nearest aptitude questions and a category guess: what they need is stored with
+    # the final router
+    assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | {"aptitude_embeddings.safetensors",
+                                                                           "category_classifier.safetensors"}
     assert {p.name for p in (run / "step-000012").iterdir()} == CHECKPOINT_FILES | {"training_state.pt"}
     zoo = sorted(json.loads(p.read_text())["name"] for p in (run / "final" / "zoo").glob("*.json"))
     assert zoo == ["m-bio", "m-law", "m-math", "m-weak"]          # the unseen model is not trained on

@@ -1,0 +1,61 @@
+"""The category prior: a guess of the instruction's category, times each candidate's aptitude accuracy per category.
+
+    classifier = CategoryClassifier.fit(train_embeddings, train_categories, aptitude_categories)
+    prior = classifier.proba(instruction_embeddings) @ classifier.per_category(outcomes)     # (Q, M)
+
+The classifier is a logistic regression (scikit-learn) over unit sentence embeddings, fitted by `train.py` on the
+train split's questions and their dataset categories (no model results). It is stored in the checkpoint as
+`category_classifier.safetensors` with the aptitude questions' categories, so the prior is built from aptitude
+results alone and a model added through the zoo gets it too (RESULTS §13).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class CategoryClassifier:
+    classes: list[str]
+    weight: torch.Tensor          # (C, D) logits = embeddings @ weight.T + bias
+    bias: torch.Tensor            # (C,)
+    aptitude_category: torch.Tensor
+    """(A,) each aptitude question's category as a position in `classes`, in `aptitude.question_ids` order; -1
+    for a category the classifier never saw."""
+
+    @classmethod
+    def fit(cls, embeddings: torch.Tensor | np.ndarray, categories: Sequence[str],
+            aptitude_categories: Sequence[str]) -> "CategoryClassifier":
+        """Fit on (N, D) embeddings of questions and their `categories`; `aptitude_categories` are the aptitude
+        questions' own, in `aptitude.question_ids` order."""
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.asarray(embeddings, dtype=np.float64)
+        if x.ndim != 2 or len(x) != len(categories):
+            raise ValueError(f"{len(categories)} categories for embeddings of shape {x.shape}")
+        if len(set(categories)) < 2:
+            raise ValueError(f"a category classifier needs at least two categories, got {sorted(set(categories))}")
+        lr = LogisticRegression(max_iter=2000).fit(x, list(categories))          # lbfgs: deterministic
+        coef, intercept = lr.coef_, lr.intercept_
+        if len(lr.classes_) == 2:     # scikit-learn keeps one logit for two classes: softmax([0, z]) = sigmoid(z)
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+        classes = [str(c) for c in lr.classes_]
+        position = {c: i for i, c in enumerate(classes)}
+        return cls(classes, torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32),
+                   torch.tensor([position.get(c, -1) for c in aptitude_categories], dtype=torch.long))
+
+    def proba(self, embeddings: torch.Tensor) -> np.ndarray:
+        """(Q, C) the probability of each category for (Q, D) unit embeddings of instructions."""
+        logits = embeddings.float() @ self.weight.T + self.bias
+        return torch.softmax(logits.double(), dim=-1).numpy()
+
+    def per_category(self, outcomes: np.ndarray) -> np.ndarray:
+        """(C, M) each model's mean aptitude score per category from (A, M) `outcomes`; a category the aptitude
+        test lacks gets the model's mean over the whole test."""
+        cat = self.aptitude_category.numpy()
+        whole = outcomes.mean(axis=0)
+        return np.stack([outcomes[cat == c].mean(axis=0) if (cat == c).any() else whole
+                         for c in range(len(self.classes))])

@@ -63,7 +63,8 @@ def main() -> None:
 
     print(json.dumps({
         "checkpoint": args.checkpoint, "models": len(router.models), "aptitude_questions": len(router.aptitude.question_ids),
-        "prior_neighbours": router.prior_neighbours, "embeddings_stored": stored,
+        "prior_neighbours": router.prior_neighbours, "category_prior": router.config.route.category_prior,
+        "embeddings_stored": stored,
         "embeddings_used": stored and not args.recompute_embeddings,
         "load_s": round(load_s, 2), "warm_up_s": round(warm_up_s, 2),
         "start_to_first_ranking_s": round(load_s + warm_up_s + times[0], 2),

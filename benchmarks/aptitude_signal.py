@@ -3,7 +3,7 @@
     python benchmarks/aptitude_signal.py --aptitude data/mmlu-pro/aptitude-src14.json \
         --splits data/mmlu-pro/splits-src14.json
     python benchmarks/aptitude_signal.py --aptitude checkpoints/modelsat-smollm2-mmlupro/aptitude.json \
-        --splits checkpoints/modelsat-smollm2-mmlupro/splits.json --predictions runs/src14/val/predictions-val.npz
+        --splits checkpoints/modelsat-smollm2-mmlupro/splits.json --predictions runs/top20/val/predictions-val.npz
 
 `signal`: per zoo, the correlation between the models' per-category accuracy on the aptitude test and on the val
 split, after removing each model's and each category's mean (the model × category interaction, the part a router

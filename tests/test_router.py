@@ -116,8 +116,6 @@ def test_warm_up_computes_what_the_first_ranking_needs(tiny_checkpoint: Path) ->
 
 
 def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from modelsat.checkpoint import APTITUDE_EMBEDDINGS, save_aptitude_embeddings
 
     ckpt = tmp_path / "ckpt"
@@ -136,13 +134,21 @@ def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path
     with pytest.raises(ValueError, match="do not match"):
         save_aptitude_embeddings(ckpt, keys[:-1], fresh.aptitude, encoder)
     assert Router.from_checkpoint(ckpt)._aptitude_emb.shape == keys.shape     # the failed write lost nothing
-    bad = [(SimpleNamespace(fingerprint="0" * 64, question_ids=fresh.aptitude.question_ids), encoder, "aptitude test"),
-           (fresh.aptitude, "another-encoder", "sentence encoder")]
-    for aptitude, enc, message in bad:
-        save_aptitude_embeddings(ckpt, keys, aptitude, enc)
+    assert_stamped_file_is_checked(ckpt, APTITUDE_EMBEDDINGS, fresh.aptitude, encoder,
+                                   lambda aptitude, enc: save_aptitude_embeddings(ckpt, keys, aptitude, enc))
+
+
+def assert_stamped_file_is_checked(ckpt: Path, name: str, aptitude, encoder: str, save) -> None:
+    """Loading fails clearly where the file `save(aptitude, encoder)` writes was made for another aptitude test or
+    encoder, or is not safetensors."""
+    from types import SimpleNamespace
+
+    other = SimpleNamespace(fingerprint="0" * 64, question_ids=aptitude.question_ids)
+    for apt, enc, message in [(other, encoder, "aptitude test"), (aptitude, "another-encoder", "sentence encoder")]:
+        save(apt, enc)
         with pytest.raises(CheckpointError, match=message):
             Router.from_checkpoint(ckpt)
-    (ckpt / APTITUDE_EMBEDDINGS).write_bytes(b"not safetensors")
+    (ckpt / name).write_bytes(b"not safetensors")
     with pytest.raises(CheckpointError, match="not a readable"):
         Router.from_checkpoint(ckpt)
 
@@ -178,8 +184,6 @@ def test_category_classifier_matches_scikit_learn_and_averages_per_category() ->
 
 
 def test_category_prior_adds_the_guessed_category_s_aptitude_accuracy(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from modelsat.category import CategoryClassifier
     from modelsat.checkpoint import CATEGORY_CLASSIFIER, save_category_classifier
 
@@ -222,14 +226,8 @@ def test_category_prior_adds_the_guessed_category_s_aptitude_accuracy(tiny_check
         save_category_classifier(ckpt, CategoryClassifier.fit(plain.aptitude_embeddings()[:-1], cats[:-1], cats[:-1]),
                                  plain.aptitude, encoder)
     assert not (ckpt / CATEGORY_CLASSIFIER).exists()                       # the failed write left nothing
-    other = SimpleNamespace(fingerprint="0" * 64, question_ids=plain.aptitude.question_ids)
-    for aptitude, enc, message in [(other, encoder, "aptitude test"), (plain.aptitude, "another", "sentence encoder")]:
-        save_category_classifier(ckpt, clf, aptitude, enc)
-        with pytest.raises(CheckpointError, match=message):
-            Router.from_checkpoint(ckpt)
-    (ckpt / CATEGORY_CLASSIFIER).write_bytes(b"not safetensors")
-    with pytest.raises(CheckpointError, match="not a readable"):
-        Router.from_checkpoint(ckpt)
+    assert_stamped_file_is_checked(ckpt, CATEGORY_CLASSIFIER, plain.aptitude, encoder,
+                                   lambda aptitude, enc: save_category_classifier(ckpt, clf, aptitude, enc))
 
 
 def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -159,8 +159,8 @@ def load_category_classifier(directory: str | Path, aptitude: "Aptitude", encode
     from modelsat.category import CategoryClassifier
 
     file = Path(directory) / CATEGORY_CLASSIFIER
-    fix = (f"; train.py writes {file.name} when route.category_prior > 0 (with route.category_prior=0 the router "
-           "does without it)")
+    fix = (f"; retrain to rewrite it (train.py writes {file.name} when route.category_prior > 0), or delete it and "
+           "set route.category_prior: 0 in config.yaml to route without the category term")
     read = _read_stamped(file, ("weight", "bias", "aptitude_category"), aptitude, encoder, "category-classifier", fix)
     if read is None:
         return None

@@ -6,7 +6,9 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -25,6 +27,30 @@ class ConfigError(ValueError):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
+
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed, used by accelerate's set_seed) stops here
+
+
+def _at_least(section: Any, prefix: str, low: int, *names: str) -> None:
+    """Each integer field `names` of `section` is >= low."""
+    for name in names:
+        value = getattr(section, name)
+        _check(value >= low, f"{prefix}.{name} must be an integer >= {low}, got {value}")
+
+
+def _not_blank(section: Any, prefix: str, *names: str) -> None:
+    """Each string field `names` of `section` holds something besides spaces."""
+    for name in names:
+        _check(str(getattr(section, name)).strip() != "", f"{prefix}.{name} must not be empty")
+
+
+def _names(values: list[str], where: str) -> None:
+    """A list of model or module names: no blank entry, none twice."""
+    blank = [v for v in values if not v.strip()]
+    _check(not blank, f"{where} holds an empty name: {values!r}")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    _check(not twice, f"{where} names {twice} more than once")
 
 
 @dataclass
@@ -76,17 +102,26 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1,
-               f"data.val={self.val} and data.test={self.test} must be fractions summing to less than 1")
-        _check(self.num_tasks > 0 and self.per_task > 0, "data.num_tasks and data.per_task must be positive")
-        _check(self.source_tasks >= 0, f"data.source_tasks={self.source_tasks} must be >= 0")
+               f"data.val={self.val} and data.test={self.test} must be fractions in [0, 1) summing to less than 1")
+        _not_blank(self, "data", "table_dir", "aptitude", "splits")
+        _check(len({Path(self.table_dir), Path(self.aptitude), Path(self.splits)}) == 3,
+               "data.table_dir, data.aptitude and data.splits must be three different paths (each is written)")
+        _at_least(self, "data", 1, "num_tasks", "per_task")
+        _at_least(self, "data", 0, "source_tasks", "top_up", "seed")
+        _check(self.seed <= SEED_MAX, f"data.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
         _check(not self.source_tasks or self.split_by == "random",
                "data.source_tasks needs data.split_by=random (with split_by=source the test is drawn from the train "
                "files already)")
-        _check(self.top_up >= 0, f"data.top_up={self.top_up} must be >= 0")
         _check(not self.top_up or (self.split_by == "random" and self.tasks_by != "cluster"),
                "data.top_up needs data.split_by=random and data.tasks_by=task or task_or_source")
+        _names(self.unseen_models, "data.unseen_models")
+        _names(self.train_models, "data.train_models")
         overlap = set(self.unseen_models) & set(self.train_models)
         _check(not overlap, f"models both in data.train_models and data.unseen_models: {sorted(overlap)}")
+        for zoo, members in self.zoos.items():
+            _check(zoo.strip() != "", "data.zoos has a zoo with an empty name")
+            _check(len(members) > 0, f"data.zoos.{zoo} is an empty list; name its models or remove it")
+            _names(members, f"data.zoos.{zoo}")
 
 
 @dataclass
@@ -129,14 +164,17 @@ class ModelConfig:
     """Token read as `No`."""
 
     def __post_init__(self) -> None:
-        _check(self.num_soft_tokens >= 0, "model.num_soft_tokens must be >= 0")
-        _check(self.instruction_tokens >= 0, "model.instruction_tokens must be >= 0")
-        _check(self.num_layers >= 0, "model.num_layers must be >= 0")
-        _check(self.text_group_size > 0, "model.text_group_size must be positive")
-        _check(self.lora_r > 0, "model.lora_r must be positive")
+        _not_blank(self, "model", "llm", "sentence_encoder", "yes_token", "no_token")
+        _at_least(self, "model", 0, "num_layers", "num_soft_tokens", "instruction_tokens")
+        _at_least(self, "model", 1, "text_group_size", "lora_r", "lora_alpha")
+        _at_least(self, "model", 9, "max_instruction_tokens")
+        _check(0 <= self.lora_dropout < 1, f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        _check(len(self.lora_targets) > 0, "model.lora_targets must name at least one layer (e.g. q_proj)")
+        _names(self.lora_targets, "model.lora_targets")
         _check("{instruction}" in self.instruction_template,
                "model.instruction_template must contain '{instruction}'")
-        _check(self.max_instruction_tokens > 8, "model.max_instruction_tokens must be > 8")
+        _check(self.yes_token != self.no_token,
+               f"model.yes_token and model.no_token must differ, both are {self.yes_token!r}")
 
 
 @dataclass
@@ -190,15 +228,24 @@ class TrainConfig:
     """accelerate tracker (`tensorboard`, `wandb`, or `none`)."""
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "group_size", "batch_size", "grad_accum"):
-            _check(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
-        _check(self.lr > 0 and self.connector_lr > 0, "train.lr and train.connector_lr must be positive")
+        _not_blank(self, "train", "out_dir", "log_with")
+        _at_least(self, "train", 1, "epochs", "group_size", "batch_size", "grad_accum")
+        _at_least(self, "train", 0, "max_steps", "max_train_instructions", "max_val_instructions", "warmup_steps",
+                  "stage1_steps", "save_every", "seed")
+        _check(self.seed <= SEED_MAX, f"train.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
+        for name in ("lr", "connector_lr"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value > 0, f"train.{name} must be a finite number > 0, got {value}")
+        for name in ("max_minutes", "weight_decay"):
+            value = getattr(self, name)
+            _check(math.isfinite(value) and value >= 0, f"train.{name} must be a finite number >= 0, got {value}")
         _check(0 <= self.zoo_groups <= 1, f"train.zoo_groups={self.zoo_groups} must be in [0, 1]")
         _check(not self.zoo_groups or self.grouping == "instruction",
                "train.zoo_groups needs train.grouping=instruction (model-centred groups have one model each)")
-        _check(self.pointwise_weight >= 0 and self.listwise_weight >= 0
+        _check(all(math.isfinite(w) and w >= 0 for w in (self.pointwise_weight, self.listwise_weight))
                and self.pointwise_weight + self.listwise_weight > 0,
-               "train.pointwise_weight and train.listwise_weight must be >= 0 and not both 0")
+               f"train.pointwise_weight and train.listwise_weight must be finite numbers >= 0 and not both 0, got "
+               f"{self.pointwise_weight} and {self.listwise_weight}")
 
 
 @dataclass
@@ -267,6 +314,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
+        _check(math.isfinite(value), f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where}: expected a string, got {value!r}")
@@ -278,22 +326,48 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return [_coerce(v, typing.get_args(tp)[0], where) for v in value]
     if origin is dict:
         _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
-        return value
+        key_tp, value_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     return value
+
+
+def _unknown(keys: list[Any], where: str, names: set[str]) -> ConfigError:
+    """The error for keys that are not fields of the section `where`, with the closest field and the known ones."""
+    close = difflib.get_close_matches(str(keys[0]), names, n=1)
+    return ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}' if where else str(k) for k in keys)}"
+                       + (f" (did you mean {where + '.' if where else ''}{close[0]}?)" if close else "")
+                       + f"; {where or 'the top level'} has: {', '.join(sorted(names))}")
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     _check(isinstance(values, dict), f"{where}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    _check(not unknown, f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    unknown = sorted(set(values) - names, key=str)
+    if unknown:
+        raise _unknown(unknown, where, names)
     kwargs = {}
     for name, value in values.items():
         tp = hints[name]
         key = f"{where}.{name}" if where else name
         kwargs[name] = _build(tp, value, key) if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
     return cls(**kwargs)
+
+
+def _field_type(dotted: str, item: str) -> Any:
+    """The annotated type at `dotted` (a ConfigError naming the override `item` where a key is unknown); None
+    below a mapping field such as `data.zoos.NAME`."""
+    tp: Any = Config
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            _check(typing.get_origin(tp) is dict, f"override {item!r}: {'.'.join(parts[:i])} is not a section")
+            return None
+        names = {f.name for f in dataclasses.fields(tp)}
+        if part not in names:
+            raise ConfigError(f"override {item!r}: {_unknown([part], '.'.join(parts[:i]), names)}")
+        tp = typing.get_type_hints(tp)[part]
+    return tp
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -305,19 +379,74 @@ def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+class _Loader(yaml.SafeLoader):
+    """Plain YAML only (SafeLoader: no tag builds a Python object), and no key twice in one mapping (a second
+    `train:` section would silently replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue                                   # `<<: *base` merges; its keys may be overridden
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue                                   # the parent's check says "found unhashable key"
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML `text` read with `_Loader`; a ConfigError in one line naming `where`, the line and the column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        if "constructor for the tag" in problem:
+            problem += " (only plain YAML values are allowed; tags that build Python objects are refused)"
+        raise ConfigError(f"{where}:{at} not valid YAML: {' '.join(problem.split())}") from e
+
+
+def _origin(message: str, path: Path | None, overridden: dict[str, str]) -> str:
+    """`message` with where its value came from: the command-line override that set a key it names, else the file."""
+    hits = [item for key, item in overridden.items() if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message)]
+    if hits:
+        return f"{message} (set on the command line by {', '.join(map(repr, hits))})"
+    return f"{path}: {message}" if path is not None else message
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults ← YAML file at `path` ← `key.sub=value` overrides (values parsed as YAML scalars)."""
+    """Defaults ← YAML file at `path` ← `key.sub=value` overrides (values parsed as YAML scalars).
+
+    Every field is type- and range-checked; a ConfigError (one line) names the file or the override, the key and
+    the allowed values."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        _check(path.is_file(), f"config file {path} does not exist")
+        _check(path.is_file(), f"config file {path} does not exist" if not path.exists() else
+               f"config file {path} is not a file")
         try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        _check(isinstance(tree, dict), f"{path}: the top level must be a mapping of sections")
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {e}") from e
+        tree = _parse_yaml(text, str(path)) or {}
+        _check(isinstance(tree, dict), f"{path}: the top level must be a mapping of sections (data, model, train, "
+                                       f"route), got {type(tree).__name__}")
+    overridden: dict[str, str] = {}
     for item in overrides or []:
         _check("=" in item, f"override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        _set(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
-    return _build(Config, tree, "")
+        key, raw = (part.strip() for part in item.split("=", 1))
+        _check(bool(key) and all(key.split(".")), f"override {item!r}: {key!r} is not a key like train.lr")
+        value = _parse_yaml(raw, f"override {item!r}") if raw else ""
+        if _field_type(key, item) is str and not isinstance(value, str):
+            value = raw                  # a string field takes the text as typed: `no`, `null`, `0755` stay text
+        _set(tree, key, value)
+        overridden[key] = item
+    try:
+        return _build(Config, tree, "")
+    except ConfigError as e:
+        raise ConfigError(_origin(str(e), path, overridden)) from e

@@ -1,6 +1,9 @@
 """Config: every YAML in configs/ loads, overrides apply, bad values are rejected with the key named."""
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,29 @@ def test_overrides_apply_and_types_convert() -> None:
     (["data.top_up=-1"], "data.top_up"),
     (["train.zoo_groups=0.5", "train.grouping=model"], "train.zoo_groups needs train.grouping=instruction"),
     (["lr"], "key.sub=value"),
+    # issue 21: every field is range-checked at load (max_steps=-1 used to train one step and exit 0)
+    (["train.max_steps=-1"], r"train.max_steps must be an integer >= 0, got -1 \(set on the command line by"),
+    (["train.max_minutes=-5"], "train.max_minutes must be a finite number >= 0"),
+    (["train.lr=inf"], "train.lr: expected a finite number"),
+    (["train.weight_decay=nan"], "train.weight_decay: expected a finite number"),
+    (["train.seed=4294967296"], r"train.seed must be an integer in \[0, 4294967295\]"),
+    (["train.save_every=-1"], "train.save_every"),
+    (["train.out_dir="], "train.out_dir must not be empty"),
+    (["model.lora_dropout=1"], r"model.lora_dropout must be in \[0, 1\)"),
+    (["model.lora_alpha=0"], "model.lora_alpha must be an integer >= 1"),
+    (["model.lora_targets="], "model.lora_targets must name at least one"),
+    (["model.yes_token=A", "model.no_token=A"], "model.yes_token and model.no_token must differ"),
+    (["data.seed=-1"], "data.seed"),
+    (["data.train_models=a,b,a"], r"data.train_models names \['a'\] more than once"),
+    (["data.zoos={small: []}"], "data.zoos.small is an empty list"),
+    (["data.zoos.small=''"], "data.zoos.small is an empty list"),
+    (["data.zoos={small: 3}"], "data.zoos.small: expected a list"),
+    (["data.aptitude=x.json", "data.splits=x.json"], "three different paths"),
+    # overrides: a typo names the override and the closest key; a value that is not YAML is one line
+    (["trian.lr=1"], r"override 'trian.lr=1': unknown key\(s\) trian \(did you mean train\?\)"),
+    (["train.lr.x=1"], "train.lr is not a section"),
+    (["train.lr=[1"], r"override 'train.lr=\[1': line 1, column 3: not valid YAML"),
+    (["=3"], "is not a key like train.lr"),
 ])
 def test_bad_values_name_the_key(override: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -70,3 +96,49 @@ def test_save_and_reload_round_trip(tmp_path: Path) -> None:
 def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+SECTIONS = [(f.name, f.type) for f in dataclasses.fields(Config)]
+
+
+@pytest.mark.parametrize("key", [f"{name}.{f.name}" for name, _ in SECTIONS
+                                 for f in dataclasses.fields(typing.get_type_hints(Config)[name])
+                                 if typing.get_type_hints(typing.get_type_hints(Config)[name])[f.name] in (int, float)])
+def test_every_number_field_refuses_minus_one(key: str) -> None:
+    """Every int and float field of every section is range-checked: no count, rate, seed or weight is negative
+    (a field added without a check fails here)."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(None, [f"{key}=-1"])
+
+
+def test_string_field_overrides_keep_the_text_as_typed() -> None:
+    """YAML would read `no` as false and `0755` as 493: a string field takes the override's text."""
+    cfg = load_config(None, ["model.yes_token=yes", "model.no_token=no", "train.out_dir=0755"])
+    assert (cfg.model.yes_token, cfg.model.no_token, cfg.train.out_dir) == ("yes", "no", "0755")
+    assert load_config(None, ["data.zoos.small=a,b"]).data.zoos == {"small": ["a", "b"]}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  lr: 1.0e-4\ntrain:\n  epochs: 2\n", "line 3, column 1: not valid YAML: key 'train' appears twice"),
+    ("train:\n  lr: 1.0e-4\n  lr: 2.0e-4\n", "line 3, column 3: not valid YAML: key 'lr' appears twice"),
+    ("train: !!python/object/apply:os.system ['true']\n", "tags that build Python objects are refused"),
+    ("train: [\n", "line 2, column 1: not valid YAML"),
+    ("- train\n", "the top level must be a mapping"),
+    ("train:\n  max_steps: -1\n", "train.max_steps must be an integer >= 0, got -1"),
+    ("trian:\n  lr: 1.0\n", r"unknown key\(s\) trian \(did you mean train\?\)"),
+])
+def test_bad_files_are_one_line_errors_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("train:\n  out_dir: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="cannot be read as UTF-8"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="is not a file"):
+        load_config(tmp_path)

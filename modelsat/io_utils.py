@@ -1,21 +1,44 @@
-"""Atomic file and folder writes: a crash never leaves a half-written file where a good one stood."""
+"""Atomic file and folder writes: a crash never leaves a half-written file where a good one stood.
+
+Files and folders get the modes a plain `open()` / `mkdir()` would give (0644 / 0755 under the usual umask 022),
+not the private 0600 / 0700 of temporary files; a file written over keeps its mode.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def umask() -> int:
+    """The process umask, read from /proc where it can be (`os.umask` can only read it by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)  # writing over a file keeps its mode, as open(path, "wb") does
+    except OSError:
+        mode = 0o666 & ~umask()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -41,6 +64,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~umask())  # as mkdir would make it (mkdtemp's is private)
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,10 +1,11 @@
 """The zoo: the candidate models a router can pick from, each known only by its aptitude-test results.
 
 On disk a zoo is a folder (`<checkpoint>/zoo/`) with one JSON file per model:
-`{"name", "fingerprint", "cost", "cost_unit", "params_b", "scores": {question_id: score}}`.
+`{"name", "fingerprint", "cost", "cost_unit", "params_b", "missing", "num_missing", "scores": {question_id: score}}`.
 Each file is written atomically (temporary file + rename), so a crash mid-write leaves the previous
 zoo intact; every entry carries the fingerprint of the aptitude test it answered, and a mismatch
-is an error.
+is an error. A zoo has one cost unit: an entry's cost is `cost` in `cost_unit`, or, without a cost,
+`params_b` in the unit "params_b"; entries in another unit are refused.
 """
 from __future__ import annotations
 
@@ -12,15 +13,21 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Iterable, Literal
 
 import numpy as np
 import pandas as pd
 
 from modelsat.aptitude import Aptitude
 from modelsat.io_utils import atomic_write_text
+
+MAX_MISSING_FRACTION = 0.05
+"""With missing="wrong", at most this fraction of the aptitude questions may go unanswered (counted as wrong)."""
+MAX_NAME_LENGTH = 200
 
 
 class ZooError(ValueError):
@@ -35,16 +42,24 @@ class ZooEntry:
     cost: float | None = None
     cost_unit: str = ""
     params_b: float | None = None
+    missing: str = "error"            # "wrong": `num_missing` unanswered questions are scored 0
+    num_missing: int = 0
 
     @cached_property
     def accuracy(self) -> float:
         """Mean score on the aptitude test (computed once per entry; `Zoo.add` makes a new entry)."""
         return float(np.mean(list(self.scores.values())))
 
+    @property
+    def unit(self) -> str | None:
+        """The unit of the entry's effective cost: `cost_unit`, "params_b" without a cost, None without either."""
+        return self.cost_unit if self.cost is not None else "params_b" if self.params_b is not None else None
+
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "fingerprint": self.fingerprint, "cost": self.cost,
-                           "cost_unit": self.cost_unit, "params_b": self.params_b,
-                           "scores": self.scores}, indent=1, sort_keys=True)
+                           "cost_unit": self.cost_unit, "params_b": self.params_b, "missing": self.missing,
+                           "num_missing": self.num_missing, "scores": self.scores},
+                          indent=1, sort_keys=True, allow_nan=False)
 
 
 def _file_name(name: str) -> str:
@@ -53,13 +68,56 @@ def _file_name(name: str) -> str:
     return f"{stem}-{hashlib.sha1(name.encode()).hexdigest()[:8]}.json"
 
 
-def _optional_float(value: object, what: str) -> float | None:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+def _unit_label(unit: str | None) -> str:
+    return {"": "no unit ('')", "params_b": "'params_b' (billions of parameters)"}.get(unit, repr(unit))
+
+
+def max_missing(num_questions: int) -> int:
+    """How many of `num_questions` aptitude questions missing="wrong" may count as wrong (5%, rounded down)."""
+    return int(num_questions * MAX_MISSING_FRACTION + 1e-9)
+
+
+def check_model_name(name: object) -> str:
+    """`name` if it can identify one model everywhere (CLI lists, the API, file names); ZooError otherwise."""
+    if not isinstance(name, str) or not name.strip():
+        raise ZooError(f"a model name must be a non-empty string, got {name!r}")
+    if name != name.strip():
+        raise ZooError(f"model name {name!r} has leading or trailing whitespace; give it without")
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise ZooError(f"model name {name!r} holds the control or invalid character U+{ord(bad):04X}; remove it")
+    if "," in name:
+        raise ZooError(f"model name {name!r} holds a comma, which separates names in --models lists; "
+                       "use another character")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ZooError(f"model name {name[:40]!r}... is {len(name)} characters long, over {MAX_NAME_LENGTH}; "
+                       "give a shorter one")
+    return name
+
+
+def check_cost(value: object, what: str = "cost") -> float | None:
+    """`value` as a cost or a parameter count: None where unknown, else a finite number >= 0 (ZooError otherwise)."""
+    if value is None:
         return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ZooError(f"{what} must be a finite number >= 0, got {value!r}")
     try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ZooError(f"{what} must be a number, got {value!r}") from None
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise ZooError(f"{what} must be a finite number >= 0, got {number!r}")
+    return number
+
+
+def _unknown_as_none(value: object) -> object:
+    """A table's empty cell (NaN) is an unknown value, as None is (`save_checkpoint` passes table rows)."""
+    return None if isinstance(value, (float, np.floating)) and math.isnan(value) else value
+
+
+def _common_unit(entries: Iterable[ZooEntry]) -> str | None:
+    """The cost unit of the first of `entries` that has one."""
+    return next((e.unit for e in entries if e.unit is not None), None)
 
 
 def read_results(results: pd.DataFrame | str | Path, name: str) -> dict[str, float]:
@@ -109,33 +167,37 @@ class Zoo:
         self.aptitude = aptitude
         self.root = root
         self.entries: dict[str, ZooEntry] = {}
+        self.files: dict[str, Path] = {}  # name -> the file the entry was read from or written to
 
     @classmethod
     def load(cls, root: str | Path, aptitude: Aptitude) -> "Zoo":
-        """Read every entry of the folder `root`; a bad file or fingerprint is an error naming it."""
+        """Read every entry of the folder `root`; a bad file, fingerprint, name or cost is an error naming it."""
         zoo = cls(aptitude, Path(root))
         if not zoo.root.is_dir():
             raise ZooError(f"zoo folder {zoo.root} does not exist")
         for path in sorted(zoo.root.glob("*.json")):
-            try:
-                d = json.loads(path.read_text())
-                entry = ZooEntry(name=d["name"], scores={k: float(v) for k, v in d["scores"].items()},
-                                 fingerprint=d["fingerprint"], cost=d.get("cost"),
-                                 cost_unit=d.get("cost_unit", ""), params_b=d.get("params_b"))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-                raise ZooError(f"{path}: not a valid zoo entry ({type(e).__name__}: {e}); "
-                               "remove it or add the model again") from e
-            try:
-                aptitude.check(entry.fingerprint, where=str(path))
-            except ValueError as e:
-                raise ZooError(str(e)) from e
-            aptitude.outcomes(entry.scores)  # every aptitude question must be answered
+            entry = _read_entry(path, aptitude)
+            if entry.name in zoo.files:
+                raise ZooError(f"{zoo.files[entry.name]} and {path} both hold model {entry.name!r}; "
+                               "delete one of the two files")
+            unit = zoo.cost_unit
+            if unit is not None and entry.unit is not None and entry.unit != unit:
+                first = next(zoo.files[n] for n, e in zoo.entries.items() if e.unit is not None)
+                raise ZooError(f"{path} gives its cost in {_unit_label(entry.unit)} but {first} in "
+                               f"{_unit_label(unit)}; a zoo has one cost unit: delete one of the files and add "
+                               "the model again with a cost in the zoo's unit")
             zoo.entries[entry.name] = entry
+            zoo.files[entry.name] = path
         return zoo
 
     @property
     def names(self) -> list[str]:
         return sorted(self.entries)
+
+    @property
+    def cost_unit(self) -> str | None:
+        """The unit of the zoo's costs ("params_b" where they are parameter counts); None while no entry has one."""
+        return _common_unit(e for _, e in sorted(self.entries.items()))
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -153,34 +215,67 @@ class Zoo:
         return self.aptitude.outcomes(self.get(name).scores)
 
     def add(self, name: str, results: pd.DataFrame | str | Path | dict[str, float], cost: float | None = None,
-            params_b: float | None = None, cost_unit: str = "", persist: bool = True,
-            replace: bool = False) -> ZooEntry:
-        """Add a model from its aptitude results (it must cover every aptitude question)."""
-        if not isinstance(name, str) or not name.strip():
-            raise ZooError("a model name must be a non-empty string")
+            params_b: float | None = None, cost_unit: str = "", persist: bool = True, replace: bool = False,
+            missing: Literal["error", "wrong"] = "error") -> ZooEntry:
+        """Add a model from its aptitude results.
+
+        Every aptitude question must be answered; with `missing="wrong"` up to 5% of them may be absent and count
+        as wrong. `cost` (in `cost_unit`) and `params_b` are finite numbers >= 0 or None (a table's NaN: unknown);
+        the entry's unit must be the zoo's.
+        """
+        check_model_name(name)
         if name in self.entries and not replace:
             raise ZooError(f"model {name!r} is already in the zoo; remove it first")
+        if missing not in ("error", "wrong"):
+            raise ZooError(f"missing must be 'error' or 'wrong', got {missing!r}")
+        if not isinstance(cost_unit, str):
+            raise ZooError(f"cost_unit must be a string, got {cost_unit!r}")
+        cost, params_b = check_cost(_unknown_as_none(cost), "cost"), check_cost(_unknown_as_none(params_b), "params_b")
+        where = str(results) if isinstance(results, (str, Path)) else f"the results of {name!r}"
         if isinstance(results, dict):
             results = pd.DataFrame({"question_id": list(results), "score": list(results.values())})
         scores = read_results(results, name)
-        wanted = set(self.aptitude.question_ids)
-        self.aptitude.outcomes(scores)  # raises naming the missing aptitude questions
-        entry = ZooEntry(name=name, scores={q: float(scores[q]) for q in sorted(wanted)},
-                         fingerprint=self.aptitude.fingerprint,
-                         cost=_optional_float(cost, "cost"), cost_unit=cost_unit,
-                         params_b=_optional_float(params_b, "params_b"))
+        ids = self.aptitude.question_ids
+        absent = [q for q in ids if q not in scores]
+        allowed = max_missing(len(ids))
+        if absent and missing == "error":
+            raise ZooError(f"{where}: the results miss {len(absent)} of the {len(ids)} aptitude questions "
+                           f"(e.g. {absent[:3]}); answer them (`modelsat aptitude run` resumes), or pass "
+                           f"--missing wrong to count them as wrong (allowed for up to {allowed}, 5% of the test)")
+        if len(absent) > allowed:
+            raise ZooError(f"{where}: the results miss {len(absent)} of the {len(ids)} aptitude questions, more than "
+                           f"the {allowed} (5% of the test) that --missing wrong may count as wrong (e.g. "
+                           f"{absent[:3]}); answer them (`modelsat aptitude run` resumes)")
+        entry = ZooEntry(name=name, scores={q: float(scores.get(q, 0.0)) for q in sorted(ids)},
+                         fingerprint=self.aptitude.fingerprint, cost=cost, cost_unit=cost_unit, params_b=params_b,
+                         missing=missing, num_missing=len(absent))
+        unit = _common_unit(e for n, e in sorted(self.entries.items()) if n != name)  # a replaced entry may change it
+        if unit is not None and entry.unit is not None and entry.unit != unit:
+            hint = ("give its size with --params-b and no --cost" if unit == "params_b" else
+                    "give a --cost without --cost-unit" if unit == "" else
+                    f"give a --cost in {unit} (--cost-unit {unit})")
+            raise ZooError(f"model {name!r} has its cost in {_unit_label(entry.unit)}, but this zoo's costs are in "
+                           f"{_unit_label(unit)} and a zoo has one cost unit; {hint}, as the other entries")
         if persist:
             if self.root is None:
                 raise ZooError("this zoo has no folder to persist to")
-            atomic_write_text(self.root / _file_name(name), entry.to_json())
+            path = self.files.get(name) or self.root / _file_name(name)  # a replaced entry keeps its file
+            holder = next((n for n, p in self.files.items() if p == path and n != name), None)
+            if holder is not None:
+                raise ZooError(f"{path} holds model {holder!r}, not {name!r}; rename that file (any *.json name "
+                               "will do) and add the model again")
+            atomic_write_text(path, entry.to_json())
+            self.files[name] = path
         self.entries[name] = entry
         return entry
 
     def remove(self, name: str, persist: bool = True) -> None:
+        """Remove model `name`; with `persist`, delete the file it was read from or written to."""
         self.get(name)
         if persist and self.root is not None:
-            (self.root / _file_name(name)).unlink(missing_ok=True)
+            self.files.get(name, self.root / _file_name(name)).unlink(missing_ok=True)
         del self.entries[name]
+        self.files.pop(name, None)
 
     def costs(self, names: list[str]) -> np.ndarray:
         """Cost per model (`cost`, else `params_b`, else NaN)."""
@@ -191,7 +286,49 @@ class Zoo:
         return np.asarray(out, dtype=np.float64)
 
     def describe(self) -> list[dict]:
-        """One row per model: name, aptitude accuracy, cost, params."""
-        return [{"model": n, "aptitude_accuracy": e.accuracy,
-                 "cost": e.cost, "cost_unit": e.cost_unit, "params_b": e.params_b}
+        """One row per model: name, aptitude accuracy, cost and its unit, params, missing answers and their rule."""
+        return [{"model": n, "aptitude_accuracy": e.accuracy, "cost": e.cost, "cost_unit": e.cost_unit,
+                 "params_b": e.params_b, "missing": e.missing, "num_missing": e.num_missing}
                 for n, e in sorted(self.entries.items())]
+
+
+def _read_entry(path: Path, aptitude: Aptitude) -> ZooEntry:
+    """One zoo entry file, checked (name, costs, fingerprint, complete scores in [0, 1]); ZooError naming it."""
+    fix = "delete the file and add the model again (`modelsat zoo add`)"
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        entry = ZooEntry(name=d["name"], scores={str(k): float(v) for k, v in d["scores"].items()},
+                         fingerprint=d["fingerprint"], cost=d.get("cost"), cost_unit=d.get("cost_unit", ""),
+                         params_b=d.get("params_b"), missing=d.get("missing", "error"),
+                         num_missing=d.get("num_missing", 0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, UTF-8 errors
+        raise ZooError(f"{path}: not a valid zoo entry ({type(e).__name__}: {e}); {fix}") from e
+    try:
+        check_model_name(entry.name)
+        entry.cost, entry.params_b = check_cost(entry.cost, "cost"), check_cost(entry.params_b, "params_b")
+        if not isinstance(entry.cost_unit, str):
+            raise ZooError(f"cost_unit must be a string, got {entry.cost_unit!r}")
+        ids = aptitude.question_ids
+        if entry.missing not in ("error", "wrong"):
+            raise ZooError(f"missing must be 'error' or 'wrong', got {entry.missing!r}")
+        limit = max_missing(len(ids)) if entry.missing == "wrong" else 0
+        if isinstance(entry.num_missing, bool) or not isinstance(entry.num_missing, int) \
+                or not 0 <= entry.num_missing <= limit:
+            raise ZooError(f"num_missing must be an integer in [0, {limit}] with missing={entry.missing!r}, "
+                           f"got {entry.num_missing!r}")
+        if not isinstance(entry.fingerprint, str):
+            raise ZooError(f"fingerprint must be a string, got {entry.fingerprint!r}")
+    except ZooError as e:
+        raise ZooError(f"{path}: {e}; {fix}") from e
+    try:
+        aptitude.check(entry.fingerprint, where=str(path))
+    except ValueError as e:
+        raise ZooError(str(e)) from e
+    absent = [q for q in ids if q not in entry.scores]
+    if absent:
+        raise ZooError(f"{path}: the scores of {entry.name!r} miss {len(absent)} of the {len(ids)} aptitude questions "
+                       f"(e.g. {absent[:3]}); {fix} with results for every question")
+    bad = next((q for q in ids if not 0.0 <= entry.scores[q] <= 1.0), None)  # NaN fails too
+    if bad is not None:
+        raise ZooError(f"{path}: the score of question {bad!r} is {entry.scores[bad]!r}, not a number in [0, 1]; {fix}")
+    return entry

@@ -1,15 +1,19 @@
-"""The zoo: add -> list -> remove on disk, atomic writes, and bad results rejected with a clear message."""
+"""The zoo: add -> list -> remove on disk, atomic writes with the usual file modes, and bad results, costs, names
+and entry files rejected with a message naming the file."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
+from modelsat.aptitude import Aptitude, AptitudeTask
 from modelsat.cli import main as cli
-from modelsat.zoo import Zoo, ZooError
+from modelsat.io_utils import atomic_dir, atomic_write_bytes
+from modelsat.zoo import Zoo, ZooError, _file_name, check_model_name
 
 
 @pytest.fixture
@@ -24,7 +28,7 @@ def results_for(apt: Aptitude, model: str, value: float = 1.0) -> pd.DataFrame:
 
 def test_add_list_remove_round_trip_on_disk(tmp_path: Path, aptitude: Aptitude) -> None:
     zoo = Zoo(aptitude, tmp_path)
-    zoo.add("org/model-a", results_for(aptitude, "org/model-a", 1.0), cost=2.0)
+    zoo.add("org/model-a", results_for(aptitude, "org/model-a", 1.0), params_b=2.0)
     zoo.add("model-b", results_for(aptitude, "model-b", 0.0).drop(columns="model"), params_b=7.0)
     again = Zoo.load(tmp_path, aptitude)
     assert again.names == ["model-b", "org/model-a"]
@@ -60,8 +64,10 @@ def test_failed_write_leaves_the_old_entry(tmp_path: Path, aptitude: Aptitude, m
 
 def test_results_missing_aptitude_questions(tmp_path: Path, aptitude: Aptitude) -> None:
     partial = results_for(aptitude, "m").iloc[:-2]
-    with pytest.raises(AptitudeError, match="miss 2 of the 6 aptitude questions"):
+    with pytest.raises(ZooError, match="miss 2 of the 6 aptitude questions.*--missing wrong"):
         Zoo(aptitude, tmp_path).add("m", partial)
+    with pytest.raises(ZooError, match="more than the 0 "):  # 5% of 6 questions: none may be missing
+        Zoo(aptitude, tmp_path).add("m", partial, missing="wrong")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -109,7 +115,8 @@ def test_cli_zoo_add_list_remove(tmp_path: Path, aptitude: Aptitude, capsys) -> 
     assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "new-llm", "--results", str(res), "--cost", "3"]) == 0
     assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert listed == [{"model": "new-llm", "aptitude_accuracy": 0.5, "cost": 3.0, "cost_unit": "", "params_b": None}]
+    assert listed == [{"model": "new-llm", "aptitude_accuracy": 0.5, "cost": 3.0, "cost_unit": "", "params_b": None,
+                       "missing": "error", "num_missing": 0}]
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "new-llm"]) == 0
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "new-llm"]) == 2
     assert "unknown model" in capsys.readouterr().err
@@ -124,18 +131,202 @@ def test_cli_zoo_add_takes_the_cost_from_the_table_beside_the_results(tmp_path: 
         (ckpt / name).write_text("")
     table = tmp_path / "table"
     table.mkdir()
-    pd.concat([results_for(aptitude, "big", 1.0), results_for(aptitude, "priced", 0.0)]).to_parquet(
+    pd.concat([results_for(aptitude, m, v) for m, v in (("big", 1.0), ("priced", 0.0), ("cheap", 0.5))]).to_parquet(
         table / "results.parquet")
-    pd.DataFrame({"model": ["big", "priced"], "cost": [float("nan"), 0.5], "params_b": [70.0, float("nan")],
-                  "cost_unit": ["", "usd"]}).to_parquet(table / "models.parquet")
+    pd.DataFrame({"model": ["big", "priced", "cheap"], "cost": [float("nan"), 0.5, 0.1],
+                  "params_b": [70.0, float("nan"), 7.0], "cost_unit": ["", "usd", "usd"]}).to_parquet(
+        table / "models.parquet")
     res = str(table / "results.parquet")
-    for name in ("big", "priced"):
+    for name in ("priced", "cheap"):
         assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", name, "--results", res]) == 0
-    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "given", "--results", res, "--params-b", "7"]) == 2
-    assert "given" in capsys.readouterr().err  # no results for 'given' in the file: the add fails, naming it
     capsys.readouterr()
+    # big has only a parameter count: another unit than the zoo's dollars
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "big", "--results", res]) == 2
+    assert "'params_b'" in (err := capsys.readouterr().err) and "'usd'" in err
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "given", "--results", res, "--cost", "7",
+                "--cost-unit", "usd"]) == 2
+    assert "given" in capsys.readouterr().err  # no results for 'given' in the file: the add fails, naming it
     assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
     listed = {r["model"]: r for r in json.loads(capsys.readouterr().out)}
-    assert (listed["big"]["params_b"], listed["big"]["cost"]) == (70.0, None)
     assert (listed["priced"]["cost"], listed["priced"]["cost_unit"], listed["priced"]["params_b"]) == (0.5, "usd", None)
-    assert set(listed) == {"big", "priced"}
+    assert (listed["cheap"]["cost"], listed["cheap"]["cost_unit"], listed["cheap"]["params_b"]) == (0.1, "usd", 7.0)
+    assert set(listed) == {"priced", "cheap"}
+
+
+# ---- partial results: --missing wrong, up to 5% of the test -------------------------------------------------
+def test_missing_answers_count_as_wrong_up_to_five_percent(tmp_path: Path) -> None:
+    tasks = [AptitudeTask(f"t{t}", f"task {t}", [f"q{t}-{s}" for s in range(40)]) for t in range(49)]
+    big = Aptitude(tasks, {q: f"question {q}" for t in tasks for q in t.question_ids})  # 1,960 questions, as shipped
+    ids = big.question_ids
+    full = pd.DataFrame({"question_id": ids, "score": 1.0})
+    zoo = Zoo(big, tmp_path)
+    with pytest.raises(ZooError, match="miss 1 of the 1960 aptitude questions.*--missing wrong"):
+        zoo.add("m", full.iloc[1:])                                    # the default still refuses
+    entry = zoo.add("m", full.iloc[1:], missing="wrong")
+    assert (entry.missing, entry.num_missing, entry.scores[ids[0]]) == ("wrong", 1, 0.0)
+    assert entry.accuracy == pytest.approx(1959 / 1960)
+    zoo.add("m98", full.iloc[98:], missing="wrong")                    # 98 = 5% of 1,960: still allowed
+    with pytest.raises(ZooError, match="miss 99 of the 1960 aptitude questions, more than the 98"):
+        zoo.add("m99", full.iloc[99:], missing="wrong")
+    with pytest.raises(ZooError, match="missing must be 'error' or 'wrong'"):
+        zoo.add("m2", full, missing="zero")
+    again = Zoo.load(tmp_path, big)
+    rows = {r["model"]: r for r in again.describe()}
+    assert (rows["m"]["missing"], rows["m"]["num_missing"], rows["m98"]["num_missing"]) == ("wrong", 1, 98)
+    assert again.outcomes("m").sum() == 1959 and "m99" not in again
+
+
+# ---- costs: finite numbers >= 0, one unit per zoo -------------------------------------------------------
+@pytest.mark.parametrize("field, value, shown", [("cost", -1, "-1.0"), ("cost", float("inf"), "inf"),
+                                                 ("cost", "abc", "'abc'"), ("cost", True, "True"),
+                                                 ("params_b", -1.0, "-1.0"), ("params_b", float("inf"), "inf"),
+                                                 ("params_b", 10 ** 400, "inf")])
+def test_bad_costs_are_refused_at_add(tmp_path: Path, aptitude: Aptitude, field: str, value, shown: str) -> None:
+    with pytest.raises(ZooError, match=f"^{field} must be a finite number >= 0, got {shown}$"):
+        Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), **{field: value})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tables_blank_cost_is_unknown(tmp_path: Path, aptitude: Aptitude) -> None:
+    entry = Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), cost=float("nan"), params_b=7.0)
+    assert (entry.cost, entry.params_b, entry.unit) == (None, 7.0, "params_b")
+
+
+@pytest.mark.parametrize("field, text, message", [
+    ("cost", "-1", "cost must be a finite number >= 0, got -1.0"),
+    ("cost", "Infinity", "cost must be a finite number >= 0, got inf"),
+    ("cost", "NaN", "cost must be a finite number >= 0, got nan"),
+    ("cost", '"abc"', "cost must be a finite number >= 0, got 'abc'"),
+    ("params_b", "-7", "params_b must be a finite number >= 0, got -7.0"),
+    ("num_missing", "3", r"num_missing must be an integer in \[0, 0\] with missing='error', got 3"),
+    ("missing", '"maybe"', "missing must be 'error' or 'wrong', got 'maybe'"),
+    ("name", '" padded "', "has leading or trailing whitespace"),
+    ("name", '"a,b"', "holds a comma"),
+])
+def test_bad_values_on_disk_are_refused_at_load_naming_the_file(tmp_path: Path, aptitude: Aptitude, field: str,
+                                                                 text: str, message: str) -> None:
+    Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), cost=1.0)
+    entry = next(tmp_path.glob("*.json"))
+    doc = json.loads(entry.read_text())
+    doc[field] = "@"
+    entry.write_text(json.dumps(doc).replace('"@"', text))
+    with pytest.raises(ZooError, match=f"^{entry}: .*{message}.*delete the file and add the model again"):
+        Zoo.load(tmp_path, aptitude)
+
+
+def test_one_cost_unit_per_zoo(tmp_path: Path, aptitude: Aptitude) -> None:
+    zoo = Zoo(aptitude, tmp_path)
+    zoo.add("p7", results_for(aptitude, "p7"), params_b=7.0)
+    zoo.add("unknown", results_for(aptitude, "unknown"))  # no cost at all: fits any zoo
+    with pytest.raises(ZooError, match=r"'usd_per_1M_tokens', but this zoo's costs are in 'params_b'"):
+        zoo.add("api", results_for(aptitude, "api"), cost=0.15, cost_unit="usd_per_1M_tokens")
+    with pytest.raises(ZooError, match=r"has its cost in no unit \(''\), but this zoo's costs are in 'params_b'"):
+        zoo.add("api", results_for(aptitude, "api"), cost=0.15)
+    zoo.add("p70", results_for(aptitude, "p70"), params_b=70.0, cost_unit="")
+    assert zoo.cost_unit == "params_b"
+
+    usd = Zoo(aptitude, tmp_path / "usd")
+    usd.add("a", results_for(aptitude, "a"), cost=1.0, cost_unit="usd")
+    with pytest.raises(ZooError, match=r"in no unit \(''\), but this zoo's costs are in 'usd'"):
+        usd.add("b", results_for(aptitude, "b"), cost=2.0)
+    usd.add("a", results_for(aptitude, "a"), cost=3.0, cost_unit="eur", replace=True)  # its only entry: any unit
+    assert usd.cost_unit == "eur"
+
+    other = Zoo(aptitude, tmp_path / "other")  # a file from a zoo in another unit, copied in by hand
+    other.add("b", results_for(aptitude, "b"), cost=2.0, cost_unit="usd")
+    (tmp_path / "usd" / "b.json").write_bytes(next((tmp_path / "other").glob("*.json")).read_bytes())
+    with pytest.raises(ZooError, match=r"b.json gives its cost in 'usd' but .*a-\w+.json in 'eur'"):
+        Zoo.load(tmp_path / "usd", aptitude)
+
+
+# ---- names: what can be selected afterwards ------------------------------------------------------------------
+@pytest.mark.parametrize("name, message", [(" Yi-34B", "leading or trailing whitespace"),
+                                           ("Yi-34B\t", "leading or trailing whitespace"),
+                                           ("Yi,34B", "holds a comma"), ("Yi\x0034B", "U\\+0000"),
+                                           ("Yi\u0085-34B", "U\\+0085"), ("Yi\ud83c", "U\\+D83C"),
+                                           ("", "non-empty string"), (None, "non-empty string"),
+                                           ("m" * 201, "201 characters long, over 200")])
+def test_names_that_cannot_be_selected_are_refused(tmp_path: Path, aptitude: Aptitude, name, message: str) -> None:
+    with pytest.raises(ZooError, match=message):
+        check_model_name(name)
+    with pytest.raises(ZooError, match=message):
+        Zoo(aptitude, tmp_path).add(name, results_for(aptitude, "m").drop(columns="model"))
+    assert list(tmp_path.iterdir()) == []
+    assert check_model_name("org/Yi-34B v2 (chat)") == "org/Yi-34B v2 (chat)"
+
+
+# ---- entry files: remove deletes the right one, duplicates and damage are named -------------------------
+def test_remove_deletes_the_file_it_was_loaded_from(tmp_path: Path, aptitude: Aptitude) -> None:
+    Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"))
+    Zoo(aptitude, tmp_path).add("keep", results_for(aptitude, "keep"))
+    next(tmp_path.glob("m-*.json")).rename(tmp_path / "renamed by hand.json")
+    zoo = Zoo.load(tmp_path, aptitude)
+    zoo.add("m", results_for(aptitude, "m", 0.0), replace=True)  # replacing writes the file it came from
+    assert sorted(p.name for p in tmp_path.glob("*.json") if not p.name.startswith("keep")) == ["renamed by hand.json"]
+    zoo.remove("m")
+    assert not (tmp_path / "renamed by hand.json").exists()
+    assert Zoo.load(tmp_path, aptitude).names == ["keep"]
+
+
+def test_two_files_with_one_name_are_an_error_naming_both(tmp_path: Path, aptitude: Aptitude) -> None:
+    Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"))
+    original = next(tmp_path.glob("*.json"))
+    copy = tmp_path / "backup.json"
+    copy.write_bytes(original.read_bytes())
+    with pytest.raises(ZooError, match=f"{copy} and {original} both hold model 'm'; delete one of the two files"):
+        Zoo.load(tmp_path, aptitude)
+
+
+def test_a_file_name_held_by_another_model_is_not_overwritten(tmp_path: Path, aptitude: Aptitude) -> None:
+    Zoo(aptitude, tmp_path).add("a", results_for(aptitude, "a"))
+    target = tmp_path / _file_name("b")
+    next(tmp_path.glob("a-*.json")).rename(target)  # renamed by hand to the file name b's entry would get
+    zoo = Zoo.load(tmp_path, aptitude)
+    before = target.read_bytes()
+    with pytest.raises(ZooError, match="holds model 'a', not 'b'"):
+        zoo.add("b", results_for(aptitude, "b"))
+    assert target.read_bytes() == before and Zoo.load(tmp_path, aptitude).names == ["a"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: {**d, "scores": dict(list(d["scores"].items())[:1])}, "the scores of 'm' miss 5 of the 6 aptitude"),
+    (lambda d: {**d, "scores": {**d["scores"], "q00": 1.5}}, "score of question 'q00' is 1.5, not a number in"),
+    (lambda d: {**d, "scores": {**d["scores"], "q00": "x"}}, "not a valid zoo entry .*ValueError"),
+    (lambda d: [d], "not a valid zoo entry .*TypeError"),
+])
+def test_entry_errors_name_the_file_and_what_to_do(tmp_path: Path, aptitude: Aptitude, damage, message: str) -> None:
+    Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"))
+    entry = next(tmp_path.glob("*.json"))
+    entry.write_text(json.dumps(damage(json.loads(entry.read_text()))))
+    with pytest.raises(ZooError, match=f"^{entry}: .*{message}.*delete the file and add the model again"):
+        Zoo.load(tmp_path, aptitude)
+
+
+def test_undecodable_entry_names_the_file(tmp_path: Path, aptitude: Aptitude) -> None:
+    (tmp_path / "binary.json").write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(ZooError, match="binary.json: not a valid zoo entry .UnicodeDecodeError"):
+        Zoo.load(tmp_path, aptitude)
+
+
+# ---- file modes: as open() and mkdir() give them, not the temporary files' private ones ------------------
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_written_files_and_folders_get_the_usual_modes(tmp_path: Path, aptitude: Aptitude, mask: int,
+                                                       file_mode: int, dir_mode: int) -> None:
+    old = os.umask(mask)
+    try:
+        zoo = Zoo(aptitude, tmp_path / "zoo")
+        zoo.add("m", results_for(aptitude, "m"))
+        atomic_write_bytes(tmp_path / "plain.bin", b"x")
+        with atomic_dir(tmp_path / "folder") as tmp:
+            atomic_write_bytes(tmp / "inner.bin", b"y")
+        kept = tmp_path / "private.bin"
+        kept.write_bytes(b"old")
+        kept.chmod(0o600)
+        atomic_write_bytes(kept, b"new")                 # writing over a file keeps its mode, as open() does
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert [mode(p) for p in (zoo.files["m"], tmp_path / "plain.bin", tmp_path / "folder" / "inner.bin")] == \
+        [file_mode] * 3
+    assert mode(tmp_path / "folder") == dir_mode
+    assert (mode(kept), kept.read_bytes()) == (0o600, b"new")

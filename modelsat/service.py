@@ -29,10 +29,14 @@ MAX_MODELS = 10_000   # bound on `models` and `top_k`
 log = logging.getLogger(__name__)
 
 
-def _text(where: str, blank_ok: bool = False) -> BeforeValidator:
-    """The router's one rule for text (no lone surrogate, not blank), run before pydantic's own string checks."""
+def _text(where: str, if_blank: str | None) -> BeforeValidator:
+    """The router's one rule for text (router.check_text: no lone surrogate), run before pydantic's own string
+    checks; a blank value is refused with `if_blank`, what to do (None: allowed here)."""
     def check(value: object) -> object:
-        if isinstance(value, str) and not (blank_ok and not value.strip()):
+        if isinstance(value, str) and not value.strip():
+            if if_blank is not None:
+                raise ValueError(f"{where} is empty; {if_blank}")
+        elif isinstance(value, str):
             check_text(value, where)
         return value
     return BeforeValidator(check)
@@ -41,13 +45,15 @@ def _text(where: str, blank_ok: bool = False) -> BeforeValidator:
 # Numbers are strict (no "1" or true for 1) and finite: JSON bodies may hold NaN, Infinity or 1e309 (= inf).
 Score = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]
 Amount = Annotated[float, Field(ge=0.0, allow_inf_nan=False, strict=True)]
-ModelName = Annotated[str, _text("model name"), Field(max_length=200)]
+
+ModelName = Annotated[str, _text("model name", "give names from GET /models"), Field(max_length=200)]
+QuestionId = Annotated[str, _text("question id", "give the ids of the aptitude questions")]
 
 
 class RankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")   # a misspelt "cost_wieght" must not be ignored silently
 
-    instruction: Annotated[str, _text("instruction")] = Field(
+    instruction: Annotated[str, _text("instruction", "give the text of the instruction to route")] = Field(
         max_length=MAX_INSTRUCTION_CHARS, description="the instruction to route")
     models: list[ModelName] | None = Field(default=None, min_length=1, max_length=MAX_MODELS,
                                            description="candidates (default: the whole zoo)")
@@ -68,12 +74,12 @@ class RankedModel(BaseModel):
 class AddModelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, _text("name"), AfterValidator(check_model_name)] = Field(max_length=200)
-    scores: dict[Annotated[str, _text("question id")], Score] = Field(min_length=1, description=(
+    name: Annotated[str, _text("name", None), AfterValidator(check_model_name)] = Field(max_length=200)
+    scores: dict[QuestionId, Score] = Field(min_length=1, description=(
         "aptitude question id -> score in [0, 1]; every aptitude question (see `missing`)"))
     cost: Amount | None = Field(default=None, description="cost of a query, in `cost_unit`")
     params_b: Amount | None = Field(default=None, description="billions of parameters (the cost where none is given)")
-    cost_unit: Annotated[str, _text("cost_unit", blank_ok=True)] = Field(
+    cost_unit: Annotated[str, _text("cost_unit", None)] = Field(
         default="", max_length=100, description="the zoo's one cost unit ('' = unspecified)")
     missing: Literal["error", "wrong"] = Field(default="error", description=(
         "'error': every aptitude question must be scored; 'wrong': a missing score counts as 0 (up to 5%)"))

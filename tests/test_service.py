@@ -71,14 +71,19 @@ def test_rank_refusals_say_what_is_wrong(client) -> None:
     assert "finite" in msg
     msg = assert_refused(post(client, "/rank", '{"instruction": "ok \\ud83c"}'), "instruction")
     assert "U+D83C" in msg and "character 4" in msg
+    msg = assert_refused(post(client, "/rank", rank_body("models", '["m-math", " "]')), "models")
+    assert "model name is empty; give names from GET /models" in msg
     r = post(client, "/rank", rank_body("models", '["nope"]'))
     assert r.status_code == 422 and "unknown model" in r.json()["detail"]
     r = post(client, "/rank", rank_body("models", '["m-math", " m-law"]'))   # names are trimmed before lookup
     assert r.status_code == 200 and {m["model"] for m in r.json()} == {"m-math", "m-law"}
 
 
-@pytest.mark.parametrize("raw", [b'{"instruction": "\xff\xfe"}', b'{"instruction": "x", "top_k": 1' + b"0" * 5000 + b"}",
-                                 b"{not json", b"[]", b"null"])
+BAD_BODIES = {"not-utf8": b'{"instruction": "\xff\xfe"}', "5000-digits": b'{"top_k": 1' + b"0" * 5000 + b"}",
+              "not-json": b"{not json", "list": b"[]", "null": b"null"}
+
+
+@pytest.mark.parametrize("raw", BAD_BODIES.values(), ids=BAD_BODIES.keys())
 def test_rank_refuses_bodies_that_are_not_a_json_object(client, raw: bytes) -> None:
     r = post(client, "/rank", raw)
     assert r.status_code in (400, 422) and "detail" in r.json(), r.text

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -27,11 +29,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from modelsat.config import Config, load_config
+from modelsat.config import Config, ConfigError, load_config
 from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.evaluate import interaction_auc
-from modelsat.checkpoint import save_checkpoint
+from modelsat.checkpoint import CheckpointError, save_checkpoint
 from modelsat.category import CategoryClassifier
 from modelsat.router import aptitude_keys, unit_embeddings
 from modelsat.model import RouterModel, build_router_model
@@ -144,13 +146,50 @@ def last_step_dir(out_dir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+STATE_KEYS = ("optimizer", "scheduler", "step", "history")
+
+
+def load_training_state(resume_dir: Path) -> dict:
+    """The optimizer, scheduler, step and history saved in a step folder.
+
+    Read with `weights_only=True`: tensors and plain containers only, so a crafted file cannot run code. A refused,
+    broken or incomplete file is a CheckpointError naming it and what to do."""
+    file = resume_dir / "training_state.pt"
+    fix = (f"; delete the folder {resume_dir} to resume from the step before it, or set train.resume=false "
+           "to start over")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
+        if refused:    # what torch.load(weights_only=False) would have imported and called
+            raise CheckpointError(f"{file} holds Python objects, not only tensors and plain values, so it is not "
+                                  f"loaded (loading could run code: {refused}); train.py never writes such a file"
+                                  f"{fix}") from e
+        raise CheckpointError(f"{file} is not a training state written by train.py (not a torch file){fix}") from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        reason = str(e).split(". ")[0] or type(e).__name__
+        raise CheckpointError(f"{file} cannot be read, it is truncated or damaged ({reason}){fix}") from e
+    if not isinstance(state, dict) or not all(k in state for k in STATE_KEYS):
+        raise CheckpointError(f"{file} is not a training state written by train.py (it needs {', '.join(STATE_KEYS)})"
+                              f"{fix}")
+    if not isinstance(state["step"], int) or state["step"] < 1 or not isinstance(state["history"], list):
+        raise CheckpointError(f"{file} holds step {state['step']!r}; a training state is saved after step 1 or later"
+                              f"{fix}")
+    return state
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """Train with the config and overrides of `argv`; returns the final metrics. Bad input raises (a ConfigError,
+    a data error, a CheckpointError on resume): `cli` turns it into one line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     out_dir = Path(cfg.train.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():    # found now, not after training when final/ is written
+        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
 
     trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
     accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
@@ -167,7 +206,12 @@ def main(argv: list[str] | None = None) -> dict:
                                                                   ("train", "val", "test")))
 
     # ---- model -----------------------------------------------------------------------------------
-    model, features = build_model(cfg, data)
+    try:
+        model, features = build_model(cfg, data)
+    except (ValueError, RuntimeError, OSError) as e:  # an LLM that cannot be found, a yes_token of two tokens, ...
+        if _ours(e):
+            raise
+        raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
     n_train, n_all = model.num_trainable_parameters()
     log(f"router: {cfg.model.llm} + LoRA r={cfg.model.lora_r}, encoder {cfg.model.encoder_mode}/{cfg.model.connector}; "
@@ -190,11 +234,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     step, history, spent = 0, [], 0.0
     if cfg.train.resume and (resume_dir := last_step_dir(out_dir)) is not None:
-        state = torch.load(resume_dir / "training_state.pt", weights_only=False)
-        core.load_trained(resume_dir)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, history, spent = state["step"], state["history"], state.get("train_time_s", 0.0)
+        state = load_training_state(resume_dir)
+        try:
+            core.load_trained(resume_dir)
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        except (ValueError, RuntimeError, KeyError, OSError) as e:  # e.g. trained with another model.lora_r
+            if _ours(e):
+                raise
+            raise CheckpointError(f"{resume_dir} does not fit this run's model ({' '.join(str(e).split())[:300]}); "
+                                  "resume with the config the run was started with (its config.yaml), or set "
+                                  "train.resume=false to start over") from e
+        step, history, spent = state["step"], state["history"], float(state.get("train_time_s", 0.0))
         log(f"resumed from {resume_dir} at step {step} ({spent:.0f} s of training before)")
     elif out_dir.exists() and any(out_dir.glob("step-*")) and accelerator.is_main_process:
         log(f"note: {out_dir} holds an earlier run; its step folders will be overwritten (use train.resume=true to continue)")
@@ -209,7 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
     core.set_stage("connector" if step < cfg.train.stage1_steps else "full")
     bar = tqdm(total=total_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process)
     metrics: dict = {}
-    for epoch in range(step // steps_per_epoch, cfg.train.epochs):
+    done = step >= total_steps       # resumed at the last step (stopped before final/): train no step beyond it
+    if done:
+        log(f"step {step} is the run's last step: nothing left to train; validating and writing final/")
+    for epoch in range(step // steps_per_epoch, 0 if done else cfg.train.epochs):
         loader = accelerator.prepare(first_loader if epoch == 0 else build_dataloader(cfg, data, epoch))
         skip = (step - epoch * steps_per_epoch) * cfg.train.grad_accum
         if skip:
@@ -252,6 +306,9 @@ def main(argv: list[str] | None = None) -> dict:
         if step >= total_steps or out_of_time():
             break
     bar.close()
+    if done and accelerator.is_main_process:
+        metrics = {"step": step, "epoch": (step - 1) // steps_per_epoch, "val": validate(core, data, features, cfg),
+                   "history": history}
 
     if accelerator.is_main_process:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
@@ -272,6 +329,11 @@ def main(argv: list[str] | None = None) -> dict:
     return metrics
 
 
+def _ours(e: BaseException) -> bool:
+    """A modelsat error (ConfigError, TableError, CheckpointError, ...): its message already says what to do."""
+    return type(e).__module__.startswith("modelsat")
+
+
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -279,5 +341,19 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` for the command line: bad input (config, data, resume, files) ends as one line on stderr and exit
+    code 2, its traceback shown only with --debug; other errors are bugs and keep their traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        main(argv)
+    except (ValueError, OSError) as e:
+        if "--debug" in argv or not (isinstance(e, OSError) or _ours(e)):
+            raise
+        print("train.py: error: " + " ".join(line.strip() for line in str(e).splitlines()), file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

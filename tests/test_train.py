@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import REPO, tiny_overrides
+from modelsat.checkpoint import CheckpointError
 
 spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
 train = importlib.util.module_from_spec(spec)
@@ -48,7 +51,7 @@ def test_resume_continues_at_the_saved_step_with_the_same_data(tmp_path: Path) -
     part = tiny_overrides(tmp_path / "b", **{"train.max_steps": 6, "train.save_every": 4})
     train.main(["--config", TINY, *part])                   # as if it had stopped after the step-4 checkpoint
     state_file = tmp_path / "b" / "run" / "step-000004" / "training_state.pt"
-    state = torch.load(state_file, weights_only=False)
+    state = torch.load(state_file, weights_only=True)            # plain tensors and values: nothing to run
     assert 0.0 < state["train_time_s"] < 600.0
     state["train_time_s"] = 1000.0                         # as if the first four steps had taken 1000 s
     torch.save(state, state_file)
@@ -59,6 +62,14 @@ def test_resume_continues_at_the_saved_step_with_the_same_data(tmp_path: Path) -
     # The max_minutes budget counts the whole run too: 1000 s already spent is over a 10-minute cap.
     capped = train.main(["--config", TINY, *part, "train.resume=true", "train.max_minutes=10"])
     assert capped["step"] == 5
+    # Resumed at the run's last step (as if stopped before final/ was written): no step beyond it is trained.
+    ended = train.main(["--config", TINY, *part, "train.resume=true", "train.max_steps=4"])
+    assert ended["step"] == 4 and [h["step"] for h in ended["history"]] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "b" / "run" / "final" / "metrics.json").read_text())["step"] == 4
+    # A step folder written with another model config is refused in one message saying what to do.
+    with pytest.raises(CheckpointError, match=r"step-000004 does not fit this run's model .*config the run was "
+                                              r"started with"):
+        train.main(["--config", TINY, *part, "train.resume=true", "model.lora_r=8"])
 
 
 def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:
@@ -66,3 +77,60 @@ def test_bad_override_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="train.group_size"):
         train.main(["--config", TINY, *tiny_overrides(tmp_path), "train.group_size=0"])
+
+
+def _planted(root: Path, content: bytes | dict) -> Path:
+    """A step folder holding only `training_state.pt` (`content`: raw bytes, or a dict saved with torch.save)."""
+    folder = root / "run" / "step-000002"
+    folder.mkdir(parents=True)
+    if isinstance(content, dict):
+        torch.save(content, folder / "training_state.pt")
+    else:
+        (folder / "training_state.pt").write_bytes(content)
+    return folder / "training_state.pt"
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"PK\x03\x04 cut off", r"cannot be read, it is truncated or damaged"),
+    (b"not a torch file", r"is not a training state written by train.py \(not a torch file\)"),
+    ({"step": 2}, r"is not a training state written by train.py \(it needs optimizer, scheduler, step, history\)"),
+    ({"optimizer": {}, "scheduler": {}, "step": -3, "history": []}, r"holds step -3"),
+], ids=["truncated", "garbage", "missing-keys", "bad-step"])
+def test_a_broken_training_state_is_a_clear_resume_error(tmp_path: Path, content: bytes | dict, message: str) -> None:
+    """Every broken training_state.pt names the file and what to do (before: a torch traceback, or a KeyError)."""
+    file = _planted(tmp_path, content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        train.main(["--config", TINY, *tiny_overrides(tmp_path), "train.resume=true"])
+    assert str(file) in str(err.value) and "set train.resume=false to start over" in str(err.value)
+
+
+def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A config, data or resume error reaches the user as one line on stderr and exit code 2 (the `__main__`
+    path, cli); --debug shows the traceback instead."""
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), "data.input=" + str(tmp_path / "nowhere"),
+                      "data.table_dir=" + str(tmp_path / "no-table")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: data.input ") and "does not exist" in err and err.count("\n") == 1
+    _planted(tmp_path, b"not a torch file")
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), "train.resume=true"]) == 2
+    err = capsys.readouterr().err
+    assert "training_state.pt is not a training state" in err and err.count("\n") == 1
+    with pytest.raises(CheckpointError):
+        train.cli(["--config", TINY, *tiny_overrides(tmp_path), "train.resume=true", "--debug"])
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), "train.lr=1e-3x"]) == 2
+    assert capsys.readouterr().err == ("train.py: error: train.lr: expected a number, got '1e-3x' (set on the command "
+                                       "line by 'train.lr=1e-3x')\n")
+    (tmp_path / "file").write_text("")
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), f"train.out_dir={tmp_path / 'file'}"]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_train_script_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    """Issue 21: `train.py train.max_steps=-1` trained one step, wrote final/ and exited 0 (one process start:
+    the other kinds of error go through the same `cli` above)."""
+    run = subprocess.run([sys.executable, str(REPO / "train.py"), "--config", TINY, f"train.out_dir={tmp_path / 'run'}",
+                          "train.max_steps=-1"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr == ("train.py: error: train.max_steps must be an integer >= 0, got -1 (set on the command line "
+                          "by 'train.max_steps=-1')\n")
+    assert not (tmp_path / "run").exists()

@@ -82,7 +82,7 @@ def main() -> None:
     splits = load_splits(ckpt / "splits.json", aptitude=aptitude)
     train_models = [m for m in table.model_names if m not in cfg.data.unseen_models]
     train, val = list(splits["train"]), list(splits["val"])
-    with np.load(args.predictions) as cached:
+    with np.load(args.predictions, allow_pickle=False) as cached:
         P, pm, pq = cached["p"], cached["models"].tolist(), cached["question_ids"].tolist()
     if pq != val:
         raise SystemExit(f"{args.predictions} does not hold this checkpoint's val split in order")

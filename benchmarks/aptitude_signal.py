@@ -78,7 +78,7 @@ def main() -> None:
     if args.predictions:
         from sklearn.linear_model import LogisticRegression
 
-        with np.load(args.predictions) as z:
+        with np.load(args.predictions, allow_pickle=False) as z:
             P, pm, pq = z["p"], z["models"].tolist(), z["question_ids"].tolist()
         embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))
         unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731

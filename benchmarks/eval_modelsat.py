@@ -70,7 +70,7 @@ def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list
     for more models scores only those not yet scored. Returns (Q, M) scores and their M model names."""
     matrix, models = np.zeros((len(texts), 0)), []
     if cache.exists():
-        with np.load(cache) as z:
+        with np.load(cache, allow_pickle=False) as z:
             if z["question_ids"].tolist() == list(ids):
                 matrix, models = z["p"], z["models"].tolist()
     missing = [m for m in wanted if m not in models]

@@ -38,8 +38,8 @@ def main() -> None:
     cfg = load_config(ckpt / "config.yaml")
     zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
     table = RoutingTable.load(cfg.data.table_dir)
-    cached = np.load(args.predictions, allow_pickle=True)
-    scores, models, qids = cached["p"], list(cached["models"]), list(cached["question_ids"])
+    with np.load(args.predictions, allow_pickle=False) as cached:  # names are unicode arrays: nothing to unpickle
+        scores, models, qids = cached["p"], cached["models"].tolist(), cached["question_ids"].tolist()
     aptitude = {r["model"]: r["aptitude_accuracy"] for r in zoo.describe()}
     out = {"checkpoint": args.checkpoint, "predictions": args.predictions, "zoos": {}}
     for zoo, members in {**cfg.data.zoos, "all": table.model_names}.items():

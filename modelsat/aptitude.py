@@ -121,10 +121,11 @@ class Aptitude:
             answers = {str(q): str(v["answer"]) for q, v in questions.items() if v.get("answer") is not None}
             apt = cls(tasks, texts, answers, source=dict(doc.get("source") or {}), seed=doc.get("seed"))
             stored = doc["fingerprint"]
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise AptitudeError(f"{path}: not a valid aptitude file ({type(e).__name__}: {e})") from e
         except AptitudeError as e:
             raise AptitudeError(f"{path}: {e}") from e
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, UTF-8 errors
+            raise AptitudeError(f"{path}: not a valid aptitude file ({type(e).__name__}: {e}); rebuild it with "
+                                "`modelsat aptitude build`, or use the aptitude.json of the checkpoint") from e
         if stored != apt.fingerprint:
             raise AptitudeError(f"{path}: stored fingerprint {stored} does not match its question ids ({apt.fingerprint}); "
                                 "the file was edited. Rebuild it with `modelsat aptitude build`.")
@@ -388,7 +389,12 @@ def _read_partial(path: Path, header: dict[str, str], wanted: set[str]) -> dict[
     if not path.exists():
         return {}
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AptitudeError(f"{path}: partial results that cannot be read ({type(e).__name__}: {e}); "
+                            "delete it to start over") from e
+    for line in text.splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

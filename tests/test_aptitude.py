@@ -182,6 +182,29 @@ def test_load_roundtrip_and_tamper_detection(tmp_path: Path) -> None:
         Aptitude.load(tmp_path / "missing.json")
 
 
+@pytest.mark.parametrize("content, kind", [
+    (bytes(range(256)) * 4, "UnicodeDecodeError"),                     # random bytes
+    ('{"version": 1, "tasks": [], "questions": {"q": {"text": "caf\xe9"}}}'.encode("latin-1"), "UnicodeDecodeError"),
+    (b'["a list"]', "AttributeError"),
+    (b'{"version": 1, "tasks": [{"name": "t"}]}', "KeyError"),
+    (b"[" * 100_000, "RecursionError"),
+])
+def test_a_broken_aptitude_file_is_one_line_naming_it(tmp_path: Path, content: bytes, kind: str) -> None:
+    path = tmp_path / "aptitude.json"
+    path.write_bytes(content)
+    with pytest.raises(AptitudeError, match=f"^{path}: not a valid aptitude file \\({kind}.*rebuild it") as err:
+        Aptitude.load(path)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unreadable_partial_results_file_says_to_delete_it(tmp_path: Path) -> None:
+    apt = Aptitude([AptitudeTask("t", "t", ["a"])], {"a": "Q?\nA. x\nB. y"}, {"a": "A"})
+    partial = tmp_path / "r.parquet.partial.jsonl"
+    partial.write_bytes(b"\xff\xfe" + bytes(range(128, 256)))
+    with pytest.raises(AptitudeError, match=f"^{partial}: partial results that cannot be read .*delete it"):
+        run_aptitude("tiny-llama", apt, tmp_path / "r.parquet")
+
+
 def test_fingerprint_and_check() -> None:
     import hashlib
 

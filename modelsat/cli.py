@@ -8,12 +8,14 @@
     modelsat evaluate --checkpoint DIR --table data/mmlu-pro/table --split test --zoo mixed
     modelsat serve --checkpoint DIR
 
-Errors in the input exit with status 2 and one line saying what is wrong.
+Errors in the input exit with status 2 and one line saying what is wrong (`modelsat --debug ...` shows the
+traceback); output cut by a closed pipe (`modelsat zoo list --json | head -1`) ends quietly.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -96,33 +98,43 @@ def _table_costs(results: str, name: str) -> dict:
 
 
 def cmd_zoo_add(a: argparse.Namespace) -> None:
+    from modelsat.zoo import check_cost, check_model_name
+
+    check_model_name(a.name)
+    check_cost(a.cost, "cost")  # refuses NaN, which Zoo.add reads as a table's blank cell
+    check_cost(a.params_b, "params_b")
     zoo = _zoo(a.checkpoint)
     meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit}
     if a.cost is None and a.params_b is None and (found := _table_costs(a.results, a.name)):
         meta.update(found)  # a routing table's results: its models file knows the model's cost
         print(f"{a.name}: cost from the table beside {a.results}: "
               + ", ".join(f"{k}={v}" for k, v in found.items() if v != ""))
-    entry = zoo.add(a.name, a.results, **meta)
-    print(f"added {entry.name} to {zoo.root} (aptitude accuracy "
-          f"{sum(entry.scores.values()) / len(entry.scores):.3f}); the zoo now has {len(zoo)} models")
+    entry = zoo.add(a.name, a.results, missing=a.missing, **meta)
+    counted = f", {entry.num_missing} missing answers counted as wrong" if entry.num_missing else ""
+    print(f"added {entry.name} to {zoo.root} (aptitude accuracy {entry.accuracy:.3f}{counted}); "
+          f"the zoo now has {len(zoo)} models")
 
 
 def cmd_zoo_list(a: argparse.Namespace) -> None:
     rows = _zoo(a.checkpoint).describe()
     if a.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows, indent=1, allow_nan=False))  # strict JSON: no Infinity or NaN
         return
-    print(f"{'model':<40} {'aptitude acc':>12} {'cost':>10} {'params_b':>9}")
+    print(f"{'model':<40} {'aptitude acc':>12} {'cost':>10} {'cost unit':<12} {'params_b':>9} {'missing':>13}")
     for r in rows:
         cost = "" if r["cost"] is None else f"{r['cost']:.4g}"
+        unit = r["cost_unit"] if r["cost"] is not None else "params_b" if r["params_b"] is not None else ""
         params = "" if r["params_b"] is None else f"{r['params_b']:.1f}"
-        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {cost:>10} {params:>9}")
+        missing = f"{r['num_missing']} as wrong" if r["missing"] == "wrong" else "0"
+        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {cost:>10} {unit:<12} {params:>9} {missing:>13}")
 
 
 def cmd_zoo_remove(a: argparse.Namespace) -> None:
     zoo = _zoo(a.checkpoint)
+    zoo.get(a.name)  # an unknown name is an error
+    path = zoo.files[a.name]
     zoo.remove(a.name)
-    print(f"removed {a.name}; the zoo now has {len(zoo)} models")
+    print(f"removed {a.name} (deleted {path}); the zoo now has {len(zoo)} models")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -189,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     za.add_argument("--cost", type=float, help="cost per request (default: from models.parquet beside --results)")
     za.add_argument("--cost-unit", default="")
     za.add_argument("--params-b", type=float, help="parameters in billions, the cost where --cost is absent")
+    za.add_argument("--missing", choices=["error", "wrong"], default="error",
+                    help="unanswered aptitude questions: refuse the results (default), or count them as wrong "
+                         "(up to 5%% of the test)")
     za.set_defaults(fn=cmd_zoo_add)
     zl = zoo.add_parser("list", help="the models of the zoo")
     zl.add_argument("--checkpoint", required=True)
@@ -221,15 +236,35 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--persist", action="store_true", help="POST /models also writes the model to the checkpoint's zoo")
     sv.set_defaults(fn=cmd_serve)
+
+    p.add_argument("--debug", action="store_true", help="on an error, show its traceback")
+    for leaf in (b, s, ab, ar, za, zl, zr, ev, sv):  # `--debug` after the command works too
+        leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    where = f"modelsat {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError, OSError) as e:
-        print(f"modelsat {args.command}: error: {e}", file=sys.stderr)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        # the reader is gone (`| head`): end quietly, as Unix tools do, and keep Python's exit-time flush from
+        # failing again (https://docs.python.org/3/library/signal.html#note-on-sigpipe)
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass  # stdout is not a file (captured by a caller)
+        return 141  # 128 + SIGPIPE, as a tool killed by the closed pipe reports
+    except (ValueError, OSError) as e:  # bad input: the package's errors are ValueErrors naming file and field
+        if args.debug:
+            raise
+        print(f"{where}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,0 +1,234 @@
+"""The `modelsat` command on bad input: one line on stderr naming what is wrong and where, exit 2, no traceback
+(unless --debug), nothing written; a closed stdout pipe ends quietly."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from modelsat.aptitude import Aptitude, AptitudeTask
+from modelsat.cli import main as cli
+from modelsat.zoo import Zoo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def aptitude() -> Aptitude:
+    """2 tasks x 20 multiple-choice questions: 5% of the test is 2 questions."""
+    tasks = [AptitudeTask(f"t{t}", f"task {t}", [f"q{t}-{s:02d}" for s in range(20)]) for t in range(2)]
+    texts = {q: f"Question {q}?\nA. yes\nB. no" for t in tasks for q in t.question_ids}
+    return Aptitude(tasks, texts, {q: "A" for q in texts})
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path, aptitude: Aptitude) -> Path:
+    """A checkpoint folder as far as the zoo commands read it: the aptitude test and the zoo."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "zoo").mkdir(parents=True)
+    aptitude.save(ckpt / "aptitude.json")
+    for name in ("config.yaml", "adapter_model.safetensors", "adapter_config.json", "connector.safetensors"):
+        (ckpt / name).write_text("")
+    return ckpt
+
+
+def results_file(tmp_path: Path, aptitude: Aptitude, drop: int = 0, name: str = "res.csv") -> str:
+    path = tmp_path / name
+    pd.DataFrame({"question_id": aptitude.question_ids[drop:], "score": 1.0}).to_csv(path, index=False)
+    return str(path)
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`modelsat ARGS` in a fresh process, offline."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "modelsat.cli", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=timeout)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.rstrip("\n")
+
+
+# ---- numbers that are not numbers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("args, shown", [(["--cost", "-1"], "cost must be a finite number >= 0, got -1.0"),
+                                         (["--cost", "inf"], "cost must be a finite number >= 0, got inf"),
+                                         (["--cost", "nan"], "cost must be a finite number >= 0, got nan"),
+                                         (["--cost", "1e309"], "cost must be a finite number >= 0, got inf"),
+                                         (["--params-b", "-1"], "params_b must be a finite number >= 0, got -1.0"),
+                                         (["--params-b", "inf"], "params_b must be a finite number >= 0, got inf")])
+def test_zoo_add_refuses_costs_that_are_not_finite_numbers(ckpt: Path, tmp_path: Path, aptitude: Aptitude, capsys,
+                                                           args: list[str], shown: str) -> None:
+    res = results_file(tmp_path, aptitude)
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", res, *args]) == 2
+    assert error_line(capsys) == f"modelsat zoo add: error: {shown}"
+    assert list((ckpt / "zoo").iterdir()) == []
+
+
+def test_zoo_add_refuses_a_second_cost_unit(ckpt: Path, tmp_path: Path, aptitude: Aptitude, capsys) -> None:
+    res = results_file(tmp_path, aptitude)
+    base = ["zoo", "add", "--checkpoint", str(ckpt), "--results", res]
+    assert cli([*base, "--name", "Yi-34B", "--params-b", "34.4"]) == 0
+    capsys.readouterr()
+    assert cli([*base, "--name", "api", "--cost", "0.15", "--cost-unit", "usd_per_1M_tokens"]) == 2
+    line = error_line(capsys)
+    assert "'usd_per_1M_tokens'" in line and "'params_b'" in line and "--params-b" in line
+    assert cli([*base, "--name", "api", "--cost", "0.15"]) == 2   # a cost without unit is not a size either
+    assert "no unit ('')" in error_line(capsys)
+    assert len(list((ckpt / "zoo").iterdir())) == 1
+
+
+def test_zoo_list_prints_strict_json_and_refuses_an_infinite_cost_on_disk(ckpt: Path, aptitude: Aptitude,
+                                                                          capsys) -> None:
+    scores = {q: 1.0 for q in aptitude.question_ids}
+    Zoo(aptitude, ckpt / "zoo").add("m", scores, cost=2.0, cost_unit="usd")
+    assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
+    json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    entry = next((ckpt / "zoo").glob("*.json"))
+    entry.write_text(entry.read_text().replace('"cost": 2.0', '"cost": Infinity'))
+    assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 2
+    line = error_line(capsys)
+    assert str(entry) in line and "cost must be a finite number >= 0, got inf" in line
+    assert capsys.readouterr().out == ""
+
+
+# ---- names that do not identify one model -------------------------------------------------------------------
+@pytest.mark.parametrize("name, message", [(" Yi-34B", "leading or trailing whitespace"),
+                                           ("Yi-34B\t", "leading or trailing whitespace"),
+                                           ("Yi-34B,Yi-6B", "holds a comma")])
+def test_zoo_add_refuses_names_that_cannot_be_selected(ckpt: Path, tmp_path: Path, aptitude: Aptitude, capsys,
+                                                       name: str, message: str) -> None:
+    res = results_file(tmp_path, aptitude)
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", name, "--results", res]) == 2
+    assert message in error_line(capsys)
+    assert list((ckpt / "zoo").iterdir()) == []
+
+
+# ---- partial aptitude results ---------------------------------------------------------------------------------
+def test_zoo_add_missing_wrong_is_explicit_bounded_and_listed(ckpt: Path, tmp_path: Path, aptitude: Aptitude,
+                                                              capsys) -> None:
+    base = ["zoo", "add", "--checkpoint", str(ckpt), "--name", "m"]
+    one_short = results_file(tmp_path, aptitude, drop=1)
+    assert cli([*base, "--results", one_short]) == 2                        # refusal stays the default
+    line = error_line(capsys)
+    assert f"{one_short}: the results miss 1 of the 40 aptitude questions" in line and "--missing wrong" in line
+    three_short = results_file(tmp_path, aptitude, drop=3, name="three.csv")
+    assert cli([*base, "--results", three_short, "--missing", "wrong"]) == 2  # 3 > 2 = 5% of 40
+    assert "miss 3 of the 40 aptitude questions, more than the 2 (5% of the test)" in error_line(capsys)
+    assert cli([*base, "--results", one_short, "--missing", "wrong", "--params-b", "7"]) == 0
+    assert "1 missing answers counted as wrong" in capsys.readouterr().out
+    assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert (row["missing"], row["num_missing"], row["aptitude_accuracy"]) == ("wrong", 1, 39 / 40)
+    assert cli(["zoo", "list", "--checkpoint", str(ckpt)]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert "cost unit" in header and "missing" in header
+    assert line.split()[0] == "m" and "params_b" in line and line.endswith("1 as wrong")
+
+
+# ---- nothing to do, said as success ---------------------------------------------------------------------------
+def test_zoo_remove_deletes_a_renamed_entry_and_refuses_an_unknown_name(ckpt: Path, aptitude: Aptitude,
+                                                                        capsys) -> None:
+    Zoo(aptitude, ckpt / "zoo").add("Yi-34B", {q: 1.0 for q in aptitude.question_ids})
+    renamed = ckpt / "zoo" / "copied by hand.json"
+    next((ckpt / "zoo").glob("*.json")).rename(renamed)
+    assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "Yi-34B"]) == 0
+    assert f"deleted {renamed}" in capsys.readouterr().out
+    assert list((ckpt / "zoo").iterdir()) == []
+    assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "Yi-34B"]) == 2
+    assert "unknown model 'Yi-34B'" in error_line(capsys)
+
+
+def test_two_files_with_one_name_stop_every_zoo_command(ckpt: Path, aptitude: Aptitude, capsys) -> None:
+    Zoo(aptitude, ckpt / "zoo").add("m", {q: 1.0 for q in aptitude.question_ids})
+    original = next((ckpt / "zoo").glob("*.json"))
+    (ckpt / "zoo" / "m-copy.json").write_bytes(original.read_bytes())
+    assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "m"]) == 2
+    assert "both hold model 'm'" in error_line(capsys)
+    assert len(list((ckpt / "zoo").iterdir())) == 2                            # nothing removed at random
+
+
+# ---- errors that do not say where ------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", [bytes(range(256)) * 8, "{\"version\": 1, \"tasks\": [".encode(), b"[1, 2]"])
+def test_a_broken_aptitude_file_is_one_line_naming_it(ckpt: Path, tmp_path: Path, capsys, content: bytes) -> None:
+    (ckpt / "aptitude.json").write_bytes(content)
+    assert cli(["zoo", "list", "--checkpoint", str(ckpt)]) == 2
+    line = error_line(capsys)
+    assert f"{ckpt / 'aptitude.json'}: not a valid aptitude file" in line and "modelsat aptitude build" in line
+    table = tmp_path / "no-table"
+    assert cli(["data", "split", "--table", str(table), "--aptitude", str(ckpt / "aptitude.json"),
+                "--out", str(tmp_path / "splits.json")]) == 2
+    assert not (tmp_path / "splits.json").exists()
+
+
+def test_aptitude_run_with_an_unknown_model_says_what_to_pass(tmp_path: Path, aptitude: Aptitude, capsys) -> None:
+    aptitude.save(tmp_path / "aptitude.json")
+    out = tmp_path / "results.parquet"
+    base = ["aptitude", "run", "--aptitude", str(tmp_path / "aptitude.json"), "--out", str(out)]
+    assert cli([*base, "--model", "no-such-model"]) == 2
+    line = error_line(capsys)
+    assert "LLM 'no-such-model' is neither a local folder nor in the Hugging Face cache" in line
+    assert "pass DIR instead of the id, or pass smollm2-135m-instruct or tiny-llama" in line
+    not_a_model = tmp_path / "empty-folder"
+    not_a_model.mkdir()
+    assert cli([*base, "--model", str(not_a_model)]) == 2
+    line = error_line(capsys)
+    assert f"LLM folder {not_a_model} could not be loaded" in line and "config.json" in line
+    assert not out.exists()
+
+
+def test_errors_reach_the_user_as_one_line_and_debug_shows_the_traceback(tmp_path: Path, aptitude: Aptitude) -> None:
+    aptitude.save(tmp_path / "aptitude.json")
+    done = run("aptitude", "run", "--model", "no-such-model", "--aptitude", str(tmp_path / "aptitude.json"),
+               "--out", str(tmp_path / "r.parquet"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("modelsat aptitude run: error: LLM 'no-such-model' is neither")
+    assert done.stderr.count("\n") == 1
+    missing = str(tmp_path / "no-checkpoint")
+    done = run("zoo", "list", "--checkpoint", missing)
+    assert (done.returncode, done.stderr) == (2, f"modelsat zoo list: error: checkpoint folder {missing} does not "
+                                                 "exist\n")
+    for debug in (["--debug", "zoo", "list", "--checkpoint", missing], ["zoo", "list", "--checkpoint", missing,
+                                                                         "--debug"]):
+        done = run(*debug)
+        assert done.returncode == 1 and "Traceback" in done.stderr and "CheckpointError" in done.stderr
+
+
+def test_debug_reraises_in_process(tmp_path: Path) -> None:
+    from modelsat.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        cli(["--debug", "zoo", "list", "--checkpoint", str(tmp_path / "none")])
+
+
+# ---- output cut by a closed pipe ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("num_models", [1, 300])  # output within stdout's buffer (fails at exit), and beyond it
+def test_a_closed_pipe_ends_quietly(ckpt: Path, aptitude: Aptitude, num_models: int) -> None:
+    Zoo(aptitude, ckpt / "zoo").add("m-000", {q: 1.0 for q in aptitude.question_ids})
+    first = next((ckpt / "zoo").glob("*.json"))
+    for i in range(1, num_models):
+        (ckpt / "zoo" / f"m-{i:03d}.json").write_text(first.read_text().replace('"m-000"', f'"m-{i:03d}"'))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for extra in (["--json"], []):
+        proc = subprocess.Popen([sys.executable, "-m", "modelsat.cli", "zoo", "list", "--checkpoint", str(ckpt),
+                                 *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
+        proc.stdout.close()                       # the reader is gone before the first line, as `| head -0`
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) in (0, 141) and err == "", err
+
+
+def test_broken_pipe_in_process_returns_141_without_a_message(monkeypatch, capsys) -> None:
+    import modelsat.cli as cli_module
+
+    def cut(_args) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli_module, "cmd_zoo_list", cut)
+    assert cli(["zoo", "list", "--checkpoint", "x"]) == 141
+    assert capsys.readouterr().err == ""

@@ -22,7 +22,7 @@ from typing import Iterable, Literal
 import numpy as np
 import pandas as pd
 
-from modelsat.aptitude import Aptitude
+from modelsat.aptitude import Aptitude, AptitudeError
 from modelsat.io_utils import atomic_write_text
 
 MAX_MISSING_FRACTION = 0.05
@@ -32,6 +32,10 @@ MAX_NAME_LENGTH = 200
 
 class ZooError(ValueError):
     """A zoo entry, a results file or a model name is invalid."""
+
+
+class MissingAnswersError(ZooError, AptitudeError):
+    """Results leave aptitude questions unanswered (an AptitudeError too, as `Zoo.add` raised before)."""
 
 
 @dataclass
@@ -231,7 +235,7 @@ class Zoo:
         if not isinstance(cost_unit, str):
             raise ZooError(f"cost_unit must be a string, got {cost_unit!r}")
         cost, params_b = check_cost(_unknown_as_none(cost), "cost"), check_cost(_unknown_as_none(params_b), "params_b")
-        where = str(results) if isinstance(results, (str, Path)) else f"the results of {name!r}"
+        where = f"{results}: " if isinstance(results, (str, Path)) else ""
         if isinstance(results, dict):
             results = pd.DataFrame({"question_id": list(results), "score": list(results.values())})
         scores = read_results(results, name)
@@ -239,13 +243,15 @@ class Zoo:
         absent = [q for q in ids if q not in scores]
         allowed = max_missing(len(ids))
         if absent and missing == "error":
-            raise ZooError(f"{where}: the results miss {len(absent)} of the {len(ids)} aptitude questions "
-                           f"(e.g. {absent[:3]}); answer them (`modelsat aptitude run` resumes), or pass "
-                           f"--missing wrong to count them as wrong (allowed for up to {allowed}, 5% of the test)")
+            raise MissingAnswersError(
+                f"{where}the results of {name!r} miss {len(absent)} of the {len(ids)} aptitude questions (e.g. "
+                f"{absent[:3]}); answer them (`modelsat aptitude run` resumes), or pass --missing wrong to count "
+                f"them as wrong (allowed for up to {allowed}, 5% of the test)")
         if len(absent) > allowed:
-            raise ZooError(f"{where}: the results miss {len(absent)} of the {len(ids)} aptitude questions, more than "
-                           f"the {allowed} (5% of the test) that --missing wrong may count as wrong (e.g. "
-                           f"{absent[:3]}); answer them (`modelsat aptitude run` resumes)")
+            raise MissingAnswersError(
+                f"{where}the results of {name!r} miss {len(absent)} of the {len(ids)} aptitude questions, more than "
+                f"the {allowed} (5% of the test) that --missing wrong may count as wrong (e.g. {absent[:3]}); "
+                "answer them (`modelsat aptitude run` resumes)")
         entry = ZooEntry(name=name, scores={q: float(scores.get(q, 0.0)) for q in sorted(ids)},
                          fingerprint=self.aptitude.fingerprint, cost=cost, cost_unit=cost_unit, params_b=params_b,
                          missing=missing, num_missing=len(absent))
@@ -272,8 +278,9 @@ class Zoo:
     def remove(self, name: str, persist: bool = True) -> None:
         """Remove model `name`; with `persist`, delete the file it was read from or written to."""
         self.get(name)
-        if persist and self.root is not None:
-            self.files.get(name, self.root / _file_name(name)).unlink(missing_ok=True)
+        path = self.files.get(name) or (self.root / _file_name(name) if self.root is not None else None)
+        if persist and path is not None and path not in {p for n, p in self.files.items() if n != name}:
+            path.unlink(missing_ok=True)  # never another entry's file (one renamed by hand to this name's)
         del self.entries[name]
         self.files.pop(name, None)
 

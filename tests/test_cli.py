@@ -117,7 +117,7 @@ def test_zoo_add_missing_wrong_is_explicit_bounded_and_listed(ckpt: Path, tmp_pa
     one_short = results_file(tmp_path, aptitude, drop=1)
     assert cli([*base, "--results", one_short]) == 2                        # refusal stays the default
     line = error_line(capsys)
-    assert f"{one_short}: the results miss 1 of the 40 aptitude questions" in line and "--missing wrong" in line
+    assert f"{one_short}: the results of 'm' miss 1 of the 40 aptitude questions" in line and "--missing wrong" in line
     three_short = results_file(tmp_path, aptitude, drop=3, name="three.csv")
     assert cli([*base, "--results", three_short, "--missing", "wrong"]) == 2  # 3 > 2 = 5% of 40
     assert "miss 3 of the 40 aptitude questions, more than the 2 (5% of the test)" in error_line(capsys)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from modelsat.aptitude import Aptitude, AptitudeTask
+from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
 from modelsat.cli import main as cli
 from modelsat.io_utils import atomic_dir, atomic_write_bytes
 from modelsat.zoo import Zoo, ZooError, _file_name, check_model_name
@@ -64,7 +64,7 @@ def test_failed_write_leaves_the_old_entry(tmp_path: Path, aptitude: Aptitude, m
 
 def test_results_missing_aptitude_questions(tmp_path: Path, aptitude: Aptitude) -> None:
     partial = results_for(aptitude, "m").iloc[:-2]
-    with pytest.raises(ZooError, match="miss 2 of the 6 aptitude questions.*--missing wrong"):
+    with pytest.raises(AptitudeError, match="^the results of 'm' miss 2 of the 6 aptitude questions.*--missing wrong"):
         Zoo(aptitude, tmp_path).add("m", partial)
     with pytest.raises(ZooError, match="more than the 0 "):  # 5% of 6 questions: none may be missing
         Zoo(aptitude, tmp_path).add("m", partial, missing="wrong")
@@ -285,6 +285,8 @@ def test_a_file_name_held_by_another_model_is_not_overwritten(tmp_path: Path, ap
     before = target.read_bytes()
     with pytest.raises(ZooError, match="holds model 'a', not 'b'"):
         zoo.add("b", results_for(aptitude, "b"))
+    zoo.add("b", results_for(aptitude, "b"), persist=False)  # in memory only: removing it deletes no file of a's
+    zoo.remove("b")
     assert target.read_bytes() == before and Zoo.load(tmp_path, aptitude).names == ["a"]
 
 

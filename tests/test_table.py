@@ -214,3 +214,43 @@ def test_validate_in_memory_names_origin(table: RoutingTable) -> None:
     with pytest.raises(TableError, match="missing column.*'source'"):
         missing.validate()
     assert set(QUESTION_COLUMNS) <= set(table.questions.columns)
+
+
+def test_rebuild_keeps_the_encoder_cache_beside_the_table(tmp_path: Path, table: RoutingTable,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: rebuilding a table (`modelsat data build --out` over it) deleted the sentence embeddings cached
+    beside it (12 minutes of MiniLM on MMLU-Pro). They are keyed by content: an identical rebuild keeps and uses
+    them, a changed table misses them; other files there (a zoos.json) survive too."""
+    import modelsat.pretrained
+    from modelsat.evaluate import cached_embedder
+
+    target = tmp_path / "table"
+    table.save(target)
+    texts = table.questions["text"].tolist()
+    first = cached_embedder(table, "tiny-encoder", target)(texts)
+    caches = sorted(p.name for p in target.glob("embeddings-*.npz"))
+    assert caches == ["embeddings-tiny-encoder.npz"]
+    (target / "zoos.json").write_text('{"small": ["m1", "m2"]}')
+
+    RoutingTable.load(target).save(target)                                   # an identical rebuild
+    assert sorted(p.name for p in target.glob("embeddings-*.npz")) == caches
+    assert json.loads((target / "zoos.json").read_text()) == {"small": ["m1", "m2"]}
+
+    def no_encoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cache was not used: the questions were encoded again")
+
+    monkeypatch.setattr(modelsat.pretrained, "load_sentence_encoder", no_encoder)
+    np.testing.assert_array_equal(cached_embedder(RoutingTable.load(target), "tiny-encoder", target)(texts), first)
+
+    changed = RoutingTable(table.questions.assign(text=[t + " (revised)" for t in texts]), table.results, table.models)
+    changed.save(target)                                                     # the carried cache is stale: missed
+    with pytest.raises(AssertionError, match="encoded again"):
+        cached_embedder(RoutingTable.load(target), "tiny-encoder", target)([texts[0] + " (revised)"])
+    assert not [p for p in tmp_path.iterdir() if p.name != "table"]          # no temporary or old folder left
+
+
+def test_save_over_a_file_is_refused(tmp_path: Path, table: RoutingTable) -> None:
+    (tmp_path / "table").write_text("my notes")
+    with pytest.raises(TableError, match="is a file, not a folder"):
+        table.save(tmp_path / "table")
+    assert (tmp_path / "table").read_text() == "my notes"

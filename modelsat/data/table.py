@@ -8,6 +8,8 @@ Every check raises `TableError` naming the file, the 0-based data row and the co
 """
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -193,6 +195,28 @@ def _read(file: Path, kind: str) -> pd.DataFrame:
     return df
 
 
+_TABLE_FILES = {f"{stem}.{ext}" for stem in ("questions", "results", "models") for ext in FORMATS}
+
+
+def _carry(old: Path, new: Path) -> None:
+    """Hard-link (else copy) into `new` what the table folder `old` holds besides its table files and hidden
+    temporaries; the old folder is deleted once `new` replaces it."""
+    for entry in old.iterdir():
+        if entry.name in _TABLE_FILES or entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, new / entry.name, copy_function=_link_or_copy)
+        elif entry.is_file():
+            _link_or_copy(entry, new / entry.name)
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    try:
+        os.link(src, dst)          # the caches are written by rename, never in place: sharing the inode is safe
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 @dataclass(repr=False)
 class RoutingTable:
     """Questions, per-model results (score in [0, 1]) and model metadata (cost, params_b, cost_unit)."""
@@ -242,13 +266,21 @@ class RoutingTable:
     def save(self, path: str | Path) -> None:
         """Write questions.parquet, results.parquet and models.parquet into the folder `path`, all or nothing.
 
-        The folder is replaced whole (a previous table there is kept until the new one is complete).
+        A previous table there is kept until the new one is complete, then replaced; what else its folder holds
+        (the sentence-encoder caches `embeddings-*.npz` that evaluation keeps beside a table, keyed by the questions'
+        content, or a zoos.json) moves into the new folder, so an unchanged rebuild re-encodes nothing.
         """
+        path = Path(path)
         self.validate(origin=str(path))
+        if path.exists() and not path.is_dir():
+            raise fail(path, None, None, "is a file, not a folder; a routing table is written as a folder: choose "
+                       "another path or remove the file")
         with atomic_dir(path) as tmp:
             self.questions.to_parquet(tmp / "questions.parquet", index=False)
             self.results.to_parquet(tmp / "results.parquet", index=False)
             self.models.to_parquet(tmp / "models.parquet", index=False)
+            if path.is_dir():
+                _carry(path, tmp)
 
     @property
     def model_names(self) -> list[str]:

@@ -160,11 +160,11 @@ def load_training_state(resume_dir: Path) -> dict:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), "")
-        if refused:    # what torch.load(weights_only=False) would have imported and called
+        refused = re.search(r"GLOBAL ([\w.]+)", str(e))   # what an unsafe load would have imported and called
+        if refused:
             raise CheckpointError(f"{file} holds Python objects, not only tensors and plain values, so it is not "
-                                  f"loaded (loading could run code: {refused}); train.py never writes such a file"
-                                  f"{fix}") from e
+                                  f"loaded (loading it would call {refused[1]}: a crafted file can run any code); "
+                                  f"train.py never writes such a file{fix}") from e
         raise CheckpointError(f"{file} is not a training state written by train.py (not a torch file){fix}") from e
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         reason = str(e).split(". ")[0] or type(e).__name__
@@ -240,11 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (ValueError, RuntimeError, KeyError, OSError) as e:  # e.g. trained with another model.lora_r
-            if _ours(e):
-                raise
-            raise CheckpointError(f"{resume_dir} does not fit this run's model ({' '.join(str(e).split())[:300]}); "
-                                  "resume with the config the run was started with (its config.yaml), or set "
-                                  "train.resume=false to start over") from e
+            reason = " ".join(str(e).split())
+            what = reason if _ours(e) else (f"it does not fit this run's model ({reason[:300]}); resume with the "
+                                            "config the run was started with (its config.yaml)")
+            raise CheckpointError(f"cannot resume from {resume_dir}: {what}; or set train.resume=false to start "
+                                  "over") from e
         step, history, spent = state["step"], state["history"], float(state.get("train_time_s", 0.0))
         log(f"resumed from {resume_dir} at step {step} ({spent:.0f} s of training before)")
     elif out_dir.exists() and any(out_dir.glob("step-*")) and accelerator.is_main_process:

@@ -113,9 +113,14 @@ def create_app(router: Router, persist: bool = False) -> FastAPI:
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
                 return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+            # Read the body as it arrives, so that a chunked body without Content-Length is bounded too.
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+                chunks.append(chunk)
+            request._body = b"".join(chunks)   # what Starlette's body() caches: the endpoint reads it from there
             return await call_next(request)
         except Exception as e:
             log.exception("internal error answering %s %s", request.method, request.url.path)

@@ -91,6 +91,22 @@ def test_rank_refuses_bodies_that_are_not_a_json_object(client, raw: bytes) -> N
         assert "not valid JSON" in r.json()["detail"]
 
 
+def test_body_size_is_bounded_with_and_without_content_length(client) -> None:
+    from modelsat.service import MAX_BODY_BYTES
+
+    big = json.dumps({"instruction": "x" * (MAX_BODY_BYTES + 10)}).encode()
+    assert post(client, "/rank", big).status_code == 413
+
+    def chunked(data: bytes, size: int = 65_536):        # a generator body is sent chunked, without Content-Length
+        yield from (data[i:i + size] for i in range(0, len(data), size))
+
+    r = client.post("/rank", content=chunked(big), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over" in r.json()["detail"]
+    small = json.dumps({"instruction": INSTRUCTION, "top_k": 1}).encode()
+    r = client.post("/rank", content=chunked(small, 7), headers={"content-type": "application/json"})
+    assert r.status_code == 200 and len(r.json()) == 1, r.text
+
+
 def test_rank_answers_and_says_whether_it_shortened(client) -> None:
     r = post(client, "/rank", json.dumps({"instruction": INSTRUCTION, "top_k": 2, "cost_weight": 0.5}))
     assert r.status_code == 200 and len(r.json()) == 2 and r.json()[0]["shortened"] is False

@@ -120,6 +120,13 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsy
     assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), "train.lr=1e-3x"]) == 2
     assert capsys.readouterr().err == ("train.py: error: train.lr: expected a number, got '1e-3x' (set on the command "
                                        "line by 'train.lr=1e-3x')\n")
+    (tmp_path / "splits.json").write_text("{not json")                      # a data file: one line too
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"train.py: error: {tmp_path / 'splits.json'}: not valid JSON") and err.count("\n") == 1
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), f"data.aptitude={tmp_path}"]) == 2
+    assert capsys.readouterr().err == (f"train.py: error: data.aptitude {tmp_path} is a folder; point data.aptitude "
+                                       "at a JSON file (built there on first use)\n")
     (tmp_path / "file").write_text("")
     assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), f"train.out_dir={tmp_path / 'file'}"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

@@ -3,8 +3,10 @@ the routing table (from the public source), the aptitude test, and the train/val
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from modelsat.aptitude import Aptitude, build_aptitude, top_up
 from modelsat.config import ConfigError, DataConfig
@@ -46,30 +48,47 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
         if unknown:
             raise ConfigError(f"data.zoos.{name}: unknown model(s) {unknown}")
 
-    apt_path = Path(cfg.aptitude)
+    apt_path, splits_path = Path(cfg.aptitude), Path(cfg.splits)
+    for name, path in (("aptitude", apt_path), ("splits", splits_path)):
+        if path.is_dir():
+            raise ConfigError(f"data.{name} {path} is a folder; point data.{name} at a JSON file (built there on "
+                              "first use)")
     built_splits = None  # with top_up, the splits are made around the test before it is topped up
-    if apt_path.exists():
-        aptitude = Aptitude.load(apt_path)
-    else:
-        log(f"building the aptitude test ({cfg.num_tasks} tasks x {cfg.per_task}, by {cfg.tasks_by}) -> {apt_path}")
-        aptitude, built_splits = _build_aptitude(cfg, table, encoder_name, log)
-        aptitude.save(apt_path)
-
-    splits_path = Path(cfg.splits)
-    if splits_path.exists():
-        splits = load_splits(splits_path, aptitude=aptitude)
-    else:
-        if cfg.split_by == "source":
-            log(f"splitting by source file (train files -> train/val {cfg.val}; other files -> test) -> {splits_path}")
-            splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
-        elif cfg.top_up:
-            splits = built_splits or _rebuilt_top_up_splits(cfg, table, aptitude, encoder_name, log)
+    with _splitting_errors():
+        if apt_path.exists():
+            aptitude = Aptitude.load(apt_path)
         else:
-            log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
-            splits = _random_splits(cfg, table, aptitude)
-        save_splits(splits, splits_path, aptitude=aptitude)
+            log(f"building the aptitude test ({cfg.num_tasks} tasks x {cfg.per_task}, by {cfg.tasks_by}) -> {apt_path}")
+            aptitude, built_splits = _build_aptitude(cfg, table, encoder_name, log)
+            aptitude.save(apt_path)
+
+        if splits_path.exists():
+            splits = load_splits(splits_path, aptitude=aptitude)
+        else:
+            if cfg.split_by == "source":
+                log(f"splitting by source file (train files -> train/val {cfg.val}; other files -> test) -> "
+                    f"{splits_path}")
+                splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
+            elif cfg.top_up:
+                splits = built_splits or _rebuilt_top_up_splits(cfg, table, aptitude, encoder_name, log)
+            else:
+                log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
+                splits = _random_splits(cfg, table, aptitude)
+            save_splits(splits, splits_path, aptitude=aptitude)
 
     return Prepared(table, aptitude, splits, _train_models(cfg, table), list(cfg.unseen_models))
+
+
+@contextlib.contextmanager
+def _splitting_errors() -> Iterator[None]:
+    """The splits module says what is wrong with a splits file or a split in plain ValueErrors; as ConfigErrors
+    they reach a train.py user as one line (modelsat's own errors pass unchanged)."""
+    try:
+        yield
+    except ValueError as e:
+        if type(e).__module__.startswith("modelsat"):
+            raise
+        raise ConfigError(str(e)) from e
 
 
 def _build_aptitude(cfg: DataConfig, table: RoutingTable, encoder_name: str,

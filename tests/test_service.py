@@ -2,6 +2,7 @@
 connection stays usable after an error (issue 21)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import socket
@@ -102,6 +103,22 @@ def test_body_size_is_bounded_with_and_without_content_length(client) -> None:
 
     r = client.post("/rank", content=chunked(big), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "over" in r.json()["detail"]
+    # At the ASGI level: the service stops reading a chunked body once it passes the bound (memory stays bounded).
+    pulled, sent = 0, []
+
+    async def receive() -> dict:
+        nonlocal pulled
+        pulled += 1
+        return {"type": "http.request", "body": b"x" * 65_536, "more_body": pulled < 10 * MAX_BODY_BYTES // 65_536}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/rank", "raw_path": b"/rank", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 413 and pulled <= MAX_BODY_BYTES // 65_536 + 2, pulled
     small = json.dumps({"instruction": INSTRUCTION, "top_k": 1}).encode()
     r = client.post("/rank", content=chunked(small, 7), headers={"content-type": "application/json"})
     assert r.status_code == 200 and len(r.json()) == 1, r.text

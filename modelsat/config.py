@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import math
 import re
+import reprlib
 import types
 import typing
 from dataclasses import asdict, dataclass, field
@@ -293,19 +294,26 @@ class Config:
         atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+def _shown(value: Any) -> str:
+    """`value` as in an error message: repr, cut short (a YAML value may be huge)."""
+    show = reprlib.Repr()
+    show.maxstring, show.maxother, show.maxlist, show.maxdict, show.maxlevel = 80, 80, 8, 8, 2
+    return show.repr(value)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Check/convert one YAML value to the field's annotated type."""
     origin = typing.get_origin(tp)
     if origin is Literal:
-        _check(value in typing.get_args(tp), f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        _check(value in typing.get_args(tp), f"{where}: {_shown(value)} is not one of {list(typing.get_args(tp))}")
         return value
     if origin in (typing.Union, types.UnionType):
         return value
     if tp is bool:
-        _check(isinstance(value, bool), f"{where}: expected true/false, got {value!r}")
+        _check(isinstance(value, bool), f"{where}: expected true/false, got {_shown(value)}")
         return value
     if tp is int:
-        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {value!r}")
+        _check(isinstance(value, int) and not isinstance(value, bool), f"{where}: expected an integer, got {_shown(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML reads `1e-4` (no dot) as a string
@@ -313,19 +321,19 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 value = float(value)
             except ValueError:
                 pass
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {value!r}")
-        _check(math.isfinite(value), f"{where}: expected a finite number, got {value!r}")
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {_shown(value)}")
+        _check(math.isfinite(value), f"{where}: expected a finite number, got {_shown(value)}")
         return float(value)
     if tp is str:
-        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where}: expected a string, got {value!r}")
+        _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where}: expected a string, got {_shown(value)}")
         return str(value)
     if origin is list:
         if isinstance(value, str):  # `key=a,b,c` on the command line
             value = [v for v in value.split(",") if v]
-        _check(isinstance(value, list), f"{where}: expected a list, got {value!r}")
+        _check(isinstance(value, list), f"{where}: expected a list, got {_shown(value)}")
         return [_coerce(v, typing.get_args(tp)[0], where) for v in value]
     if origin is dict:
-        _check(isinstance(value, dict), f"{where}: expected a mapping, got {value!r}")
+        _check(isinstance(value, dict), f"{where}: expected a mapping, got {_shown(value)}")
         key_tp, value_tp = typing.get_args(tp)
         return {_coerce(k, key_tp, where): _coerce(v, value_tp, f"{where}.{k}") for k, v in value.items()}
     return value
@@ -340,7 +348,7 @@ def _unknown(keys: list[Any], where: str, names: set[str]) -> ConfigError:
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    _check(isinstance(values, dict), f"{where}: expected a mapping, got {values!r}")
+    _check(isinstance(values, dict), f"{where}: expected a mapping, got {_shown(values)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names, key=str)
@@ -406,6 +414,10 @@ def _parse_yaml(text: str, where: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
+        if isinstance(e, yaml.reader.ReaderError) and isinstance(e.character, int):
+            bad = chr(e.character)
+            at, problem = f" character {e.position + 1}:", f"character {bad!r} is not allowed in YAML" + (
+                " (a lone surrogate: bytes that are not UTF-8?)" if 0xD800 <= e.character <= 0xDFFF else "")
         if "constructor for the tag" in problem:
             problem += " (only plain YAML values are allowed; tags that build Python objects are refused)"
         raise ConfigError(f"{where}:{at} not valid YAML: {' '.join(problem.split())}") from e

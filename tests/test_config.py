@@ -81,6 +81,7 @@ def test_overrides_apply_and_types_convert() -> None:
     (["train.lr.x=1"], "train.lr is not a section"),
     (["train.lr=[1"], r"override 'train.lr=\[1': line 1, column 3: not valid YAML"),
     (["=3"], "is not a key like train.lr"),
+    (["train.out_dir=runs/\udcff"], r"character 6: not valid YAML: .*a lone surrogate: bytes that are not UTF-8"),
 ])
 def test_bad_values_name_the_key(override: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -124,6 +125,8 @@ def test_string_field_overrides_keep_the_text_as_typed() -> None:
     ("train: !!python/object/apply:os.system ['true']\n", "tags that build Python objects are refused"),
     ("train: [\n", "line 2, column 1: not valid YAML"),
     ("- train\n", "the top level must be a mapping"),
+    ("train:\n  out_dir: \x07\n", r"character 19: not valid YAML: character '\\x07' is not allowed"),
+    ("model:\n  lora_targets: [[" + ",".join(["x" * 50] * 100) + "]]\n", r"expected a string, got \['x.{,700}\]$"),
     ("train:\n  max_steps: -1\n", "train.max_steps must be an integer >= 0, got -1"),
     ("trian:\n  lr: 1.0\n", r"unknown key\(s\) trian \(did you mean train\?\)"),
 ])

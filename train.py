@@ -192,8 +192,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
 
     trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
-                              mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir))
+    try:
+        accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
+                                  mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir))
+    except ValueError as e:  # a tracker accelerate does not know, a precision this machine lacks
+        raise ConfigError(f"train.log_with={cfg.train.log_with!r}, train.mixed_precision="
+                          f"{cfg.train.mixed_precision!r}: {e}") from e
     set_seed(cfg.train.seed)
     log = accelerator.print
 

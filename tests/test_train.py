@@ -127,6 +127,8 @@ def test_command_line_errors_are_one_line_with_exit_code_2(tmp_path: Path, capsy
     assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), f"data.aptitude={tmp_path}"]) == 2
     assert capsys.readouterr().err == (f"train.py: error: data.aptitude {tmp_path} is a folder; point data.aptitude "
                                        "at a JSON file (built there on first use)\n")
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), "train.log_with=tensorbaord"]) == 2
+    assert "train.log_with='tensorbaord'" in capsys.readouterr().err     # accelerate's ValueError, named
     (tmp_path / "file").write_text("")
     assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), f"train.out_dir={tmp_path / 'file'}"]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err

@@ -251,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
                                   "over") from e
         step, history, spent = state["step"], state["history"], float(state.get("train_time_s", 0.0))
         log(f"resumed from {resume_dir} at step {step} ({spent:.0f} s of training before)")
+    elif cfg.train.resume:           # a job script may always ask to resume: its first run starts at step 0
+        log(f"note: train.resume=true, but {out_dir} holds no step folder with a training_state.pt: starting at step 0")
     elif out_dir.exists() and any(out_dir.glob("step-*")) and accelerator.is_main_process:
         log(f"note: {out_dir} holds an earlier run; its step folders will be overwritten (use train.resume=true to continue)")
     accelerator.init_trackers("modelsat", config={k: str(v) for k, v in _flat(cfg.to_dict()).items()})

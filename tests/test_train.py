@@ -143,3 +143,11 @@ def test_train_script_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert run.stderr == ("train.py: error: train.max_steps must be an integer >= 0, got -1 (set on the command line "
                           "by 'train.max_steps=-1')\n")
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """train.resume=true over an out_dir without a step folder starts at step 0 and says it (was silent)."""
+    metrics = train.main(["--config", TINY, *tiny_overrides(tmp_path, **{"train.max_steps": 1, "train.save_every": 0}),
+                          "train.resume=true"])
+    assert metrics["step"] == 1
+    assert "holds no step folder with a training_state.pt: starting at step 0" in capsys.readouterr().out

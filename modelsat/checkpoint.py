@@ -119,22 +119,31 @@ def _read_stamped(file: Path, names: tuple[str, ...], aptitude: "Aptitude", enco
 
 def save_aptitude_embeddings(directory: str | Path, embeddings: "torch.Tensor", aptitude: "Aptitude",
                              encoder: str) -> None:
-    """Write the aptitude questions' (A, D) embeddings to `directory`, stamped with the test and the encoder."""
+    """Write the aptitude questions' (A, D) embeddings to `directory`, stamped with the test, the encoder and how it
+    reads a long question (`pretrained.WINDOW_RULE`)."""
+    from modelsat.pretrained import WINDOW_RULE
+
     if embeddings.ndim != 2 or embeddings.shape[0] != len(aptitude.question_ids):
         raise ValueError(f"aptitude embeddings of shape {tuple(embeddings.shape)} do not match the aptitude test's "
                          f"{len(aptitude.question_ids)} questions")
-    _write_stamped(Path(directory) / APTITUDE_EMBEDDINGS, {"embeddings": embeddings.float()}, aptitude, encoder)
+    _write_stamped(Path(directory) / APTITUDE_EMBEDDINGS, {"embeddings": embeddings.float()}, aptitude, encoder,
+                   window=WINDOW_RULE)
 
 
 def load_aptitude_embeddings(directory: str | Path, aptitude: "Aptitude", encoder: str) -> "torch.Tensor | None":
     """The stored (A, D) aptitude embeddings of a checkpoint, None where it has none; a clear error where they
-    were computed for another aptitude test or encoder, or the file is broken."""
+    were computed for another aptitude test or encoder, reading long questions another way, or the file is broken."""
+    from modelsat.pretrained import WINDOW_RULE
+
     file = Path(directory) / APTITUDE_EMBEDDINGS
     fix = f"; delete {file.name} to recompute the embeddings on load"
     read = _read_stamped(file, ("embeddings",), aptitude, encoder, "aptitude-embeddings", fix)
     if read is None:
         return None
-    emb = read[0]["embeddings"]
+    emb, window = read[0]["embeddings"], read[1].get("window", "the first max_length tokens (head only)")
+    if window != WINDOW_RULE:      # questions longer than the encoder's window were embedded from other tokens
+        raise CheckpointError(f"{file} was computed reading long questions as {window}, but this modelsat reads them "
+                              f"as {WINDOW_RULE}{fix}")
     if emb.ndim != 2 or emb.shape[0] != len(aptitude.question_ids):
         raise CheckpointError(f"{file} holds embeddings of shape {tuple(emb.shape)}, but the aptitude test has "
                               f"{len(aptitude.question_ids)} questions{fix}")

@@ -74,9 +74,9 @@ def resolve_zoo(table_models: Sequence[str], zoos: dict[str, Any] | None, zoo: s
 
 def cached_embedder(table: Any, encoder: str = "all-minilm-l6-v2", cache_dir: Path | None = None) -> Embed:
     """Sentence embeddings of texts; the table's question texts are encoded once and kept in
-    `<cache_dir>/embeddings-<encoder>.npz` (embeddings, question ids, sha256 of ids + texts; written atomically,
-    recomputed when the table changes). Texts outside the table are encoded on the fly. `encoder="hash"` uses
-    the hashed bag of words (no model)."""
+    `<cache_dir>/embeddings-<encoder>.npz` (embeddings, question ids, sha256 of the encoder's reading rule for
+    long texts + ids + texts; written atomically, recomputed when the table changes). Texts outside the table are
+    encoded on the fly. `encoder="hash"` uses the hashed bag of words (no model)."""
     if encoder == "hash":
         return hashing_embed
     state: dict[str, Any] = {}
@@ -95,7 +95,9 @@ def cached_embedder(table: Any, encoder: str = "all-minilm-l6-v2", cache_dir: Pa
             return state["rows"]
         ids = table.questions["question_id"].astype(str).tolist()
         texts = table.questions["text"].astype(str).tolist()
-        digest = hashlib.sha256(("\n".join(ids) + "\0" + "\n".join(texts)).encode()).hexdigest()
+        from modelsat.pretrained import WINDOW_RULE   # in the key: long texts embedded another way are not reused
+
+        digest = hashlib.sha256((WINDOW_RULE + "\0" + "\n".join(ids) + "\0" + "\n".join(texts)).encode()).hexdigest()
         path = cache_dir / f"embeddings-{re.sub(r'[^A-Za-z0-9._-]+', '_', encoder)}.npz" if cache_dir else None
         mat = None
         if path is not None and path.is_file():

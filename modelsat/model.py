@@ -19,6 +19,7 @@ attention that stays linear in K (a dense (L_x + K·L_c)² mask would not).
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -29,14 +30,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from modelsat.checkpoint import CheckpointError
 from modelsat.config import ModelConfig
 from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
 from modelsat.io_utils import atomic_write_bytes
-from modelsat.pretrained import SentenceEncoder, load_llm, load_sentence_encoder
+from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder
 
 CAP_TOKEN = "<cap>"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -60,6 +62,35 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
         ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
         mask[i, :len(r)] = True
     return ids, mask
+
+
+REDO = "re-copy the checkpoint folder, or retrain it with train.py"
+
+
+def _read_weights(file: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a CheckpointError where it is not one (truncated, empty) or
+    holds NaN or infinite weights."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, "pt") as f:
+            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{file} is not a readable {what} file ({e}); the copy may be cut short: {REDO}") from e
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{file} holds NaN or infinite weights ({', '.join(bad[:3])}); {REDO}")
+    return tensors, meta
+
+
+def _load_state(file: Path, load):
+    """`load()` (a load_state_dict) with its shape and key errors as one CheckpointError line naming `file`."""
+    try:
+        return load()
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
+        raise CheckpointError(f"{file}: its weights do not fit the model built from config.yaml ({lines[0]}); "
+                              f"{REDO}") from e
 
 
 class RouterModel(nn.Module):
@@ -104,17 +135,24 @@ class RouterModel(nn.Module):
     def _tokens(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
+    def _instruction_ids(self, instructions: list[str]) -> list[list[int]]:
+        return self.tokenizer(instructions, add_special_tokens=False, split_special_tokens=True,
+                              verbose=False)["input_ids"]
+
     def prefix_ids(self, instructions: list[str]) -> list[list[int]]:
         """[template head][instruction][template tail] per instruction; the instruction cut to
         `max_instruction_tokens` by dropping its middle (head third and tail kept, so trailing options survive)."""
         limit = self.cfg.max_instruction_tokens
-        rows = []
-        for ids in self.tokenizer(instructions, add_special_tokens=False, split_special_tokens=True)["input_ids"]:
-            if len(ids) > limit:
-                keep = limit - len(self.ellipsis_ids)
-                ids = ids[:keep // 3] + self.ellipsis_ids + ids[len(ids) - (keep - keep // 3):]
-            rows.append(self.head_ids + ids + self.tail_ids)
-        return rows
+        return [self.head_ids + head_and_tail(ids, limit, self.ellipsis_ids) + self.tail_ids
+                for ids in self._instruction_ids(instructions)]
+
+    def shortened(self, instructions: list[str]) -> list[bool]:
+        """Whether each instruction is longer than what the model reads of it (`max_instruction_tokens`, or the
+        sentence encoder's window where instruction tokens read it), so read as head + tail."""
+        cut = [len(ids) > self.cfg.max_instruction_tokens for ids in self._instruction_ids(instructions)]
+        if self.capability.instruction_tokens and self.sentence_encoder is not None:
+            cut = [a or b for a, b in zip(cut, self.sentence_encoder.shortened(instructions))]
+        return cut
 
     def block_ids(self, num_soft: int) -> list[int]:
         """A candidate block: placeholders for its soft tokens, then the inquiry prompt."""
@@ -262,27 +300,50 @@ class RouterModel(nn.Module):
         atomic_write_bytes(directory / CONNECTOR_FILE, save(state, metadata=self._connector_meta()))
 
     def load_trained(self, directory: str | Path) -> None:
-        """Restore the adapter and connector written by `save_trained`; errors name the file and what differs."""
+        """Restore the adapter and connector written by `save_trained`; a CheckpointError names the file, what is
+        wrong with it and what to do."""
         directory = Path(directory)
         for name in ADAPTER_FILES + (CONNECTOR_FILE,):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} is missing: not a folder written by save_trained")
-        saved = LoraConfig.from_pretrained(str(directory))
-        ours = self.llm.peft_config["default"]
-        if (saved.r, set(saved.target_modules)) != (ours.r, set(ours.target_modules)):
-            raise ValueError(f"{directory / 'adapter_config.json'}: LoRA r={saved.r} on {sorted(saved.target_modules)}, "
-                             f"but model config has r={ours.r} on {sorted(ours.target_modules)}")
-        result = set_peft_model_state_dict(self.llm, load_file(directory / ADAPTER_FILES[0]))
-        if result.unexpected_keys:
-            raise ValueError(f"{directory / ADAPTER_FILES[0]}: unexpected weights {result.unexpected_keys[:5]}")
-        from safetensors import safe_open
-
-        with safe_open(directory / CONNECTOR_FILE, "pt") as f:
-            meta = {"instruction_tokens": "0", **(f.metadata() or {})}     # older checkpoints lack the key
+                raise CheckpointError(f"{directory / name} is missing: not a folder written by save_trained; {REDO}")
+        self._check_adapter_config(directory / ADAPTER_FILES[1])
+        file = directory / ADAPTER_FILES[0]
+        adapter, _ = _read_weights(file, "LoRA adapter")
+        if any("lora_" not in k for k in adapter):
+            other = [k for k in adapter if "lora_" not in k]
+            raise CheckpointError(f"{file}: unexpected weights {other[:5]} (not LoRA); {REDO}")
+        result = _load_state(file, lambda: set_peft_model_state_dict(self.llm, adapter))
+        missing = [k for k in result.missing_keys if "lora_" in k]     # the base LLM's weights are not in the file
+        if result.unexpected_keys or missing:
+            raise CheckpointError(f"{file}: its weights do not fit the LoRA layers of the model (missing "
+                                  f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}); {REDO}")
+        file = directory / CONNECTOR_FILE
+        state, meta = _read_weights(file, "connector")
+        meta = {"instruction_tokens": "0", **meta}                     # older checkpoints lack the key
         if any(meta.get(k, v) != v for k, v in self._connector_meta().items()):
-            raise ValueError(f"{directory / CONNECTOR_FILE} was saved for {meta}, but this model has "
-                             f"{self._connector_meta()}; build the model from the checkpoint's config.yaml")
-        self.capability.load_state_dict(load_file(directory / CONNECTOR_FILE))
+            raise CheckpointError(f"{file} was saved for {meta}, but this model has {self._connector_meta()}; build "
+                                  "the model from the checkpoint's own config.yaml")
+        _load_state(file, lambda: self.capability.load_state_dict(state))
+
+    def _check_adapter_config(self, file: Path) -> None:
+        """The saved LoRA settings must be the model's (it was built from config.yaml, not from this file)."""
+        try:
+            saved = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:                             # JSONDecodeError, UnicodeDecodeError
+            raise CheckpointError(f"{file} is not a readable adapter config ({type(e).__name__}: {e}); {REDO}") from e
+        if not isinstance(saved, dict) or saved.get("peft_type") != "LORA":
+            kind = saved.get("peft_type") if isinstance(saved, dict) else type(saved).__name__
+            raise CheckpointError(f"{file} is not a LoRA adapter config (found {kind!r}); {REDO}")
+        ours = self.llm.peft_config["default"]
+
+        def settings(r, alpha, targets) -> dict:
+            targets = sorted(map(str, targets)) if isinstance(targets, (list, set, tuple)) else targets
+            return {"r": r, "lora_alpha": alpha, "target_modules": targets}
+        theirs = settings(saved.get("r"), saved.get("lora_alpha"), saved.get("target_modules"))
+        if theirs != settings(ours.r, ours.lora_alpha, ours.target_modules):
+            raise CheckpointError(f"{file}: LoRA {theirs}, but the model config has "
+                                  f"{settings(ours.r, ours.lora_alpha, ours.target_modules)}; build the model from the "
+                                  "checkpoint's own config.yaml")
 
 
 def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path | None = None) -> RouterModel:

@@ -2,10 +2,13 @@
 Yes/No-only output rows, chunking, trainability, and save → load identity."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
+from modelsat.checkpoint import CheckpointError
 from modelsat.config import ModelConfig
 from modelsat.encoder import (CapabilityEncoder, InstructionPool, build_connector, capability_features,
                               capability_sentence, task_embeddings, text_chunks)
@@ -259,6 +262,29 @@ def test_instruction_cut_keeps_head_and_tail(router) -> None:
         "input_ids"] + router.tail_ids
 
 
+def test_the_end_of_a_long_instruction_is_read_by_every_component() -> None:
+    model = build_router_model(_cfg(instruction_tokens=1), per_task=S)
+    model.sentence_encoder.max_length = 32
+    passage = "Explain the history of law and economics. " * 12
+    texts = [passage + "Solve for x: 2x + 3 = 7.", passage + "Which of the following is true?", "What is 2+2?"]
+    ids = model.prefix_ids(texts)
+    assert ids[0] != ids[1] and ids[0][-len(model.tail_ids) - 3:] != ids[1][-len(model.tail_ids) - 3:]
+    emb = model.sentence_encoder.encode(texts)
+    assert not torch.allclose(emb[0], emb[1], atol=1e-4)
+    assert model.shortened(texts) == [True, True, False]
+    model.cfg.max_instruction_tokens = 10_000                   # the LLM reads them whole, the encoder does not
+    assert model.shortened(texts) == [True, True, False]
+    model.sentence_encoder.max_length = 512
+    assert model.shortened(texts) == [False, False, False]
+    assert model.prefix_ids(texts[2:])[0] == model.head_ids + model.tokenizer(
+        texts[2], add_special_tokens=False)["input_ids"] + model.tail_ids
+
+
+def test_shortened_reads_the_encoder_only_where_the_model_does(router) -> None:
+    router.sentence_encoder.max_length = 8                     # instruction_tokens=0: the encoder does not read it
+    assert router.capability.instruction_tokens == 0 and router.shortened(INSTRUCTIONS) == [False, True, False]
+
+
 def test_yes_token_must_be_one_token() -> None:
     with pytest.raises(ValueError, match="yes_token"):
         build_router_model(_cfg(yes_token=" Yes absolutely"), per_task=S)
@@ -337,5 +363,70 @@ def test_load_rejects_a_different_architecture(tmp_path) -> None:
     with pytest.raises(ValueError, match="connector.safetensors"):
         build_router_model(_cfg(instruction_tokens=1), per_task=S, checkpoint=tmp_path)
     (tmp_path / "connector.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="connector.safetensors is missing"):
+    with pytest.raises(CheckpointError, match="connector.safetensors is missing"):
         build_router_model(_cfg(), per_task=S, checkpoint=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """A tiny model and the folder its trained weights were saved to."""
+    model = build_router_model(_cfg(), per_task=S)
+    folder = tmp_path_factory.mktemp("trained")
+    model.save_trained(folder)
+    return model, folder
+
+
+def _rewrite_tensors(file, change) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(file, "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(file)
+    change(tensors)
+    save_file(tensors, file, metadata=meta)
+
+
+def _first(tensors: dict) -> str:
+    return sorted(tensors)[0]
+
+
+BROKEN = {  # what is done to a saved folder → the file the error must name, and what it must say
+    "adapter cut short": (lambda d: _truncate(d / "adapter_model.safetensors"), "adapter_model", "cut short"),
+    "adapter of 0 bytes": (lambda d: (d / "adapter_model.safetensors").write_bytes(b""), "adapter_model", "readable"),
+    "connector cut short": (lambda d: _truncate(d / "connector.safetensors"), "connector.safetensors", "cut short"),
+    "connector of 0 bytes": (lambda d: (d / "connector.safetensors").write_bytes(b""), "connector.safetensors",
+                             "readable"),
+    "garbage adapter config": (lambda d: (d / "adapter_config.json").write_text("garbage"), "adapter_config.json",
+                               "not a readable adapter config"),
+    "adapter config not UTF-8": (lambda d: (d / "adapter_config.json").write_bytes(b'{"r": "\xff"}'),
+                                 "adapter_config.json", "UnicodeDecodeError"),
+    "adapter config a list": (lambda d: (d / "adapter_config.json").write_text("[]"), "adapter_config.json",
+                              "not a LoRA adapter config"),
+    "connector of wrong shapes": (lambda d: _rewrite_tensors(d / "connector.safetensors", lambda t: t.update(
+        {_first(t): torch.zeros(3, 3)})), "connector.safetensors", "size mismatch"),
+    "connector missing a weight": (lambda d: _rewrite_tensors(d / "connector.safetensors", lambda t: t.pop(
+        _first(t))), "connector.safetensors", "Missing key"),
+    "connector holding NaN": (lambda d: _rewrite_tensors(d / "connector.safetensors", lambda t: t[_first(t)].fill_(
+        float("nan"))), "connector.safetensors", "NaN"),
+    "adapter missing a LoRA weight": (lambda d: _rewrite_tensors(d / "adapter_model.safetensors", lambda t: t.pop(
+        _first(t))), "adapter_model.safetensors", "missing"),
+    "adapter of wrong shapes": (lambda d: _rewrite_tensors(d / "adapter_model.safetensors", lambda t: t.update(
+        {_first(t): torch.zeros(3, 3)})), "adapter_model.safetensors", "size mismatch"),
+}
+
+
+def _truncate(file) -> None:
+    file.write_bytes(file.read_bytes()[:-100])
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_trained_file_is_named_with_what_to_do(saved, tmp_path, case: str) -> None:
+    model, folder = saved
+    shutil.copytree(folder, tmp_path / "ckpt")
+    break_it, name, what = BROKEN[case]
+    break_it(tmp_path / "ckpt")
+    with pytest.raises(CheckpointError, match=what) as err:
+        model.load_trained(tmp_path / "ckpt")
+    message = str(err.value)
+    assert name in message and "re-copy the checkpoint" in message and "\n" not in message

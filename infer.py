@@ -3,35 +3,94 @@
     python infer.py --checkpoint checkpoints/modelsat-smollm2-mmlupro --instruction "What is 2+2?\nA. 3\nB. 4"
     python infer.py --checkpoint DIR --file instructions.jsonl --models a,b,c --cost-weight 0.2 --top-k 3 --json
 
---file takes a .txt (one instruction per line) or a .jsonl (one {"instruction": ...} per line).
+--file takes a UTF-8 .txt (one instruction per line) or .jsonl (one {"instruction": ...} per line). An instruction
+longer than the router reads is read as its first third and its end; the output says so ("shortened"). Bad input
+ends with one line on stderr and exit code 2 (`--debug` shows the traceback).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 
 def read_instructions(path: Path) -> list[str]:
-    """Instructions from a .txt (one per line) or .jsonl ({"instruction": ...} per line) file."""
+    """Instructions from a .txt (one per line) or .jsonl ({"instruction": ...} per line) file; blank lines are
+    skipped, errors name the line."""
+    from modelsat.router import check_text
+
     if not path.is_file():
-        raise ValueError(f"{path} does not exist")
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    if path.suffix == ".txt":
-        return lines
-    if path.suffix != ".jsonl":
+        raise ValueError(f"{path} is not a file; give a .txt or .jsonl file of instructions")
+    if path.suffix not in (".txt", ".jsonl"):
         raise ValueError(f"{path}: use a .txt or .jsonl file")
     out = []
-    for i, line in enumerate(lines):
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):   # only \n ends a line (not U+2028 in a text)
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: line {n} is not UTF-8 text (byte 0x{raw[e.start]:02X} at byte {e.start + 1} "
+                             "of the line); save the file as UTF-8") from e
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            out.append(check_text(line, f"{path}: line {n}"))
+            continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {i + 1} is not JSON: {e}") from e
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise ValueError(f"{path}: line {n} is not JSON: {e}") from e
         if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise ValueError(f'{path}: line {i + 1} needs a string field "instruction"')
-        out.append(record["instruction"])
+            raise ValueError(f'{path}: line {n} needs a string field "instruction"')
+        out.append(check_text(record["instruction"], f'{path}: line {n}, field "instruction"'))
+    if not out:
+        raise ValueError(f"{path} holds no instructions (it is empty or only blank lines); write one per line")
     return out
+
+
+def parse_models(text: str | None) -> list[str] | None:
+    """The names of `--models` (None: the whole zoo); an empty list or name is an error, not "every model"."""
+    if text is None:
+        return None
+    names = [m.strip() for m in text.split(",")]
+    if not any(names):
+        raise ValueError("--models is empty; give comma-separated model names, or leave --models out to rank the "
+                         "whole zoo")
+    if "" in names:
+        raise ValueError(f"--models {text!r} has an empty name (two commas in a row, or one at an end); give "
+                         "comma-separated model names")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from modelsat.router import Router, check_text  # after parsing: --help stays fast
+
+    instructions = ([check_text(args.instruction.replace("\\n", "\n"), "--instruction")]
+                    if args.instruction is not None else read_instructions(args.file))
+    models = parse_models(args.models)
+    router = Router.from_checkpoint(args.checkpoint)
+    rankings = router.rank_many(instructions, models, cost_weight=args.cost_weight, top_k=args.top_k)
+
+    if args.json:
+        out = [[r._asdict() for r in ranking] for ranking in rankings]
+        print(json.dumps(out[0] if args.instruction is not None else out, indent=1))
+    else:
+        print_table(instructions, rankings)
+    sys.stdout.flush()  # a closed pipe shows here, inside main's handler
+    return 0
+
+
+def print_table(instructions: list[str], rankings: list) -> None:
+    for text, ranking in zip(instructions, rankings):
+        head = text.strip().splitlines()[0]
+        print(f"\n{head[:100]}{'...' if len(head) > 100 else ''}")
+        if ranking and ranking[0].shortened:
+            print("  (shortened: longer than the router reads, so read as its first third and its end)")
+        print(f"  {'#':>2}  {'model':<40} {'p_correct':>9} {'cost':>10} {'utility':>8}")
+        for i, r in enumerate(ranking, 1):
+            cost = "" if r.cost is None else f"{r.cost:.4g}"
+            print(f"  {i:>2}  {r.model:<40} {r.p_correct:>9.3f} {cost:>10} {r.utility:>8.3f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,32 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cost-weight", type=float, default=0.0)
     p.add_argument("--top-k", type=int)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
-
-    from modelsat.router import Router  # after parsing: --help stays fast
-
     try:
-        instructions = ([args.instruction.replace("\\n", "\n")] if args.instruction is not None
-                        else read_instructions(args.file))
-        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
-        router = Router.from_checkpoint(args.checkpoint)
-        rankings = router.rank_many(instructions, models, cost_weight=args.cost_weight, top_k=args.top_k)
-    except ValueError as e:
-        print(f"infer.py: error: {e}", file=sys.stderr)
-        return 2
-
-    if args.json:
-        out = [[r._asdict() for r in ranking] for ranking in rankings]
-        print(json.dumps(out[0] if args.instruction is not None else out, indent=1))
-        return 0
-    for text, ranking in zip(instructions, rankings):
-        head = text.strip().splitlines()[0]
-        print(f"\n{head[:100]}{'...' if len(head) > 100 else ''}")
-        print(f"  {'#':>2}  {'model':<40} {'p_correct':>9} {'cost':>10} {'utility':>8}")
-        for i, r in enumerate(ranking, 1):
-            cost = "" if r.cost is None else f"{r.cost:.4g}"
-            print(f"  {i:>2}  {r.model:<40} {r.p_correct:>9.3f} {cost:>10} {r.utility:>8.3f}")
-    return 0
+        return run(args)
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as the Python docs recommend
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:
+        if args.debug:
+            raise
+        bad_input = isinstance(e, (ValueError, OSError))   # the modules' errors (RouterError, CheckpointError...)
+        hint = "" if bad_input else f" ({type(e).__name__}; rerun with --debug for the traceback)"
+        print(f"infer.py: error: {' '.join(str(e).split())}{hint}", file=sys.stderr)
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":

@@ -54,6 +54,26 @@ class RouterError(ValueError):
     """Bad input to the router (instruction, arguments) or a broken checkpoint."""
 
 
+def check_text(text: str, where: str) -> str:
+    """`text` where it is an instruction the router can read, else a RouterError naming `where` (e.g. "instruction
+    0"): not a string, empty or blank, over MAX_INSTRUCTION_CHARS, or holding a lone surrogate, which no tokenizer
+    takes (a JSON "\\ud83c" escape, or a byte that is not UTF-8 in a command-line argument)."""
+    if not isinstance(text, str):
+        raise RouterError(f"{where} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise RouterError(f"{where} is empty; give the text of the instruction to route")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise RouterError(f"{where} has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        code = ord(text[e.start])
+        byte = f", the byte 0x{code - 0xDC00:02X} of text that is not UTF-8" if 0xDC80 <= code <= 0xDCFF else ""
+        raise RouterError(f"{where} holds an invalid character (lone surrogate U+{code:04X} at character "
+                          f"{e.start + 1}{byte}); send valid UTF-8 text") from None
+    return text
+
+
 class PriorInputs(NamedTuple):
     """What the prior reads of each instruction, from one sentence encoding of it (None: not read)."""
     nearest: np.ndarray | None     # (Q, k) positions in `aptitude.question_ids` of the k nearest aptitude questions
@@ -69,6 +89,7 @@ class Ranked(NamedTuple):
     p_correct: float
     cost: float | None
     utility: float
+    shortened: bool     # the instruction was longer than a reading window: read as its first third + its end
 
 
 class Router:
@@ -88,12 +109,33 @@ class Router:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
-        """Load a trained router and its zoo; loading is driven by the files present."""
+        """Load a trained router and its zoo; loading is driven by the files present. A file that does not load
+        raises an error naming it and what to do (a CheckpointError for the router's own files)."""
         path = check_checkpoint(path)
-        config = load_config(path / "config.yaml")
+        try:
+            return cls._load(path, **kwargs)
+        except OSError as e:                                   # unreadable (permissions, a folder for a file)
+            raise CheckpointError(f"checkpoint {path}: {e}; make its files readable, or re-copy the checkpoint "
+                                  "folder") from e
+
+    @classmethod
+    def _load(cls, path: Path, **kwargs) -> "Router":
+        def config_error(e: ValueError) -> CheckpointError:    # a ConfigError, or settings the LLM cannot take
+            where = "" if str(path / "config.yaml") in str(e) else f"{path / 'config.yaml'}: "
+            return CheckpointError(f"{where}{e}; fix config.yaml, or re-copy the checkpoint folder")
+
+        try:
+            config = load_config(path / "config.yaml")
+        except ValueError as e:
+            raise config_error(e) from e
         aptitude = Aptitude.load(path / "aptitude.json")
         zoo = Zoo.load(path / "zoo", aptitude)
-        model = build_router_model(config.model, per_task=aptitude.per_task)
+        try:
+            model = build_router_model(config.model, per_task=aptitude.per_task)
+        except CheckpointError:
+            raise
+        except ValueError as e:
+            raise config_error(e) from e
         model.load_trained(path)
         router = cls(model, aptitude, zoo, config, **kwargs)
         router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
@@ -110,12 +152,17 @@ class Router:
         return self.zoo.names
 
     def add_model(self, name: str, results: pd.DataFrame | str | Path, cost: float | None = None,
-                  params_b: float | None = None, persist: bool = False) -> None:
-        """Add a model from its aptitude results; `persist=True` also writes it to the checkpoint's zoo."""
-        self.zoo.add(name, results, cost=cost, params_b=params_b, persist=persist)
+                  params_b: float | None = None, persist: bool = False, cost_unit: str = "",
+                  missing: str = "error") -> None:
+        """Add a model from its aptitude results (`Zoo.add`: `missing="wrong"` counts a few missing answers as
+        wrong); `persist=True` also writes it to the checkpoint's zoo."""
+        self.zoo.add(name, results, cost=cost, params_b=params_b, cost_unit=cost_unit, persist=persist,
+                     missing=missing)
         self._features.pop(name, None)
 
     def remove_model(self, name: str, persist: bool = False) -> None:
+        """Remove a model (its name compared without surrounding spaces, as in ranking)."""
+        name = name.strip() if isinstance(name, str) else name
         self.zoo.remove(name, persist=persist)
         self._features.pop(name, None)
 
@@ -204,26 +251,36 @@ class Router:
     def _check_instructions(self, instructions: Sequence[str]) -> list[str]:
         if isinstance(instructions, str) or not isinstance(instructions, Sequence):
             raise RouterError("instructions must be a list of strings")
-        for i, text in enumerate(instructions):
-            if not isinstance(text, str) or not text.strip():
-                raise RouterError(f"instruction {i} is empty; give the text of the instruction to route")
-            if len(text) > MAX_INSTRUCTION_CHARS:
-                raise RouterError(f"instruction {i} has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}")
-        return list(instructions)
+        return [check_text(text, f"instruction {i}") for i, text in enumerate(instructions)]
 
     def _check_models(self, models: Sequence[str] | None) -> list[str]:
+        """The candidates to rank (None: the whole zoo); a name is compared without surrounding spaces."""
         if models is None:
             models = self.models
         if isinstance(models, str):
             raise RouterError("models must be a list of model names, not one string")
+        if any(not isinstance(m, str) for m in models):
+            bad = [m for m in models if not isinstance(m, str)]
+            raise RouterError(f"models must be model names (strings), got {bad[:3]}")
+        models = [m.strip() for m in models]
+        if not models:
+            raise RouterError("no candidate models to rank: the zoo is empty or `models` is empty")
+        if "" in models:
+            raise RouterError(f"models holds an empty name (position {models.index('')}); give model names of the zoo")
         unknown = [m for m in models if m not in self.zoo]
         if unknown:
             raise ZooError(f"unknown model(s) {unknown}; the zoo has: {', '.join(self.models)}")
-        if not models:
-            raise RouterError("no candidate models to rank: the zoo is empty or `models` is empty")
         if len(set(models)) != len(models):
             raise RouterError("models must not repeat a name")
-        return list(models)
+        return models
+
+    def shortened(self, instructions: Sequence[str]) -> list[bool]:
+        """Whether each instruction is longer than a window that reads it (the router LLM's, or the sentence
+        encoder's where the model or the prior reads it), so read as its first third + its end."""
+        cut = self.model.shortened(list(instructions))
+        if self.prior_reads_instructions and self.model.sentence_encoder is not None:
+            cut = [a or b for a, b in zip(cut, self.model.sentence_encoder.shortened(list(instructions)))]
+        return cut
 
     @torch.no_grad()
     def predict_matrix(self, instructions: Sequence[str], models: Sequence[str] | None = None,
@@ -249,6 +306,7 @@ class Router:
             raise RouterError(f"cost_weight must be a finite number >= 0, got {cost_weight!r}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise RouterError(f"top_k must be a positive integer, got {top_k!r}")
+        instructions = self._check_instructions(instructions)
         models = self._check_models(models)
         p = self.predict_matrix(instructions, models)
         costs = self.zoo.costs(models)
@@ -257,16 +315,16 @@ class Router:
         penalty = np.nan_to_num(norm, nan=1.0) * cost_weight            # unknown cost: as the most expensive
         prior = np.broadcast_to(self.prior(models, instructions), p.shape)
         ranked = []
-        for row, row_prior in zip(p, prior):
+        for row, row_prior, cut in zip(p, prior, self.shortened(instructions)):
             utility = row + row_prior - penalty
             order = sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))[:top_k]
             ranked.append([Ranked(models[j], float(row[j]), None if np.isnan(costs[j]) else float(costs[j]),
-                                  float(utility[j])) for j in order])
+                                  float(utility[j]), cut) for j in order])
         return ranked
 
     def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
              top_k: int | None = None) -> list[Ranked]:
-        """Rank the candidates for one instruction, best first: `(model, p_correct, cost, utility)`."""
+        """Rank the candidates for one instruction, best first: `(model, p_correct, cost, utility, shortened)`."""
         if not isinstance(instruction, str):
             raise RouterError("instruction must be a string")
         return self.rank_many([instruction], models, cost_weight, top_k)[0]

@@ -1,11 +1,10 @@
-"""The Router API, infer.py and the HTTP service over a tiny trained checkpoint."""
+"""The Router API and the HTTP service over a tiny trained checkpoint (infer.py: tests/test_infer.py)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,11 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CATEGORIES, REPO
+from conftest import CATEGORIES
 from modelsat import Router
-from modelsat.aptitude import AptitudeError
 from modelsat.checkpoint import CheckpointError
-from modelsat.router import RouterError
+from modelsat.router import RouterError, check_text
 from modelsat.zoo import ZooError
 
 INSTRUCTION = "A math question about algebra number 3: which option is right?\nA. first\nB. second"
@@ -234,7 +232,7 @@ def test_add_model_joins_the_next_ranking_without_retraining(tiny_checkpoint: Pa
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     r = Router.from_checkpoint(ckpt)
-    r.add_model("m-all", unseen_results(r), cost=2.5, persist=True)
+    r.add_model("m-all", unseen_results(r), cost=2.5, cost_unit="USD/query", persist=True)   # the zoo's unit
     assert "m-all" in {x.model for x in r.rank(INSTRUCTION)}
     assert "m-all" in Router.from_checkpoint(ckpt).models                  # persisted to the zoo folder
     r.remove_model("m-all", persist=True)
@@ -255,8 +253,58 @@ def test_bad_input_is_rejected(router: Router, kwargs: dict, error: type, messag
         router.rank(**kwargs)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("abcd\ud83cefg", "lone surrogate U+D83C at character 5"),        # a high surrogate, as a JSON "\\ud83c" gives
+    ("\udf89 after", "lone surrogate U+DF89 at character 1"),          # a low one
+    ("caf\udcc3", "lone surrogate U+DCC3 at character 4, the byte 0xC3 of text that is not UTF-8"),  # argv
+])
+def test_text_that_is_not_text_is_refused_by_the_api(router: Router, text: str, message: str) -> None:
+    with pytest.raises(RouterError, match=re.escape(f"instruction 0 holds an invalid character ({message}")) as err:
+        router.rank(text)
+    assert "send valid UTF-8 text" in str(err.value)
+    with pytest.raises(RouterError, match="instruction 1 holds an invalid character"):
+        router.rank_many([INSTRUCTION, text])
+    with pytest.raises(RouterError, match="^line 3 holds"):
+        check_text(text, "line 3")
+    assert check_text("\U0001F389 ok", "x") == "\U0001F389 ok"             # a whole emoji is text
+
+
+def test_names_are_compared_without_surrounding_spaces(router: Router) -> None:
+    ranked = router.rank(INSTRUCTION, models=[" m-math", "m-bio "])
+    assert {r.model for r in ranked} == {"m-math", "m-bio"}
+    for models, message in [([" "], "empty name"), (["m-math", " m-math "], "repeat"), ([], "no candidate"),
+                            ([3], "strings")]:
+        with pytest.raises(RouterError, match=message):
+            router.rank(INSTRUCTION, models=models)
+    with pytest.raises(ZooError):                                          # refused at add: it could not be selected
+        router.add_model("m-new ", unseen_results(router))
+    assert "m-new " not in router.models and "m-new" not in router.models
+
+
+def test_add_model_passes_unit_and_missing_to_the_zoo(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
+    r = Router.from_checkpoint(tmp_path / "ckpt")
+    with pytest.raises(ZooError, match="USD/query"):                       # the zoo's costs are in USD/query
+        r.add_model("m-other-unit", unseen_results(r), cost=0.1, cost_unit="usd_per_1M_tokens")
+    r.add_model("m-partial", unseen_results(r).iloc[1:], cost=1.0, cost_unit="USD/query", missing="wrong")
+    assert r.zoo.get("m-partial").num_missing == 1 and "m-partial" in {x.model for x in r.rank(INSTRUCTION)}
+    r.remove_model(" m-partial ")
+    assert "m-partial" not in r.models
+
+
+def test_a_long_instruction_is_read_to_its_end_and_said_shortened(router: Router) -> None:
+    passage = "Explain the history of law and economics. " * 40
+    long_a, long_b = passage + "Solve for x: 2x + 3 = 7.", passage + "Which of the following is true?"
+    a, b, short = router.rank_many([long_a, long_b, INSTRUCTION])
+    assert a[0].shortened and b[0].shortened and not any(x.shortened for x in short)
+    assert all(x.shortened for x in a)
+    p_a, p_b = ({x.model: x.p_correct for x in r} for r in (a, b))
+    assert any(abs(p_a[m] - p_b[m]) > 1e-6 for m in p_a)                    # the question at the end counts
+    assert router.shortened([long_a, INSTRUCTION]) == [True, False]
+
+
 def test_add_model_with_missing_aptitude_questions(router: Router) -> None:
-    with pytest.raises(AptitudeError, match="miss 1 of the"):
+    with pytest.raises(ValueError, match="miss 1 of the"):                   # ZooError (was AptitudeError)
         router.add_model("partial", unseen_results(router).iloc[1:])
     assert "partial" not in router.models
 
@@ -281,26 +329,49 @@ def test_partial_checkpoint_and_fingerprint_mismatch(tiny_checkpoint: Path, tmp_
         Router.from_checkpoint(other)
 
 
-def run_infer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "infer.py"), *args], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}, timeout=120)
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[:-64])
 
 
-def test_infer_cli_json_and_table(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    out = run_infer("--checkpoint", str(tiny_checkpoint), "--instruction", INSTRUCTION, "--json", "--top-k", "3")
-    assert out.returncode == 0, out.stderr
-    ranked = json.loads(out.stdout)
-    assert len(ranked) == 3 and set(ranked[0]) == {"model", "p_correct", "cost", "utility"}
-    file = tmp_path / "in.jsonl"
-    file.write_text(json.dumps({"instruction": INSTRUCTION}) + "\n" + json.dumps({"instruction": "law?"}) + "\n")
-    out = run_infer("--checkpoint", str(tiny_checkpoint), "--file", str(file), "--json")
-    assert out.returncode == 0 and len(json.loads(out.stdout)) == 2
-    out = run_infer("--checkpoint", str(tiny_checkpoint), "--instruction", INSTRUCTION)
-    assert out.returncode == 0 and "p_correct" in out.stdout
-    bad = run_infer("--checkpoint", str(tiny_checkpoint), "--instruction", INSTRUCTION, "--models", "m-math,nope")
-    assert bad.returncode == 2 and "unknown model" in bad.stderr
-    bad = run_infer("--checkpoint", str(tmp_path / "missing"), "--instruction", INSTRUCTION)
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+def _set_in_yaml(file: Path, section: str, key: str, value) -> None:
+    import yaml
+
+    tree = yaml.safe_load(file.read_text())
+    tree[section][key] = value
+    file.write_text(yaml.safe_dump(tree))
+
+
+@pytest.mark.parametrize("name, break_it, message", [
+    ("adapter_model.safetensors", _truncate, "cut short"),
+    ("connector.safetensors", lambda f: f.write_bytes(b""), "not a readable connector"),
+    ("adapter_config.json", lambda f: f.write_text("garbage"), "not a readable adapter config"),
+    ("config.yaml", lambda f: f.write_text("model: [unclosed"), "config.yaml"),
+    ("config.yaml", lambda f: _set_in_yaml(f, "model", "num_layers", 99), "num_layers=99 but tiny-llama has 2"),
+])
+def test_a_broken_checkpoint_file_is_named(tiny_checkpoint: Path, tmp_path: Path, name: str, break_it,
+                                           message: str) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    break_it(ckpt / name)
+    with pytest.raises(CheckpointError, match=message) as err:
+        Router.from_checkpoint(ckpt)
+    assert str(ckpt / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_aptitude_embeddings_read_another_way_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from modelsat.checkpoint import APTITUDE_EMBEDDINGS, save_aptitude_embeddings
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    r = Router.from_checkpoint(ckpt)
+    save_aptitude_embeddings(ckpt, r.aptitude_embeddings(), r.aptitude, r.config.model.sentence_encoder)
+    assert Router.from_checkpoint(ckpt)._aptitude_emb is not None
+    old_stamp = {"aptitude_fingerprint": r.aptitude.fingerprint, "sentence_encoder": r.config.model.sentence_encoder}
+    save_file(load_file(ckpt / APTITUDE_EMBEDDINGS), ckpt / APTITUDE_EMBEDDINGS, metadata=old_stamp)   # head only
+    with pytest.raises(CheckpointError, match=f"reading long questions as .*delete {APTITUDE_EMBEDDINGS}"):
+        Router.from_checkpoint(ckpt)
 
 
 @pytest.fixture

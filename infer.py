@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as the Python docs recommend
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 141  # 128 + SIGPIPE, as a tool killed by the closed pipe reports (the same as `modelsat`)
     except Exception as e:
         if args.debug:
             raise

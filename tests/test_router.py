@@ -404,7 +404,8 @@ def test_service_over_http(server, router: Router) -> None:
         ranked = c.post("/rank", json={"instruction": INSTRUCTION, "top_k": 2}).json()
         assert len(ranked) == 2 and ranked[0]["p_correct"] >= ranked[1]["p_correct"]
         qids = router.aptitude.question_ids
-        added = c.post("/models", json={"name": "m-new", "scores": {q: 1.0 for q in qids}, "cost": 1.0})
+        added = c.post("/models", json={"name": "m-new", "scores": {q: 1.0 for q in qids}, "cost": 1.0,
+                                          "cost_unit": "USD/query"})
         assert added.status_code == 201
         assert "m-new" in {r["model"] for r in c.post("/rank", json={"instruction": INSTRUCTION}).json()}
         assert "m-new" in Router.from_checkpoint(ckpt).models

@@ -32,7 +32,8 @@ from transformers import get_cosine_schedule_with_warmup
 from modelsat.config import Config, ConfigError, load_config
 from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
-from modelsat.evaluate import interaction_auc
+from modelsat.evaluate import cached_embedder, interaction_auc
+from modelsat.evidence import Evidence
 from modelsat.checkpoint import CheckpointError, save_checkpoint
 from modelsat.category import CategoryClassifier
 from modelsat.router import aptitude_keys, unit_embeddings
@@ -48,6 +49,33 @@ def build_model(cfg: Config, data: Prepared) -> tuple[RouterModel, dict[str, tor
     features = {m: model.model_features(model_outcomes(data.aptitude, data.table, m), descriptions)
                 for m in data.train_models}
     return model, features
+
+
+class EvidenceTable:
+    """The aptitude evidence (`modelsat/evidence.py`) of every training model for every train and val question,
+    computed once before training: (Q, M, E) from one sentence encoding of each question (cached beside the table,
+    shared with `modelsat evaluate`), the aptitude questions' embeddings and a category classifier fitted on the
+    train split's categories. Both are stored with the router, which computes the same evidence for any model."""
+
+    def __init__(self, cfg: Config, data: Prepared, log) -> None:
+        ids = list(data.splits["train"]) + list(data.splits["val"])
+        log(f"aptitude evidence: embedding {len(ids)} train/val questions and {len(data.aptitude.question_ids)} "
+            "aptitude questions (cached beside the table after the first run)")
+        embed = cached_embedder(data.table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
+        emb = F.normalize(torch.from_numpy(embed(data.table.texts(ids))).float(), dim=-1)    # (Q, D)
+        self.keys = F.normalize(torch.from_numpy(embed([data.aptitude.texts[q] for q in data.aptitude.question_ids]))
+                                .float(), dim=-1)                                            # (A, D)
+        train = list(data.splits["train"])
+        self.classifier = CategoryClassifier.fit(emb[:len(train)], data.table.categories(train),
+                                                 data.table.categories(data.aptitude.question_ids))
+        outcomes = data.table.score_matrix(data.aptitude.question_ids, data.train_models)    # (A, M)
+        self.values = Evidence(self.keys, self.classifier)(emb, outcomes)                   # (Q, M, E)
+        self.row = {q: i for i, q in enumerate(ids)}
+        self.col = {m: j for j, m in enumerate(data.train_models)}
+
+    def __call__(self, question_ids: list[str], models: list[str]) -> torch.Tensor:
+        """(K, E) evidence of the pairs (question_ids[k], models[k])."""
+        return self.values[[self.row[q] for q in question_ids], [self.col[m] for m in models]]
 
 
 def build_dataloader(cfg: Config, data: Prepared, epoch: int) -> DataLoader:
@@ -67,22 +95,26 @@ def build_dataloader(cfg: Config, data: Prepared, epoch: int) -> DataLoader:
                       shuffle=False, collate_fn=collate_groups)
 
 
-def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tensor],
+                 evidence: EvidenceTable | None = None) -> list[torch.Tensor]:
     """Yes-vs-No logit of every (instruction, model) pair of each group: list of (K,) tensors.
 
     Pairs sharing an instruction are packed into one sequence (instruction-centred groups give one
     sequence per group; model-centred groups one per pair).
     """
-    texts, feats, owners = [], [], []
-    for g, (instructions, models) in enumerate(zip(batch["instructions"], batch["models"])):
+    texts, feats, evs, owners = [], [], [], []
+    for g, (instructions, qids, models) in enumerate(zip(batch["instructions"], batch["question_ids"],
+                                                         batch["models"])):
         by_text: dict[str, list[int]] = {}
         for k, text in enumerate(instructions):
             by_text.setdefault(text, []).append(k)
         for text, ks in by_text.items():
             texts.append(text)
             feats.append(torch.stack([features[models[k]] for k in ks]))      # (K_i, N, F)
+            if evidence is not None:
+                evs.append(evidence([qids[k] for k in ks], [models[k] for k in ks]))   # (K_i, E)
             owners.append((g, ks))
-    z = model(texts, feats, logits=True)                                      # list of (K_i,) Yes-No margins
+    z = model(texts, feats, logits=True, evidence=evs or None)               # list of (K_i,) Yes-No margins
     pieces: dict[int, list[tuple[list[int], torch.Tensor]]] = {}
     for (g, ks), zi in zip(owners, z):
         pieces.setdefault(g, []).append((ks, zi))
@@ -108,7 +140,8 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
 
 
 @torch.no_grad()
-def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tensor], cfg: Config) -> dict:
+def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tensor], cfg: Config,
+             evidence: EvidenceTable | None = None) -> dict:
     """Routing accuracy on val instructions over the training models, with best single and oracle; on every
     (instruction, model) pair, the AUC and Brier score of p(correct) (finer signals than top-1); and the
     interaction AUC (0.5 = the router ranks the models the same way for every instruction)."""
@@ -126,7 +159,9 @@ def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tenso
     was_training = model.training
     model.eval()
     for s in range(0, len(texts), 8):
-        probs += [lp.exp().double().cpu().numpy() for lp in model.score(texts[s:s + 8], [stacked] * len(texts[s:s + 8]))]
+        evs = None if evidence is None else [evidence([q] * len(models), models) for q in ids[s:s + 8]]
+        probs += [lp.exp().double().cpu().numpy()
+                  for lp in model.score(texts[s:s + 8], [stacked] * len(texts[s:s + 8]), evidence=evs)]
     model.train(was_training)
     probs = np.stack(probs)                                                    # (Q, M)
     picks = probs.argmax(axis=1)
@@ -217,6 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
+    evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
     n_train, n_all = model.num_trainable_parameters()
     log(f"router: {cfg.model.llm} + LoRA r={cfg.model.lora_r}, encoder {cfg.model.encoder_mode}/{cfg.model.connector}; "
         f"trainable {n_train:,} of {n_all:,} parameters")
@@ -279,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
             # Randomness (dropout) is a function of (seed, epoch, micro-batch, rank): resume replays it exactly.
             torch.manual_seed(hash((cfg.train.seed, epoch, micro, accelerator.process_index)) % 2**63)
             with accelerator.accumulate(model):
-                loss = loss_fn(group_logits(model, batch, features), batch["labels"], batch["weights"], cfg)
+                loss = loss_fn(group_logits(model, batch, features, evidence), batch["labels"], batch["weights"], cfg)
                 accelerator.backward(loss)
                 optimizer.step()
                 scheduler.step()
@@ -299,11 +335,13 @@ def main(argv: list[str] | None = None) -> dict:
                          "step": step, "history": history, "train_time_s": time.time() - start}
                 save_checkpoint(out_dir / f"step-{step:06d}", core, cfg, data.aptitude, data.splits,
                                 {"step": step, "epoch": epoch, "history": history}, data.table,
-                                data.train_models, state)
+                                data.train_models, state,
+                                aptitude_embeddings=None if evidence is None else evidence.keys,
+                                category_classifier=None if evidence is None else evidence.classifier)
             if step >= total_steps or out_of_time():
                 break
         if accelerator.is_main_process:
-            val = validate(core, data, features, cfg)
+            val = validate(core, data, features, cfg, evidence)
             accelerator.log({f"val/{k}": v for k, v in val.items() if isinstance(v, float)}, step=step)
             log(f"epoch {epoch}: val routing accuracy {val['accuracy']:.4f} (best single {val['best_single']:.4f} "
                 f"{val['best_single_model']}, oracle {val['oracle']:.4f}, n={val['n']}); AUC {val['auc']:.4f}, "
@@ -313,16 +351,18 @@ def main(argv: list[str] | None = None) -> dict:
             break
     bar.close()
     if done and accelerator.is_main_process:
-        metrics = {"step": step, "epoch": (step - 1) // steps_per_epoch, "val": validate(core, data, features, cfg),
+        metrics = {"step": step, "epoch": (step - 1) // steps_per_epoch, "val": validate(core, data, features, cfg, evidence),
                    "history": history}
 
     if accelerator.is_main_process:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
                         "total_parameters": n_all})
-        keys = classifier = None           # what the route's priors read: computed once, stored in final/
-        if cfg.route.prior_neighbours and core.sentence_encoder is not None:
+        keys = classifier = None           # what the evidence and the route's priors read, stored in final/
+        if evidence is not None:
+            keys, classifier = evidence.keys, evidence.classifier
+        if keys is None and cfg.route.prior_neighbours and core.sentence_encoder is not None:
             keys = aptitude_keys(core.sentence_encoder, data.aptitude)
-        if cfg.route.category_prior and core.sentence_encoder is not None:
+        if classifier is None and cfg.route.category_prior and core.sentence_encoder is not None:
             ids = list(data.splits["train"])
             log(f"fitting the category prior's classifier on {len(ids)} train-split questions")
             classifier = CategoryClassifier.fit(unit_embeddings(core.sentence_encoder, data.table.texts(ids)),

@@ -142,6 +142,11 @@ class ModelConfig:
     instruction_tokens: int = 0
     """Extra soft tokens per candidate pooled over its per-task tokens by the instruction's sentence embedding
     (matched to the task embeddings): the candidate's results on the tasks that resemble the instruction. 0: none."""
+    evidence: bool = False
+    """One more soft token per candidate, and a learned offset to its Yes−No logit, from its aptitude evidence for
+    the instruction (`modelsat/evidence.py`: its results on the aptitude questions nearest the instruction and in
+    the instruction's likely category); the router learns how to weigh them. Needs the aptitude questions'
+    embeddings and a category classifier, which train.py computes and stores in the checkpoint."""
     text_group_size: int = 5
     """Tasks per capability-text chunk in `text` mode (each chunk is encoded whole: no task is truncated away)."""
     lora_r: int = 16

@@ -150,6 +150,31 @@ class InstructionPool(nn.Module):
         return torch.einsum("mkn,mnh->mkh", weights, tokens)
 
 
+class EvidenceEncoder(nn.Module):
+    """A candidate's aptitude evidence for one instruction (`modelsat/evidence.py`; (n, E) values in [0, 1]) → one
+    soft token (n, H) for the LLM to read, and a learned offset (n,) to the Yes−No logit (a wide-and-deep split:
+    Cheng et al., 2016). Both read [e, logit(e)]; the offset's last layer starts at zero, so at step 0 the score is
+    the LLM's."""
+
+    def __init__(self, dim: int, out_dim: int, connector: str = "mlp2x_gelu", hidden: int = 32) -> None:
+        super().__init__()
+        self.dim = dim
+        self.token = build_connector(connector, 2 * dim, out_dim)
+        self.offset = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.offset[-1].weight)
+        nn.init.zeros_(self.offset[-1].bias)
+
+    def inputs(self, evidence: torch.Tensor) -> torch.Tensor:
+        if evidence.ndim != 2 or evidence.shape[1] != self.dim:
+            raise ValueError(f"evidence must be (candidates, {self.dim}), got {tuple(evidence.shape)}")
+        e = evidence.float().clamp(1e-3, 1 - 1e-3)
+        return torch.cat([e, torch.log(e) - torch.log1p(-e)], dim=-1)             # (n, 2E)
+
+    def forward(self, evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.inputs(evidence)
+        return self.token(x), self.offset(x).squeeze(-1)                           # (n, H), (n,)
+
+
 class CapabilityEncoder(nn.Module):
     """Trainable part of the capability encoder: features (M, N, F) → soft tokens (M, N_tok, H).
 
@@ -157,10 +182,12 @@ class CapabilityEncoder(nn.Module):
     N_tok = (N when `num_soft_tokens` is 0, else `num_soft_tokens`) + `instruction_tokens`; the last
     `instruction_tokens` are pooled by the instruction, whose sentence embedding (M, D) `forward` then needs.
     `key_dim` D: the leading feature columns that embed each row (the sentence encoder's width).
+    `evidence_dim` E > 0 adds one more token per candidate from its aptitude evidence for the instruction, (M, E),
+    which `forward` then needs; `evidence_offset` gives its learned offset to the Yes−No logit.
     """
 
     def __init__(self, in_dim: int, out_dim: int, connector: str = "mlp2x_gelu", num_soft_tokens: int = 0,
-                 instruction_tokens: int = 0, key_dim: int = 0) -> None:
+                 instruction_tokens: int = 0, key_dim: int = 0, evidence_dim: int = 0) -> None:
         super().__init__()
         if instruction_tokens and not 0 < key_dim <= in_dim:
             raise ValueError(f"instruction pooling needs the key width (0 < key_dim <= {in_dim}), got {key_dim}")
@@ -169,16 +196,36 @@ class CapabilityEncoder(nn.Module):
         self.connector = build_connector(connector, in_dim, out_dim)
         self.pool = QueryPool(num_soft_tokens, out_dim) if num_soft_tokens > 0 else None
         self.instruction_pool = InstructionPool(instruction_tokens, key_dim) if instruction_tokens > 0 else None
+        self.evidence_dim = evidence_dim
+        self.evidence = EvidenceEncoder(evidence_dim, out_dim, connector) if evidence_dim > 0 else None
 
     def num_tokens(self, num_features: int) -> int:
         """Soft tokens per candidate for N feature rows."""
-        return (self.num_soft_tokens or num_features) + self.instruction_tokens
+        return (self.num_soft_tokens or num_features) + self.instruction_tokens + (1 if self.evidence_dim else 0)
 
-    def forward(self, features: torch.Tensor, instruction: torch.Tensor | None = None) -> torch.Tensor:
+    def evidence_offset(self, evidence: torch.Tensor | None) -> torch.Tensor | None:
+        """The learned Yes−No logit offset (M,) of (M, E) evidence; None without an evidence encoder."""
+        if self.evidence is None:
+            return None
+        return self.evidence(self._check_evidence(evidence))[1]
+
+    def _check_evidence(self, evidence: torch.Tensor | None) -> torch.Tensor:
+        if evidence is None:
+            raise ValueError(f"this capability encoder reads aptitude evidence (model.evidence): pass the (M, "
+                             f"{self.evidence_dim}) evidence of the candidates")
+        return evidence
+
+    def forward(self, features: torch.Tensor, instruction: torch.Tensor | None = None,
+                evidence: torch.Tensor | None = None) -> torch.Tensor:
         if features.ndim != 3 or features.shape[-1] != self.in_dim:
             raise ValueError(f"capability features must be (models, rows, {self.in_dim}), got {tuple(features.shape)}")
         tokens = self.connector(features)                                          # (M, N, H)
         out = self.pool(tokens) if self.pool is not None else tokens               # (M, N_tok, H)
+        if self.evidence is not None:
+            evidence = self._check_evidence(evidence)
+            if evidence.shape[0] != features.shape[0]:
+                raise ValueError(f"{evidence.shape[0]} evidence rows for {features.shape[0]} candidates")
+            out = torch.cat([out, self.evidence(evidence.to(out.device))[0][:, None]], dim=1)  # (M, N_tok + 1, H)
         if self.instruction_pool is None:
             return out
         if instruction is None or instruction.shape != (features.shape[0], self.key_dim):

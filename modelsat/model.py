@@ -36,6 +36,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from modelsat.checkpoint import CheckpointError
 from modelsat.config import ModelConfig
+from modelsat.evidence import DIM as EVIDENCE_DIM
 from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
 from modelsat.io_utils import atomic_write_bytes
 from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder
@@ -169,9 +170,11 @@ class RouterModel(nn.Module):
             return embeds
         return embeds.masked_scatter(mask[..., None], soft.to(embeds.dtype))
 
-    def soft_tokens(self, features: list[torch.Tensor], instructions: list[str] | None = None) -> torch.Tensor:
+    def soft_tokens(self, features: list[torch.Tensor], instructions: list[str] | None = None,
+                    evidence: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Capability soft tokens of all candidates, instruction-major: (ΣK, N_tok, H). `instructions[i]`, the
-        instruction of `features[i]`, is needed (and embedded) only where the encoder pools by the instruction."""
+        instruction of `features[i]`, is needed (and embedded) only where the encoder pools by the instruction;
+        `evidence[i]` (K_i, E), the candidates' aptitude evidence for it, only where the encoder reads evidence."""
         shapes = {tuple(f.shape[1:]) for f in features if f.ndim == 3}
         if len(shapes) != 1 or any(f.ndim != 3 for f in features):
             raise ValueError(f"features must be (K_i, N, F) tensors of one (N, F) shape, got "
@@ -184,7 +187,26 @@ class RouterModel(nn.Module):
             counts = torch.tensor([f.shape[0] for f in features])
             embedded = self.sentence_encoder.encode(instructions)                   # (B, D), frozen
             per_block = embedded.repeat_interleave(counts, dim=0).to(self.device)   # (ΣK, D)
-        return self.capability(torch.cat(features).to(self.device, torch.float32), per_block)
+        return self.capability(torch.cat(features).to(self.device, torch.float32), per_block,
+                               self._evidence(evidence, features))
+
+    def _evidence(self, evidence: list[torch.Tensor] | None, features: list[torch.Tensor]) -> torch.Tensor | None:
+        """The (ΣK, E) evidence of all candidates, checked against their features; None where none is read."""
+        if not self.capability.evidence_dim:
+            return None
+        if evidence is None or len(evidence) != len(features) or any(
+                e.shape != (f.shape[0], self.capability.evidence_dim) for e, f in zip(evidence, features)):
+            raise ValueError(f"model.evidence needs one (K_i, {self.capability.evidence_dim}) evidence tensor per "
+                             f"instruction, matching its candidates (modelsat/evidence.py)")
+        return torch.cat(evidence).to(self.device, torch.float32)
+
+    def _margin(self, hidden: torch.Tensor, evidence: torch.Tensor | None, logits: bool) -> torch.Tensor:
+        """Yes−No margin of the LLM plus the evidence's learned offset → the margin, or log p(Yes) = logsigmoid."""
+        z = self._head(hidden, logits=True)                                         # (n,)
+        offset = self.capability.evidence_offset(evidence)
+        if offset is not None:
+            z = z + offset.to(z.dtype)
+        return z if logits else F.logsigmoid(z)
 
     @property
     def device(self) -> torch.device:
@@ -210,14 +232,16 @@ class RouterModel(nn.Module):
         return [int(f.shape[0]) for f in features]
 
     def score(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
-              logits: bool = False) -> list[torch.Tensor]:
+              logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Packed scoring. features[i]: (K_i, N, F) candidates of instruction i → [(K_i,)] log p(Yes)
-        (or the Yes−No logit margin z with `logits=True`; log p(Yes) = logsigmoid(z)).
+        (or the Yes−No logit margin z with `logits=True`; log p(Yes) = logsigmoid(z)). `evidence[i]`: (K_i, E)
+        aptitude evidence of those candidates for instruction i, needed where the model reads it (model.evidence).
         At most `chunk_size` candidate blocks go through the LLM at once (None: all)."""
         counts = self._check(instructions, features)
         if sum(counts) == 0:
             return [torch.zeros(0, device=self.device) for _ in counts]
-        soft = self.soft_tokens(features, instructions)                              # (ΣK, N_tok, H)
+        ev = self._evidence(evidence, features)                                     # (ΣK, E) or None
+        soft = self.soft_tokens(features, instructions, evidence)                    # (ΣK, N_tok, H)
         prefix, prefix_mask = _pad(self.prefix_ids(instructions), self.pad_id)       # (B, P)
         prefix, prefix_mask = prefix.to(self.device), prefix_mask.to(self.device)
         cache = self.decoder(inputs_embeds=self.embed(prefix), attention_mask=prefix_mask.long(),
@@ -239,20 +263,21 @@ class RouterModel(nn.Module):
             out = self.decoder(inputs_embeds=self.embed(block.expand(len(rows), -1), soft[idx]),
                                attention_mask=mask, position_ids=positions, past_key_values=past, use_cache=True)
             hidden.append(out.last_hidden_state[:, -1])                             # (C, H)
-        return list(self._head(torch.cat(hidden), logits).split(counts))
+        return list(self._margin(torch.cat(hidden), ev, logits).split(counts))
 
     def forward(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
-                logits: bool = False) -> list[torch.Tensor]:
+                logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """`score` (packed), so that accelerate / DDP wrappers see the call."""
-        return self.score(instructions, features, chunk_size, logits)
+        return self.score(instructions, features, chunk_size, logits, evidence)
 
     def score_separate(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
-                       logits: bool = False) -> list[torch.Tensor]:
+                       logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Reference scoring: one right-padded sequence per (instruction, candidate), `chunk_size` sequences a pass."""
         counts = self._check(instructions, features)
         if sum(counts) == 0:
             return [torch.zeros(0, device=self.device) for _ in counts]
-        soft = self.soft_tokens(features, instructions)                              # (ΣK, N_tok, H)
+        ev = self._evidence(evidence, features)                                     # (ΣK, E) or None
+        soft = self.soft_tokens(features, instructions, evidence)                    # (ΣK, N_tok, H)
         block = self.block_ids(soft.shape[1])
         seqs = [p + block for p, k in zip(self.prefix_ids(instructions), counts) for _ in range(k)]
         hidden = []
@@ -262,7 +287,7 @@ class RouterModel(nn.Module):
             out = self.decoder(inputs_embeds=self.embed(ids, soft[idx.to(self.device)]), attention_mask=mask.long())
             last = mask.sum(1) - 1                                                   # (C,) last real position
             hidden.append(out.last_hidden_state[torch.arange(len(idx), device=self.device), last])
-        return list(self._head(torch.cat(hidden), logits).split(counts))
+        return list(self._margin(torch.cat(hidden), ev, logits).split(counts))
 
     # -- candidate features -------------------------------------------------------------------------------------
     def model_features(self, outcomes: np.ndarray, task_descriptions: list[str]) -> torch.Tensor:
@@ -283,7 +308,8 @@ class RouterModel(nn.Module):
     def _connector_meta(self) -> dict[str, str]:
         cap = self.capability
         return {"in_dim": str(cap.in_dim), "out_dim": str(cap.out_dim), "connector": self.cfg.connector,
-                "num_soft_tokens": str(cap.num_soft_tokens), "instruction_tokens": str(cap.instruction_tokens)}
+                "num_soft_tokens": str(cap.num_soft_tokens), "instruction_tokens": str(cap.instruction_tokens),
+                "evidence_dim": str(cap.evidence_dim)}
 
     def save_trained(self, directory: str | Path) -> None:
         """Write only what trains: the LoRA adapter (PEFT format) and `connector.safetensors`."""
@@ -319,7 +345,7 @@ class RouterModel(nn.Module):
                                   f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}); {REDO}")
         file = directory / CONNECTOR_FILE
         state, meta = _read_weights(file, "connector")
-        meta = {"instruction_tokens": "0", **meta}                     # older checkpoints lack the key
+        meta = {"instruction_tokens": "0", "evidence_dim": "0", **meta}  # older checkpoints lack the keys
         if any(meta.get(k, v) != v for k, v in self._connector_meta().items()):
             raise CheckpointError(f"{file} was saved for {meta}, but this model has {self._connector_meta()}; build "
                                   "the model from the checkpoint's own config.yaml")
@@ -362,7 +388,7 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
     llm = get_peft_model(base, lora)
     capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
                                    llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens,
-                                   cfg.instruction_tokens, sentence_encoder.dim)
+                                   cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0)
     model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder)
     if checkpoint is not None:
         model.load_trained(checkpoint)

@@ -33,6 +33,7 @@ from modelsat.category import CategoryClassifier
 from modelsat.checkpoint import (CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, load_aptitude_embeddings,
                                  load_category_classifier)
 from modelsat.config import Config, load_config
+from modelsat.evidence import Evidence
 from modelsat.model import RouterModel, build_router_model
 from modelsat.zoo import Zoo, ZooError
 
@@ -106,6 +107,7 @@ class Router:
         self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
         self.category_classifier: CategoryClassifier | None = None   # the category prior's (from the checkpoint)
+        self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
@@ -140,6 +142,9 @@ class Router:
         router = cls(model, aptitude, zoo, config, **kwargs)
         router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
         router.category_classifier = load_category_classifier(path, aptitude, config.model.sentence_encoder)
+        if config.model.evidence and router.category_classifier is None:
+            raise CheckpointError(f"{path} has model.evidence=true but no {CATEGORY_CLASSIFIER} (train.py writes it "
+                                  "with the evidence); re-copy the checkpoint folder, or retrain it with train.py")
         if config.route.category_prior and router.category_classifier is None:
             raise CheckpointError(f"{path} has route.category_prior={config.route.category_prior} but no "
                                   f"{CATEGORY_CLASSIFIER} (train.py writes it); set route.category_prior: 0 in its "
@@ -153,11 +158,12 @@ class Router:
 
     def add_model(self, name: str, results: pd.DataFrame | str | Path, cost: float | None = None,
                   params_b: float | None = None, persist: bool = False, cost_unit: str = "",
-                  missing: str = "error") -> None:
+                  missing: str = "error", **endpoint: str | float | None) -> None:
         """Add a model from its aptitude results (`Zoo.add`: `missing="wrong"` counts a few missing answers as
-        wrong); `persist=True` also writes it to the checkpoint's zoo."""
+        wrong; `endpoint`: where it answers, the keywords endpoint, upstream_model, api_key_env, price_in and
+        price_out); `persist=True` also writes it to the checkpoint's zoo."""
         self.zoo.add(name, results, cost=cost, params_b=params_b, cost_unit=cost_unit, persist=persist,
-                     missing=missing)
+                     missing=missing, **endpoint)
         self._features.pop(name, None)
 
     def remove_model(self, name: str, persist: bool = False) -> None:
@@ -165,6 +171,19 @@ class Router:
         name = name.strip() if isinstance(name, str) else name
         self.zoo.remove(name, persist=persist)
         self._features.pop(name, None)
+
+    def sync_zoo(self) -> set[str]:
+        """Re-read the zoo's folder where its files changed since the last read (`Zoo.signature`), e.g. by
+        `modelsat zoo add/remove` in another process; returns the names added, changed or removed (their cached
+        features are dropped). A bad file raises ZooError and leaves the zoo as it was."""
+        signature = self.zoo.signature()
+        if signature == self._zoo_signature or self.zoo.root is None:
+            return set()
+        changed = self.zoo.reload()
+        self._zoo_signature = signature
+        for name in changed:
+            self._features.pop(name, None)
+        return changed
 
     def features(self, name: str) -> torch.Tensor:
         """Frozen capability features of a model, computed once and cached."""
@@ -232,6 +251,18 @@ class Router:
                               "> 0) needs the router's sentence encoder")
         return self.model.sentence_encoder
 
+    @property
+    def reads_evidence(self) -> bool:
+        """Whether the router model reads each candidate's aptitude evidence for the instruction (model.evidence)."""
+        return bool(self.model.capability.evidence_dim)
+
+    def evidence(self, instructions: Sequence[str], models: Sequence[str]) -> torch.Tensor:
+        """(Q, M, E) aptitude evidence of `models` for `instructions` (`modelsat/evidence.py`), from the zoo entries'
+        aptitude results, the aptitude questions' embeddings and the checkpoint's category classifier."""
+        outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
+        emb = unit_embeddings(self._encoder(), list(instructions))                        # (Q, D)
+        return Evidence(self.aptitude_embeddings(), self.category_classifier)(emb, outcomes)
+
     def aptitude_embeddings(self) -> torch.Tensor:
         """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order: the
         checkpoint's `aptitude_embeddings.safetensors` where it has one, else computed once."""
@@ -244,7 +275,7 @@ class Router:
         reads the nearest aptitude questions, their embeddings (a service calls this before it serves)."""
         for name in self.models:
             self.features(name)
-        if self.prior_neighbours:
+        if self.prior_neighbours or self.reads_evidence:
             self.aptitude_embeddings()
 
     # ----- ranking -------------------------------------------------------------------------------
@@ -278,7 +309,7 @@ class Router:
         """Whether each instruction is longer than a window that reads it (the router LLM's, or the sentence
         encoder's where the model or the prior reads it), so read as its first third + its end."""
         cut = self.model.shortened(list(instructions))
-        if self.prior_reads_instructions and self.model.sentence_encoder is not None:
+        if (self.prior_reads_instructions or self.reads_evidence) and self.model.sentence_encoder is not None:
             cut = [a or b for a, b in zip(cut, self.model.sentence_encoder.shortened(list(instructions)))]
         return cut
 
@@ -290,11 +321,13 @@ class Router:
         models = self._check_models(models)
         feats = [self.features(m) for m in models]
         stacked = torch.stack(feats)                                        # (M, N, F)
+        evidence = self.evidence(instructions, models) if self.reads_evidence else None     # (Q, M, E)
         out = np.zeros((len(instructions), len(models)), dtype=np.float64)
         starts = range(0, len(instructions), self.batch_size)
         for s in tqdm(starts, desc="routing", disable=not progress, unit="batch"):
             batch = instructions[s:s + self.batch_size]
-            logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size)
+            ev = None if evidence is None else list(evidence[s:s + len(batch)])
+            logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size, evidence=ev)
             for i, lp in enumerate(logp):
                 out[s + i] = lp.exp().double().cpu().numpy()
         return out

@@ -1,0 +1,162 @@
+"""Aptitude evidence as a learned input (issue 19): the evidence equals a hand computation, also for a model added
+through the zoo; the model reads it packed as separately and it survives save → load; the utility has no term
+besides p_correct and cost; train.py stores what the evidence needs."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modelsat.category import CategoryClassifier
+from modelsat.checkpoint import APTITUDE_EMBEDDINGS, CATEGORY_CLASSIFIER, CheckpointError
+from modelsat.config import ModelConfig
+from modelsat.evidence import DIM, NAMES, NEIGHBOURS, TEMPERATURE, Evidence
+from modelsat.model import build_router_model
+
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _unit(x: np.ndarray) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.tensor(x, dtype=torch.float32), dim=-1)
+
+
+def test_evidence_equals_a_hand_computation() -> None:
+    rng = np.random.default_rng(0)
+    A, D, M, Q = 240, 8, 3, 4
+    keys, x = _unit(rng.normal(size=(A, D))), _unit(rng.normal(size=(Q, D)))
+    outcomes = rng.integers(0, 2, (A, M)).astype(float)
+    cats = np.array(["math", "law", "bio"])[rng.integers(0, 3, A)]
+    clf = CategoryClassifier.fit(keys, list(cats), list(cats))
+    ev = Evidence(keys, clf)(x, outcomes)
+    assert ev.shape == (Q, M, DIM) and ev.dtype == torch.float32 and len(NAMES) == DIM
+    for q in range(Q):
+        sim = (x[q] @ keys.T).double().numpy()
+        order = np.argsort(-sim, kind="stable")
+        w = np.exp((sim - sim.max()) / TEMPERATURE)
+        proba = clf.proba(x[q:q + 1])[0]
+        per_cat = np.stack([outcomes[cats == c].mean(0) for c in clf.classes])     # (C, M)
+        for m in range(M):
+            hand = [outcomes[order[:k], m].mean() for k in NEIGHBOURS]
+            hand += [w @ outcomes[:, m] / w.sum(), proba @ per_cat[:, m], outcomes[:, m].mean(),
+                     np.sort(sim)[::-1][:10].mean()]
+            np.testing.assert_allclose(ev[q, m].numpy(), hand, atol=1e-5)
+
+
+def test_evidence_without_classifier_and_small_tests() -> None:
+    rng = np.random.default_rng(1)
+    keys, x = _unit(rng.normal(size=(6, 4))), _unit(rng.normal(size=(2, 4)))      # fewer questions than k = 10
+    outcomes = rng.integers(0, 2, (6, 2)).astype(float)
+    ev = Evidence(keys)(x, outcomes)
+    whole = outcomes.mean(0)
+    for k in range(len(NEIGHBOURS)):                                               # every k reads all 6 questions
+        np.testing.assert_allclose(ev[:, :, k].numpy(), np.broadcast_to(whole, (2, 2)), atol=1e-6)
+    np.testing.assert_allclose(ev[:, :, NAMES.index("category")], ev[:, :, NAMES.index("overall")])
+    with pytest.raises(ValueError, match="outcomes must be"):
+        Evidence(keys)(x, outcomes[:5])
+    with pytest.raises(ValueError, match="instruction embeddings"):
+        Evidence(keys)(x[:, :3], outcomes)
+
+
+def _cfg(**kw) -> ModelConfig:
+    return ModelConfig(llm="tiny-llama", sentence_encoder="tiny-encoder", max_instruction_tokens=40,
+                       lora_dropout=0.0, evidence=True, num_soft_tokens=2, **kw)
+
+
+def test_model_reads_evidence_packed_as_separately_and_after_save(tmp_path: Path) -> None:
+    model = build_router_model(_cfg(), per_task=4)
+    with torch.no_grad():                       # only what is saved (LoRA, capability encoder): save → load identity
+        for name, p in model.named_parameters():
+            if "lora_" in name or name.startswith("capability."):
+                p.normal_(0.0, 0.2)
+    rng = np.random.default_rng(0)
+    feats = [model.model_features(rng.integers(0, 2, (3, 4)).astype(np.float32), ["a b", "c d", "e f"])
+             for _ in range(3)]
+    groups = [torch.stack(feats), torch.stack(feats[:2])]
+    evidence = [torch.rand(3, DIM), torch.rand(2, DIM)]
+    texts = ["What is 2+2? A. 3 B. 4", "Name the law of contracts. A. x B. y"]
+    with torch.no_grad():
+        packed = torch.cat(model.score(texts, groups, evidence=evidence))
+        torch.testing.assert_close(torch.cat(model.score_separate(texts, groups, evidence=evidence)), packed,
+                                   atol=1e-4, rtol=0)
+        other = torch.cat(model.score(texts, groups, evidence=[1 - e for e in evidence]))
+        assert (other - packed).abs().max() > 1e-3                                  # the evidence is read
+        with pytest.raises(ValueError, match="model.evidence needs"):
+            model.score(texts, groups)
+        with pytest.raises(ValueError, match="model.evidence needs"):
+            model.score(texts, groups, evidence=[e[:1] for e in evidence])
+        model.save_trained(tmp_path)
+        loaded = build_router_model(_cfg(), per_task=4, checkpoint=tmp_path)
+        torch.testing.assert_close(torch.cat(loaded.score(texts, groups, evidence=evidence)), packed)
+    with pytest.raises(CheckpointError, match="evidence_dim"):
+        build_router_model(_cfg().__class__(**{**_cfg().__dict__, "evidence": False}), per_task=4, checkpoint=tmp_path)
+
+
+def test_evidence_offset_starts_at_zero() -> None:
+    """At step 0 the learned offset adds nothing: the score is the LLM's reading of the tokens."""
+    model = build_router_model(_cfg(), per_task=4)
+    assert float(model.capability.evidence_offset(torch.rand(5, DIM)).abs().max()) == 0.0
+
+
+@pytest.fixture(scope="module")
+def evidence_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router trained for a few steps with model.evidence=true and no route prior."""
+    root = tmp_path_factory.mktemp("evidence-run")
+    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    train.main(["--config", str(REPO / "configs" / "tiny.yaml"),
+                *tiny_overrides(root, **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
+                                         "route.aptitude_prior": 0, "route.category_prior": 0})])
+    return root / "run"
+
+
+def test_train_stores_what_the_evidence_reads(evidence_run: Path) -> None:
+    for folder in ("final", "step-000002", "step-000004"):
+        assert (evidence_run / folder / APTITUDE_EMBEDDINGS).is_file(), folder
+        assert (evidence_run / folder / CATEGORY_CLASSIFIER).is_file(), folder
+
+
+def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms(evidence_run: Path,
+                                                                               tmp_path: Path) -> None:
+    from modelsat import Router
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(evidence_run / "final", ckpt)
+    router = Router.from_checkpoint(ckpt)
+    qids = router.aptitude.question_ids
+    scores = {q: float(i % 3 == 0) for i, q in enumerate(qids)}
+    router.add_model("m-new", scores, cost=2.5, cost_unit="USD/query")
+    text = "A law question about torts number 7: which option is right?\nA. first\nB. second"
+    ev = router.evidence([text], ["m-new"])[0, 0]
+    keys = router.aptitude_embeddings()
+    x = torch.nn.functional.normalize(router.model.sentence_encoder.encode([text]).float(), dim=-1)
+    o = np.array([scores[q] for q in qids])[:, None]
+    torch.testing.assert_close(ev, Evidence(keys, router.category_classifier)(x, o)[0, 0])
+    order = torch.argsort(-(x @ keys.T)[0], stable=True).numpy()
+    assert ev[0].item() == pytest.approx(o[order[:10], 0].mean(), abs=1e-6)
+    assert ev[NAMES.index("overall")].item() == pytest.approx(o.mean(), abs=1e-6)
+
+    ranked = router.rank(text, cost_weight=0.3)
+    costs = {r.model: r.cost for r in ranked}
+    top = max(c for c in costs.values() if c is not None)
+    for r in ranked:                                                 # utility = p_correct − cost_weight · cost / max
+        cost = top if r.cost is None else r.cost
+        assert r.utility == pytest.approx(r.p_correct - 0.3 * cost / top, abs=1e-9)
+    p = router.predict_matrix([text])[0]
+    assert {r.model: r.p_correct for r in ranked} == pytest.approx(dict(zip(router.models, p)), abs=1e-9)
+
+
+def test_a_checkpoint_reading_evidence_needs_its_classifier(evidence_run: Path, tmp_path: Path) -> None:
+    from modelsat import Router
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(evidence_run / "final", ckpt)
+    (ckpt / CATEGORY_CLASSIFIER).unlink()
+    with pytest.raises(CheckpointError, match="model.evidence=true but no category_classifier"):
+        Router.from_checkpoint(ckpt)

@@ -6,12 +6,19 @@ Each file is written atomically (temporary file + rename), so a crash mid-write 
 zoo intact; every entry carries the fingerprint of the aptitude test it answered, and a mismatch
 is an error. A zoo has one cost unit: an entry's cost is `cost` in `cost_unit`, or, without a cost,
 `params_b` in the unit "params_b"; entries in another unit are refused.
+
+An entry may also say where the model answers: `endpoint` (an OpenAI-compatible base URL, e.g.
+http://127.0.0.1:8080/v1), `upstream_model` (the id that endpoint knows it by), `api_key_env` (the name of the
+environment variable holding its API key, read at request time; the key itself is never stored) and
+`price_in`/`price_out` (USD per million input/output tokens). Prices give the entry its cost: their mean, in the
+unit "usd_per_1M_tokens" (a request of as many input as output tokens). These keys are written only where set.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -28,6 +35,9 @@ from modelsat.io_utils import atomic_write_text
 MAX_MISSING_FRACTION = 0.05
 """With missing="wrong", at most this fraction of the aptitude questions may go unanswered (counted as wrong)."""
 MAX_NAME_LENGTH = 200
+PRICE_UNIT = "usd_per_1M_tokens"
+"""The cost unit of entries priced per token: the mean of `price_in` and `price_out`."""
+ENDPOINT_FIELDS = ("endpoint", "upstream_model", "api_key_env", "price_in", "price_out")
 
 
 class ZooError(ValueError):
@@ -48,6 +58,11 @@ class ZooEntry:
     params_b: float | None = None
     missing: str = "error"            # "wrong": `num_missing` unanswered questions are scored 0
     num_missing: int = 0
+    endpoint: str | None = None       # OpenAI-compatible base URL the model answers at (the gateway forwards there)
+    upstream_model: str | None = None  # the model id that endpoint knows
+    api_key_env: str | None = None    # environment variable holding the endpoint's API key (never the key)
+    price_in: float | None = None     # USD per 1M input tokens
+    price_out: float | None = None    # USD per 1M output tokens
 
     @cached_property
     def accuracy(self) -> float:
@@ -62,7 +77,8 @@ class ZooEntry:
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "fingerprint": self.fingerprint, "cost": self.cost,
                            "cost_unit": self.cost_unit, "params_b": self.params_b, "missing": self.missing,
-                           "num_missing": self.num_missing, "scores": self.scores},
+                           "num_missing": self.num_missing, "scores": self.scores,
+                           **{k: getattr(self, k) for k in ENDPOINT_FIELDS if getattr(self, k) is not None}},
                           indent=1, sort_keys=True, allow_nan=False)
 
 
@@ -112,6 +128,50 @@ def check_cost(value: object, what: str = "cost") -> float | None:
     if not math.isfinite(number) or number < 0:
         raise ZooError(f"{what} must be a finite number >= 0, got {number!r}")
     return number
+
+
+def check_endpoint(endpoint: object = None, upstream_model: object = None, api_key_env: object = None,
+                   price_in: object = None, price_out: object = None) -> dict:
+    """The endpoint fields of an entry, checked (ZooError naming the field otherwise): `endpoint` an http(s) URL
+    with a host, and then `upstream_model` required; `api_key_env` an environment variable name ([A-Za-z_]
+    [A-Za-z0-9_]*, never the key itself); prices finite numbers >= 0, both or neither. All None: no endpoint."""
+    from urllib.parse import urlsplit
+
+    fields = {"endpoint": endpoint, "upstream_model": upstream_model, "api_key_env": api_key_env}
+    for key, value in fields.items():
+        if value is not None and (not isinstance(value, str) or not value.strip() or value != value.strip()
+                                  or any(unicodedata.category(c) in ("Cc", "Cs") for c in value)
+                                  or len(value) > 2000):
+            raise ZooError(f"{key} must be a non-empty string without surrounding spaces or control characters "
+                           f"(at most 2000 characters), got {str(value)[:80]!r}")
+    if endpoint is not None:
+        try:
+            url = urlsplit(endpoint)
+            url.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as e:
+            raise ZooError(f"endpoint {endpoint[:80]!r} is not a URL ({e}); give e.g. http://127.0.0.1:8080/v1") from e
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ZooError(f"endpoint {endpoint[:80]!r} must be an http:// or https:// URL with a host, e.g. "
+                           "http://127.0.0.1:8080/v1 (the base URL before /chat/completions)")
+        if url.username or url.password:
+            raise ZooError(f"endpoint of host {url.hostname!r} holds a user name or password; give the API key "
+                           "through an environment variable named by --api-key-env instead")
+        if upstream_model is None:
+            raise ZooError("an endpoint needs the model id it serves (--upstream-model / upstream_model)")
+    elif upstream_model is not None or api_key_env is not None:
+        raise ZooError("upstream_model and api_key_env need an endpoint (--endpoint URL)")
+    if api_key_env is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
+        raise ZooError(f"api_key_env must name an environment variable (letters, digits, _), got "
+                       f"{api_key_env[:40]!r}; the key itself is never stored: export it and give its name")
+    price_in, price_out = check_cost(price_in, "price_in"), check_cost(price_out, "price_out")
+    if (price_in is None) != (price_out is None):
+        raise ZooError("give both price_in and price_out (USD per 1M input and output tokens), or neither")
+    return {**fields, "price_in": price_in, "price_out": price_out}
+
+
+def price_cost(price_in: float, price_out: float) -> float:
+    """The cost of an entry priced per token, in PRICE_UNIT: the mean of its input and output prices."""
+    return (price_in + price_out) / 2
 
 
 def _unknown_as_none(value: object) -> object:
@@ -172,6 +232,7 @@ class Zoo:
         self.root = root
         self.entries: dict[str, ZooEntry] = {}
         self.files: dict[str, Path] = {}  # name -> the file the entry was read from or written to
+        self.unsaved_removals: set[str] = set()  # removed with persist=False: `reload` leaves them out
 
     @classmethod
     def load(cls, root: str | Path, aptitude: Aptitude) -> "Zoo":
@@ -193,6 +254,33 @@ class Zoo:
             zoo.entries[entry.name] = entry
             zoo.files[entry.name] = path
         return zoo
+
+    def signature(self) -> tuple:
+        """The folder's *.json files as (name, inode, size, mtime) tuples: what changes when `modelsat zoo add` or
+        `remove` writes to it (empty without a folder or when it cannot be listed)."""
+        if self.root is None:
+            return ()
+        try:
+            with os.scandir(self.root) as it:
+                return tuple(sorted((e.name, e.inode(), st.st_size, st.st_mtime_ns) for e in it
+                                    if e.name.endswith(".json") for st in [e.stat()]))
+        except OSError:
+            return ()
+
+    def reload(self) -> set[str]:
+        """Re-read the folder, e.g. after `modelsat zoo add/remove` in another process; entries added (without a
+        file) or removed with persist=False here stay so. Returns the names added, changed or removed. A bad file
+        raises ZooError and leaves the zoo as it was."""
+        disk = Zoo.load(self.root, self.aptitude)
+        for name in self.unsaved_removals & set(disk.entries):
+            del disk.entries[name], disk.files[name]
+        for name, entry in self.entries.items():
+            if name not in self.files and name not in disk.entries:   # added here with persist=False
+                disk.entries[name] = entry
+        changed = {n for n in set(self.entries) | set(disk.entries)
+                   if n not in self.entries or n not in disk.entries or self.entries[n] != disk.entries[n]}
+        self.entries, self.files = disk.entries, disk.files
+        return changed
 
     @property
     def names(self) -> list[str]:
@@ -220,14 +308,24 @@ class Zoo:
 
     def add(self, name: str, results: pd.DataFrame | str | Path | dict[str, float], cost: float | None = None,
             params_b: float | None = None, cost_unit: str = "", persist: bool = True, replace: bool = False,
-            missing: Literal["error", "wrong"] = "error") -> ZooEntry:
+            missing: Literal["error", "wrong"] = "error", endpoint: str | None = None,
+            upstream_model: str | None = None, api_key_env: str | None = None, price_in: float | None = None,
+            price_out: float | None = None) -> ZooEntry:
         """Add a model from its aptitude results.
 
         Every aptitude question must be answered; with `missing="wrong"` up to 5% of them may be absent and count
         as wrong. `cost` (in `cost_unit`) and `params_b` are finite numbers >= 0 or None (a table's NaN: unknown);
-        the entry's unit must be the zoo's.
+        the entry's unit must be the zoo's. `endpoint`, `upstream_model`, `api_key_env`, `price_in`, `price_out`:
+        where the model answers (`check_endpoint`); prices set the cost (`price_cost`, in PRICE_UNIT) and exclude
+        `cost`.
         """
         check_model_name(name)
+        where_to = check_endpoint(endpoint, upstream_model, api_key_env, price_in, price_out)
+        if where_to["price_in"] is not None:
+            if _unknown_as_none(cost) is not None or cost_unit not in ("", PRICE_UNIT):
+                raise ZooError(f"model {name!r}: give either prices (USD per 1M tokens, the cost is their mean in "
+                               f"{PRICE_UNIT!r}) or a cost with its unit, not both")
+            cost, cost_unit = price_cost(where_to["price_in"], where_to["price_out"]), PRICE_UNIT
         if name in self.entries and not replace:
             raise ZooError(f"model {name!r} is already in the zoo; remove it first")
         if missing not in ("error", "wrong"):
@@ -254,11 +352,12 @@ class Zoo:
                 "answer them (`modelsat aptitude run` resumes)")
         entry = ZooEntry(name=name, scores={q: float(scores.get(q, 0.0)) for q in sorted(ids)},
                          fingerprint=self.aptitude.fingerprint, cost=cost, cost_unit=cost_unit, params_b=params_b,
-                         missing=missing, num_missing=len(absent))
+                         missing=missing, num_missing=len(absent), **where_to)
         unit = _common_unit(e for n, e in sorted(self.entries.items()) if n != name)  # a replaced entry may change it
         if unit is not None and entry.unit is not None and entry.unit != unit:
             hint = ("give its size with --params-b and no --cost" if unit == "params_b" else
                     "give a --cost without --cost-unit" if unit == "" else
+                    "give --price-in and --price-out (USD per 1M tokens)" if unit == PRICE_UNIT else
                     f"give a --cost in {unit} (--cost-unit {unit})")
             raise ZooError(f"model {name!r} has its cost in {_unit_label(entry.unit)}, but this zoo's costs are in "
                            f"{_unit_label(unit)} and a zoo has one cost unit; {hint}, as the other entries")
@@ -273,6 +372,7 @@ class Zoo:
             atomic_write_text(path, entry.to_json())
             self.files[name] = path
         self.entries[name] = entry
+        self.unsaved_removals.discard(name)
         return entry
 
     def remove(self, name: str, persist: bool = True) -> None:
@@ -281,6 +381,8 @@ class Zoo:
         path = self.files.get(name) or (self.root / _file_name(name) if self.root is not None else None)
         if persist and path is not None and path not in {p for n, p in self.files.items() if n != name}:
             path.unlink(missing_ok=True)  # never another entry's file (one renamed by hand to this name's)
+        if not persist:
+            self.unsaved_removals.add(name)
         del self.entries[name]
         self.files.pop(name, None)
 
@@ -293,9 +395,11 @@ class Zoo:
         return np.asarray(out, dtype=np.float64)
 
     def describe(self) -> list[dict]:
-        """One row per model: name, aptitude accuracy, cost and its unit, params, missing answers and their rule."""
+        """One row per model: name, aptitude accuracy, cost and its unit, params, missing answers and their rule,
+        and, where set, endpoint, upstream model, the name of its API key's variable (never the key) and prices."""
         return [{"model": n, "aptitude_accuracy": e.accuracy, "cost": e.cost, "cost_unit": e.cost_unit,
-                 "params_b": e.params_b, "missing": e.missing, "num_missing": e.num_missing}
+                 "params_b": e.params_b, "missing": e.missing, "num_missing": e.num_missing,
+                 **{k: getattr(e, k) for k in ENDPOINT_FIELDS if getattr(e, k) is not None}}
                 for n, e in sorted(self.entries.items())]
 
 
@@ -307,12 +411,14 @@ def _read_entry(path: Path, aptitude: Aptitude) -> ZooEntry:
         entry = ZooEntry(name=d["name"], scores={str(k): float(v) for k, v in d["scores"].items()},
                          fingerprint=d["fingerprint"], cost=d.get("cost"), cost_unit=d.get("cost_unit", ""),
                          params_b=d.get("params_b"), missing=d.get("missing", "error"),
-                         num_missing=d.get("num_missing", 0))
+                         num_missing=d.get("num_missing", 0), **{k: d.get(k) for k in ENDPOINT_FIELDS})
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, UTF-8 errors
         raise ZooError(f"{path}: not a valid zoo entry ({type(e).__name__}: {e}); {fix}") from e
     try:
         check_model_name(entry.name)
         entry.cost, entry.params_b = check_cost(entry.cost, "cost"), check_cost(entry.params_b, "params_b")
+        for key, value in check_endpoint(*(getattr(entry, k) for k in ENDPOINT_FIELDS)).items():
+            setattr(entry, key, value)
         if not isinstance(entry.cost_unit, str):
             raise ZooError(f"cost_unit must be a string, got {entry.cost_unit!r}")
         ids = aptitude.question_ids

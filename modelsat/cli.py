@@ -98,20 +98,22 @@ def _table_costs(results: str, name: str) -> dict:
 
 
 def cmd_zoo_add(a: argparse.Namespace) -> None:
-    from modelsat.zoo import check_cost, check_model_name
+    from modelsat.zoo import check_cost, check_endpoint, check_model_name
 
     check_model_name(a.name)
     check_cost(a.cost, "cost")  # refuses NaN, which Zoo.add reads as a table's blank cell
     check_cost(a.params_b, "params_b")
+    where_to = check_endpoint(a.endpoint, a.upstream_model, a.api_key_env, a.price_in, a.price_out)
     zoo = _zoo(a.checkpoint)
-    meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit}
-    if a.cost is None and a.params_b is None and (found := _table_costs(a.results, a.name)):
+    meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit, **where_to}
+    if a.cost is None and a.params_b is None and a.price_in is None and (found := _table_costs(a.results, a.name)):
         meta.update(found)  # a routing table's results: its models file knows the model's cost
         print(f"{a.name}: cost from the table beside {a.results}: "
               + ", ".join(f"{k}={v}" for k, v in found.items() if v != ""))
     entry = zoo.add(a.name, a.results, missing=a.missing, **meta)
     counted = f", {entry.num_missing} missing answers counted as wrong" if entry.num_missing else ""
-    print(f"added {entry.name} to {zoo.root} (aptitude accuracy {entry.accuracy:.3f}{counted}); "
+    at = f", answering at {entry.endpoint} as {entry.upstream_model}" if entry.endpoint else ""
+    print(f"added {entry.name} to {zoo.root} (aptitude accuracy {entry.accuracy:.3f}{counted}{at}); "
           f"the zoo now has {len(zoo)} models")
 
 
@@ -126,7 +128,8 @@ def cmd_zoo_list(a: argparse.Namespace) -> None:
         unit = r["cost_unit"] if r["cost"] is not None else "params_b" if r["params_b"] is not None else ""
         params = "" if r["params_b"] is None else f"{r['params_b']:.1f}"
         missing = f"{r['num_missing']} as wrong" if r["missing"] == "wrong" else "0"
-        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {cost:>10} {unit:<12} {params:>9} {missing:>13}")
+        at = f"  {r['endpoint']} ({r['upstream_model']})" if r.get("endpoint") else ""
+        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {cost:>10} {unit:<12} {params:>9} {missing:>13}{at}")
 
 
 def cmd_zoo_remove(a: argparse.Namespace) -> None:
@@ -146,12 +149,15 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     import uvicorn
 
+    from modelsat.gateway import GatewaySettings
     from modelsat.router import Router
     from modelsat.service import create_app
 
+    settings = GatewaySettings(max_attempts=a.max_attempts, timeout=a.upstream_timeout,
+                               connect_timeout=a.connect_timeout)   # checked before the router loads
     router = Router.from_checkpoint(a.checkpoint)
     router.warm_up()
-    app = create_app(router, persist=a.persist)
+    app = create_app(router, persist=a.persist, gateway=settings)
     uvicorn.run(app, host=a.host, port=a.port, log_level="info")
 
 
@@ -204,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     za.add_argument("--missing", choices=["error", "wrong"], default="error",
                     help="unanswered aptitude questions: refuse the results (default), or count them as wrong "
                          "(up to 5%% of the test)")
+    za.add_argument("--endpoint", help="OpenAI-compatible base URL the gateway forwards to, e.g. "
+                                       "http://127.0.0.1:8080/v1")
+    za.add_argument("--upstream-model", help="the model id the endpoint knows (with --endpoint)")
+    za.add_argument("--api-key-env", help="environment variable holding the endpoint's API key, read at request "
+                                          "time (the key is never stored)")
+    za.add_argument("--price-in", type=float, help="USD per 1M input tokens; with --price-out the cost is their mean "
+                                                   "in usd_per_1M_tokens")
+    za.add_argument("--price-out", type=float, help="USD per 1M output tokens")
     za.set_defaults(fn=cmd_zoo_add)
     zl = zoo.add_parser("list", help="the models of the zoo")
     zl.add_argument("--checkpoint", required=True)
@@ -234,7 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--checkpoint", required=True)
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--persist", action="store_true", help="POST /models also writes the model to the checkpoint's zoo")
+    sv.add_argument("--persist", action="store_true",
+                    help="POST /models and DELETE /models/NAME also write to the checkpoint's zoo")
+    sv.add_argument("--max-attempts", type=int, default=3,
+                    help="gateway: candidates tried per chat request when upstreams fail (default 3)")
+    sv.add_argument("--upstream-timeout", type=float, default=60.0,
+                    help="gateway: seconds to wait for an upstream's answer or next streamed chunk (default 60)")
+    sv.add_argument("--connect-timeout", type=float, default=5.0,
+                    help="gateway: seconds to connect to an upstream (default 5)")
     sv.set_defaults(fn=cmd_serve)
 
     p.add_argument("--debug", action="store_true", help="on an error, show its traceback")

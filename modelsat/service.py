@@ -3,13 +3,19 @@
     POST /rank    {"instruction": str, "models"?: [str], "cost_weight"?: float, "top_k"?: int}
     GET  /models  the zoo
     POST /models  {"name": str, "scores": {question_id: score}, "cost"?: float, "params_b"?: float,
-                   "cost_unit"?: str, "missing"?: "error" | "wrong"}
+                   "cost_unit"?: str, "missing"?: "error" | "wrong", "endpoint"?: url, "upstream_model"?: str,
+                   "api_key_env"?: str, "price_in"?: float, "price_out"?: float}
+    DELETE /models/{name}
     GET  /health
+    POST /v1/chat/completions, GET /v1/models   the OpenAI-compatible gateway (modelsat/gateway.py)
+The zoo folder is re-read when its files change (checked at most once a second), so `modelsat zoo add/remove` in
+another process shows without a restart.
 OpenAPI docs at /docs. Bodies are validated and bounded in size: bad input gets a 4xx naming the field, never a
 500; an unexpected error gets a JSON 500 and the connection stays open.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Annotated, Literal
@@ -21,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from modelsat.gateway import GatewaySettings, mount, zoo_syncer
 from modelsat.router import MAX_INSTRUCTION_CHARS, Router, check_text
 from modelsat.zoo import check_model_name
 
@@ -83,6 +90,14 @@ class AddModelRequest(BaseModel):
         default="", max_length=100, description="the zoo's one cost unit ('' = unspecified)")
     missing: Literal["error", "wrong"] = Field(default="error", description=(
         "'error': every aptitude question must be scored; 'wrong': a missing score counts as 0 (up to 5%)"))
+    endpoint: Annotated[str, _text("endpoint", None)] | None = Field(
+        default=None, max_length=2000, description="OpenAI-compatible base URL the gateway forwards to")
+    upstream_model: Annotated[str, _text("upstream_model", None)] | None = Field(
+        default=None, max_length=2000, description="the model id the endpoint knows")
+    api_key_env: Annotated[str, _text("api_key_env", None)] | None = Field(
+        default=None, max_length=200, description="environment variable holding the endpoint's API key (not the key)")
+    price_in: Amount | None = Field(default=None, description="USD per 1M input tokens (sets the cost)")
+    price_out: Amount | None = Field(default=None, description="USD per 1M output tokens (sets the cost)")
 
 
 def _safe(text: str, limit: int = 1000) -> str:
@@ -100,10 +115,22 @@ def _safe_error(error: dict) -> dict:
             "input": _safe(ascii(error.get("input")), 200)}
 
 
-def create_app(router: Router, persist: bool = False) -> FastAPI:
-    """The FastAPI app serving `router`; `persist` makes POST /models write to the checkpoint's zoo."""
-    app = FastAPI(title="modelsat", description="Route instructions to the LLM most likely to answer them well.")
+def create_app(router: Router, persist: bool = False, gateway: GatewaySettings | None = None) -> FastAPI:
+    """The FastAPI app serving `router`; `persist` makes POST /models and DELETE /models/{name} write to the
+    checkpoint's zoo; `gateway`: how /v1/chat/completions forwards (default GatewaySettings())."""
+    closers = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        for close in closers:
+            await close()
+
+    app = FastAPI(title="modelsat", description="Route instructions to the LLM most likely to answer them well.",
+                  lifespan=lifespan)
     lock = threading.Lock()  # the zoo and the feature cache are shared between requests
+    sync = zoo_syncer(router, log=log.warning)   # call with `lock` held
+    closers.append(mount(app, router, lock, gateway or GatewaySettings(), sync))
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -147,12 +174,14 @@ def create_app(router: Router, persist: bool = False) -> FastAPI:
     @app.get("/models")
     def models() -> list[dict]:
         with lock:
+            sync()
             return router.zoo.describe()
 
     @app.post("/rank", response_model=list[RankedModel])
     def rank(req: RankRequest) -> list[dict]:
         try:
             with lock:
+                sync()
                 ranked = router.rank(req.instruction, req.models, req.cost_weight, req.top_k)
         except ValueError as e:
             raise HTTPException(422, _safe(str(e))) from e
@@ -162,12 +191,24 @@ def create_app(router: Router, persist: bool = False) -> FastAPI:
     def add_model(req: AddModelRequest) -> dict:
         try:
             with lock:
+                sync()
                 if req.name in router.zoo:
                     raise HTTPException(409, f"model {req.name!r} is already in the zoo")
                 router.add_model(req.name, req.scores, cost=req.cost, params_b=req.params_b, persist=persist,
-                                 cost_unit=req.cost_unit, missing=req.missing)
+                                 cost_unit=req.cost_unit, missing=req.missing, endpoint=req.endpoint,
+                                 upstream_model=req.upstream_model, api_key_env=req.api_key_env,
+                                 price_in=req.price_in, price_out=req.price_out)
         except ValueError as e:
             raise HTTPException(422, _safe(str(e))) from e
         return {"added": req.name, "models": len(router.models)}
+
+    @app.delete("/models/{name:path}")
+    def remove_model(name: str) -> dict:
+        with lock:
+            sync()
+            if name not in router.zoo:
+                raise HTTPException(404, f"model {_safe(name, 200)!r} is not in the zoo; see GET /models")
+            router.remove_model(name, persist=persist)
+            return {"removed": name, "models": len(router.models)}
 
     return app

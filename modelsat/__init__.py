@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Router", "__version__"]
+__all__ = ["Client", "Router", "__version__"]
 
 
 def __getattr__(name: str):
@@ -11,4 +11,8 @@ def __getattr__(name: str):
         from modelsat.router import Router
 
         return Router
+    if name == "Client":
+        from modelsat.client import Client
+
+        return Client
     raise AttributeError(f"module 'modelsat' has no attribute {name!r}")

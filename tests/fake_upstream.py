@@ -68,12 +68,15 @@ class FakeUpstream:
         return JSONResponse(completion(self.name, body["model"]))
 
     async def _stream(self, upstream_model: str, cut: bool):
-        for i, event in enumerate(stream_events(self.name, upstream_model)):
+        events = stream_events(self.name, upstream_model)
+        for i, event in enumerate(events):
             if cut and i == 2:
                 raise RuntimeError("the fake upstream cuts the stream")   # uvicorn drops the connection
+            if i == len(events) - 1:
+                self.finished = time.monotonic()   # sending its last event
+            else:
+                await asyncio.sleep(self.delay if i else 0.0)
             yield event
-            await asyncio.sleep(self.delay)
-        self.finished = time.monotonic()
 
 
 class Served:

@@ -360,6 +360,41 @@ def _option_letters(text: str) -> list[str]:
     return letters
 
 
+def option_texts(text: str) -> dict[str, str]:
+    """{letter: option text} of the options listed at the end of `text` (as `_option_letters` finds them)."""
+    found = list(_OPTION.finditer(text))
+    starts = [i for i, m in enumerate(found) if m.group(1) == "A"]
+    out: dict[str, str] = {}
+    for m in found[starts[-1]:] if starts else []:
+        if m.group(1) == chr(ord("A") + len(out)):  # the rule of `_option_letters`
+            out[m.group(1)] = text[m.end():].split("\n", 1)[0].strip()
+    return out
+
+
+def graded_letters(aptitude: Aptitude, where: str = "the aptitude test") -> dict[str, list[str]]:
+    """{question id: option letters} where a model's answer letter can be graded: every question has a stored
+    answer among the "A. ..." option lines of its text. Otherwise an AptitudeError: a test without any answer (the
+    RouterBench and RouterDC tests: those sources publish which models were right, not the right answer), the
+    questions without one, or an answer that is not an option."""
+    ids = aptitude.question_ids
+    no_answer = [q for q in ids if not aptitude.answers.get(q)]
+    if len(no_answer) == len(ids):
+        benchmarks = ", ".join(aptitude.source.get("benchmarks") or []) or "its source"
+        raise AptitudeError(f"{where} stores no answers ({benchmarks} publishes which models were right, not the "
+                            "right answers), so a model's answers cannot be graded on it; run a test with answers "
+                            "(e.g. checkpoints/modelsat-smollm2-mmlupro/aptitude.json) or import results instead")
+    if no_answer:
+        raise AptitudeError(f"{len(no_answer)} aptitude questions have no stored answer (e.g. {no_answer[:5]}); "
+                            "running the test needs multiple-choice questions with answer letters. Import results "
+                            "instead.")
+    letters = {q: _option_letters(aptitude.texts[q]) for q in ids}
+    for q, ls in letters.items():
+        if aptitude.answers[q] not in ls:
+            raise AptitudeError(f"aptitude question {q}: answer {aptitude.answers[q]!r} is not among the option letters "
+                                f"{ls} found in its text (options must be lines like 'A. ...')")
+    return letters
+
+
 def _letter_tokens(tok: Any, letters: list[str]) -> tuple[str, dict[str, int]]:
     """Prompt suffix and one token id per letter: " A" after "Answer:", or "A" after "Answer: "."""
     for suffix, fmt in (("\nAnswer:", " {}"), ("\nAnswer: ", "{}")):
@@ -425,15 +460,7 @@ def run_aptitude(model: str, aptitude: Aptitude, out: Path, batch_size: int = 8)
     if batch_size < 1:
         raise AptitudeError(f"batch_size must be positive, got {batch_size}")
     ids = aptitude.question_ids
-    no_answer = [q for q in ids if not aptitude.answers.get(q)]
-    if no_answer:
-        raise AptitudeError(f"{len(no_answer)} aptitude questions have no stored answer (e.g. {no_answer[:5]}); "
-                            "run_aptitude needs multiple-choice questions with answer letters. Import results instead.")
-    letters = {q: _option_letters(aptitude.texts[q]) for q in ids}
-    for q, ls in letters.items():
-        if aptitude.answers[q] not in ls:
-            raise AptitudeError(f"aptitude question {q}: answer {aptitude.answers[q]!r} is not among the option letters "
-                                f"{ls} found in its text (options must be lines like 'A. ...')")
+    letters = graded_letters(aptitude)
     partial = out.with_name(out.name + ".partial.jsonl")
     header = {"model": model, "fingerprint": aptitude.fingerprint}
     done = _read_partial(partial, header, set(ids))

@@ -65,8 +65,26 @@ def cmd_aptitude_build(a: argparse.Namespace) -> None:
 def cmd_aptitude_run(a: argparse.Namespace) -> None:
     from modelsat.aptitude import Aptitude, run_aptitude
 
-    df = run_aptitude(a.model, Aptitude.load(a.aptitude), Path(a.out), batch_size=a.batch_size)
-    print(f"wrote {a.out}: {len(df)} questions, accuracy {df['score'].mean():.3f}")
+    if (a.model is None) == (a.endpoint is None):
+        raise ValueError("give either --model (a Hugging Face model run here) or --endpoint URL --upstream-model ID "
+                         "(an OpenAI-compatible chat endpoint)")
+    if a.endpoint is None:
+        if any(v is not None for v in (a.upstream_model, a.api_key_env, a.limit)):
+            raise ValueError("--upstream-model, --api-key-env and --limit go with --endpoint, not --model")
+        df = run_aptitude(a.model, Aptitude.load(a.aptitude), Path(a.out), batch_size=a.batch_size)
+        print(f"wrote {a.out}: {len(df)} questions, accuracy {df['score'].mean():.3f}")
+        return
+    from modelsat.examiner import ExaminerError, answer_log_path, examine
+
+    if a.upstream_model is None:
+        raise ValueError("--endpoint needs --upstream-model, the model id the endpoint serves")
+    summary = examine(a.endpoint, a.upstream_model, Aptitude.load(a.aptitude), Path(a.out), api_key_env=a.api_key_env,
+                      limit=a.limit, concurrency=a.concurrency, retries=a.retries, timeout=a.timeout,
+                      max_tokens=a.max_tokens)
+    print("\n".join(summary.lines(Path(a.out))))
+    print(f"wrote {a.out} ({summary.answered} questions; every answer is in {answer_log_path(Path(a.out))})")
+    if summary.failed:
+        raise ExaminerError(f"{len(summary.failed)} questions got no answer; rerun the same command to ask them again")
 
 
 def _zoo(checkpoint: str):
@@ -192,11 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder for --tasks-by cluster")
     ab.add_argument("--seed", type=int, default=0)
     ab.set_defaults(fn=cmd_aptitude_build)
-    ar = apt.add_parser("run", help="score a Hugging Face causal LM on the aptitude questions")
-    ar.add_argument("--model", required=True, help="HF id or local folder, or smollm2-135m-instruct / tiny-llama")
+    ar = apt.add_parser("run", help="score a Hugging Face causal LM, or a model behind an OpenAI-compatible chat "
+                                    "endpoint, on the aptitude questions")
+    ar.add_argument("--model", help="HF id or local folder, or smollm2-135m-instruct / tiny-llama (run here)")
     ar.add_argument("--aptitude", required=True)
     ar.add_argument("--out", required=True, help="results file (.parquet or .csv) for `modelsat zoo add`")
-    ar.add_argument("--batch-size", type=int, default=8)
+    ar.add_argument("--batch-size", type=int, default=8, help="with --model")
+    ar.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (instead of --model)")
+    ar.add_argument("--upstream-model", help="with --endpoint: the model id it serves")
+    ar.add_argument("--api-key-env", help="with --endpoint: environment variable holding the API key (read per request)")
+    ar.add_argument("--limit", type=int, help="with --endpoint: ask at most N questions (every task's first ones first)")
+    ar.add_argument("--concurrency", type=int, default=8, help="with --endpoint: requests in flight at most")
+    ar.add_argument("--retries", type=int, default=5, help="with --endpoint: retries of a timeout, 429 or 5xx")
+    ar.add_argument("--timeout", type=float, default=60.0, help="with --endpoint: seconds per request")
+    ar.add_argument("--max-tokens", type=int, default=32, help="with --endpoint: max_tokens of each answer")
     ar.set_defaults(fn=cmd_aptitude_run)
 
     zoo = sub.add_parser("zoo", help="the candidate models of a checkpoint").add_subparsers(dest="action", required=True)

@@ -179,6 +179,16 @@ def cmd_serve(a: argparse.Namespace) -> None:
     uvicorn.run(app, host=a.host, port=a.port, log_level="info")
 
 
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from modelsat.calibrate import calibrate, read_instructions
+    from modelsat.router import Router
+
+    instructions = read_instructions(a.instructions)               # checked before the router loads
+    result = calibrate(Router.from_checkpoint(a.checkpoint), instructions, max_share_expensive=a.max_share_expensive,
+                       max_mean_cost=a.max_mean_cost, models=_models_arg(a.models))
+    print(json.dumps(result, indent=1, allow_nan=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelsat", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -285,8 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="gateway: seconds to connect to an upstream (default 5)")
     sv.set_defaults(fn=cmd_serve)
 
+    ca = sub.add_parser("calibrate", help="the smallest cost_weight that meets a budget on representative instructions")
+    ca.add_argument("--checkpoint", required=True)
+    ca.add_argument("--instructions", required=True, help="a .txt (one per line) or .jsonl ({\"instruction\": ...}) file")
+    budget = ca.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--max-share-expensive", type=float,
+                        help="at most this fraction of instructions to the most expensive candidate(s), e.g. 0.2")
+    budget.add_argument("--max-mean-cost", type=float, help="at most this mean cost per instruction (the zoo's unit)")
+    ca.add_argument("--models", help="comma-separated candidates (default: the whole zoo)")
+    ca.set_defaults(fn=cmd_calibrate)
+
     p.add_argument("--debug", action="store_true", help="on an error, show its traceback")
-    for leaf in (b, s, ab, ar, za, zl, zr, ev, sv):  # `--debug` after the command works too
+    for leaf in (b, s, ab, ar, za, zl, zr, ev, sv, ca):  # `--debug` after the command works too
         leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 

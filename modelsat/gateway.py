@@ -163,6 +163,13 @@ def _check_body(body: object) -> tuple[dict, dict]:
     if not isinstance(messages, list) or not messages or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) for m in messages):
         raise _fail("`messages` must be a non-empty list of objects with a `role`", "messages")
+    try:
+        json.dumps(body, allow_nan=False)
+    except ValueError:   # 1e999 reads as inf; a Python caller may pass nan
+        raise _fail("the request holds a number that is not finite (NaN, Infinity or beyond 1e308); send finite "
+                    "numbers") from None
+    except (TypeError, RecursionError) as e:
+        raise _fail(f"the request cannot be sent on as JSON ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(body.get("stream", False), bool):
         raise _fail(f"`stream` must be true or false, got {str(body['stream'])[:40]!r}", "stream")
     body = dict(body)

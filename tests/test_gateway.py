@@ -198,6 +198,9 @@ def test_bodies_that_are_not_json_and_zoos_without_endpoints_get_a_4xx(gateway, 
     for raw in [b"{", b'{"model": NaN}', b"\xff\xfe", b"[" * 100_000]:
         r = gateway.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    huge = b'{"model": "modelsat", "messages": [{"role": "user", "content": "hi"}], "temperature": 1e999}'
+    r = gateway.post("/v1/chat/completions", content=huge, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not finite" in r.json()["error"]["message"]
     plain = TestClient(create_app(Router.from_checkpoint(tiny_checkpoint)))
     r = plain.post("/v1/chat/completions", json={"model": "modelsat", "messages": MESSAGES})
     assert r.status_code == 400 and "no model of the zoo has an endpoint" in r.json()["error"]["message"]

@@ -97,14 +97,18 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A router trained for a few steps by train.py with configs/tiny.yaml on the synthetic table."""
+def train_tiny(root: Path, **overrides: object) -> Path:
+    """Run train.py with configs/tiny.yaml on the synthetic table under `root` (with `overrides`); its run folder."""
     import importlib.util
 
-    root = tmp_path_factory.mktemp("tiny-run")
     spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    train.main(["--config", str(REPO / "configs" / "tiny.yaml"), *tiny_overrides(root, **{"train.max_steps": 6})])
-    return root / "run" / "final"
+    train.main(["--config", str(REPO / "configs" / "tiny.yaml"), *tiny_overrides(root, **overrides)])
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router trained for a few steps by train.py with configs/tiny.yaml on the synthetic table."""
+    return train_tiny(tmp_path_factory.mktemp("tiny-run"), **{"train.max_steps": 6}) / "final"

@@ -3,7 +3,6 @@ through the zoo; the model reads it packed as separately and it survives save â†
 besides p_correct and cost; train.py stores what the evidence needs."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from modelsat.config import ModelConfig
 from modelsat.evidence import DIM, NAMES, NEIGHBOURS, TEMPERATURE, Evidence
 from modelsat.model import build_router_model
 
-from conftest import REPO, tiny_overrides
+from conftest import train_tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -106,14 +105,9 @@ def test_evidence_offset_starts_at_zero() -> None:
 @pytest.fixture(scope="module")
 def evidence_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A router trained for a few steps with model.evidence=true and no route prior."""
-    root = tmp_path_factory.mktemp("evidence-run")
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    train.main(["--config", str(REPO / "configs" / "tiny.yaml"),
-                *tiny_overrides(root, **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
-                                         "route.aptitude_prior": 0, "route.category_prior": 0})])
-    return root / "run"
+    return train_tiny(tmp_path_factory.mktemp("evidence-run"),
+                      **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
+                         "route.aptitude_prior": 0, "route.category_prior": 0})
 
 
 def test_train_stores_what_the_evidence_reads(evidence_run: Path) -> None:

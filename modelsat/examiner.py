@@ -48,7 +48,7 @@ def prompt(text: str, letters: list[str]) -> str:
 
 # ------------------------------------------------------------------ reading the letter out of a reply
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)          # a reasoning model's visible thoughts
-_MARKUP = re.compile(r"[*_`#]+")                                      # **B**, `B`, ## Answer
+_MARKUP = re.compile(r"[*`#]+")                                       # **B**, `B`, ## Answer
 _KEYWORD = re.compile(r"\b(?:final\s+answer|correct\s+(?:answer|option|choice)|answer)\b"
                       r"\s*(?:is|would\s+be|should\s+be|:|=|-)?\s*:?\s*(?:option\s+|choice\s+)?[(\[]?\s*([A-Za-z])\b",
                       re.I)
@@ -69,6 +69,10 @@ def _is_word(reply: str, m: re.Match) -> bool:
     return letter != "A" or not reply[:m.start(1)].strip() or bool(re.search(r"[.!?:\n]\s*$", reply[:m.start(1)]))
 
 
+def _plain(text: str) -> str:
+    return " ".join(text.split()).rstrip(".")
+
+
 def _norm(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
@@ -76,7 +80,7 @@ def _norm(text: str) -> str:
 def parse_letter(reply: str | None, options: dict[str, str]) -> str | None:
     """The option letter a `reply` gives among `options` ({letter: text}), or None where it cannot be read.
 
-    In order: the reply is one letter ("B", "(b)", "B."); it opens with a letter ("B) helicase", "C. because");
+    In order: the reply is one option's text exactly; the reply is one letter ("B", "(b)", "B."); it opens with a letter ("B) helicase", "C. because");
     the last "answer is X" / "Answer: X" / "correct option is (X)"; the reply is, or opens with, one option's text;
     exactly one capital letter that stands alone ("I'd go with B"); exactly one option's text inside the reply.
     "A" and "I" read as English words ("I think", "a good one") are not letters."""
@@ -84,6 +88,9 @@ def parse_letter(reply: str | None, options: dict[str, str]) -> str | None:
         return None
     text = _MARKUP.sub("", _THINK.sub("", reply)).strip()
     valid = set(options)
+    raw = [L for L, t in options.items() if _plain(t) and _plain(t) == _plain(text)]
+    if len(raw) == 1:                                  # the option's text as written ("$-45$ \mu C", "(A) Increased")
+        return raw[0]
     bare = text.strip(" \t\n().[]:;,!")
     if len(bare) == 1 and bare.upper() in valid:
         return bare.upper()

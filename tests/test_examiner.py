@@ -163,6 +163,14 @@ def test_parse_letter_reads_the_usual_answer_styles(reply, want) -> None:
     assert parse_letter(reply, options) == want
 
 
+def test_parse_letter_reads_an_option_text_written_as_is() -> None:
+    """Option texts that look like letters, markup or other options once normalised (seen in MMLU-Pro)."""
+    options = {"A": "(G) Stayed the same", "B": "E_\\Elzpbgam^2/ 4Mc^2", "C": "$-45$ $\\mu \\mathrm{C}$",
+               "D": "$+45$ $\\mu \\mathrm{C}$", "E": "(A) Increased", "F": "AaBb", "G": "aabb"}
+    for letter, text in options.items():
+        assert parse_letter(text, options) == letter, text
+
+
 def test_parse_letter_tells_the_options_I_and_A_from_the_words() -> None:
     options = {c: f"option {c.lower()} text" for c in "ABCDEFGHIJ"}
     assert parse_letter("I", options) == "I" and parse_letter("I. option i text", options) == "I"

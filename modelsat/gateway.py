@@ -46,11 +46,12 @@ class GatewaySettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be an integer >= 1, got {self.max_attempts!r}")
-        for name in ("timeout", "connect_timeout"):
+            raise ValueError(f"max_attempts (--max-attempts) must be an integer >= 1, got {self.max_attempts!r}")
+        for name, flag in (("timeout", "--upstream-timeout"), ("connect_timeout", "--connect-timeout")):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ValueError(f"{name} ({flag}) must be a number of seconds > 0, got {value!r}")
 
     def httpx_timeout(self) -> httpx.Timeout:
         return httpx.Timeout(self.timeout, connect=self.connect_timeout)

@@ -140,6 +140,16 @@ def test_cli_zoo_add_takes_endpoint_flags_and_lists_them(ckpt: Path, tmp_path: P
     assert err.startswith("modelsat zoo add: error: endpoint 'localhost:8080' must be an http") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--max-attempts", "0"], "max_attempts (--max-attempts) must be an integer >= 1, got 0"),
+    (["--upstream-timeout", "nan"], "timeout (--upstream-timeout) must be a number of seconds > 0, got nan"),
+    (["--connect-timeout", "-1"], "connect_timeout (--connect-timeout) must be a number of seconds > 0"),
+])
+def test_serve_refuses_bad_gateway_settings_before_loading(argv, message, tmp_path, capsys) -> None:
+    assert cli(["serve", "--checkpoint", str(tmp_path / "absent"), *argv]) == 2
+    assert capsys.readouterr().err.startswith(f"modelsat serve: error: {message}")
+
+
 # ----- routing and forwarding ---------------------------------------------------------------------------------------
 def test_routes_and_forwards_the_request_unchanged_but_model(gateway, fakes) -> None:
     r = chat(gateway, temperature=0.25, max_tokens=7, modelsat={"cost_weight": 0.5})

@@ -15,6 +15,9 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,11 +43,20 @@ class CheckpointError(ValueError):
 
 
 def check_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder, with a clear error when it is missing or partial."""
+    """The checkpoint folder, with a clear error when it is missing or partial (or `path` is no path at all)."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise CheckpointError(f"a checkpoint path is needed (got {str(path)[:40]!r}); give the folder of a trained "
+                              "router, e.g. checkpoints/modelsat-smollm2-mmlupro")
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a file, not a folder; give the folder of a trained router "
+                              "(the one holding config.yaml and zoo/)")
     if not path.is_dir():
         raise CheckpointError(f"checkpoint folder {path} does not exist")
     missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
+    if (path / "zoo").exists() and not (path / "zoo").is_dir():
+        raise CheckpointError(f"checkpoint {path}: {path / 'zoo'} is a file, not a folder; the zoo is a folder of "
+                              "entries (*.json): remove the file, or re-copy the checkpoint folder")
     if not (path / "zoo").is_dir():
         missing.append("zoo/")
     if missing:
@@ -76,14 +88,19 @@ def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "
         for m in zoo_models:
             scores = table.score_matrix(aptitude.question_ids, [m])[:, 0]
             row = info.loc[m] if m in info.index else {}
-            zoo.add(m, dict(zip(aptitude.question_ids, scores.tolist())), cost=row.get("cost"),
-                    params_b=row.get("params_b"), cost_unit=str(row.get("cost_unit") or ""))
+            zoo.add(m, dict(zip(aptitude.question_ids, scores.tolist())), cost=_known(row.get("cost")),
+                    params_b=_known(row.get("params_b")), cost_unit=str(_known(row.get("cost_unit")) or ""))
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
         if aptitude_embeddings is not None:
             save_aptitude_embeddings(tmp, aptitude_embeddings, aptitude, cfg.model.sentence_encoder)
         if category_classifier is not None:
             save_category_classifier(tmp, category_classifier, aptitude, cfg.model.sentence_encoder)
+
+
+def _known(value: Any) -> Any:
+    """A table cell, None where it is blank (NaN): Zoo.add refuses NaN, and a blank cell means unknown."""
+    return None if isinstance(value, numbers.Real) and math.isnan(value) else value
 
 
 def _write_stamped(file: Path, tensors: dict[str, "torch.Tensor"], aptitude: "Aptitude", encoder: str,

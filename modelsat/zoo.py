@@ -35,6 +35,7 @@ from modelsat.io_utils import atomic_write_text
 MAX_MISSING_FRACTION = 0.05
 """With missing="wrong", at most this fraction of the aptitude questions may go unanswered (counted as wrong)."""
 MAX_NAME_LENGTH = 200
+INVISIBLE_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")   # not allowed in model names
 PRICE_UNIT = "usd_per_1M_tokens"
 """The cost unit of entries priced per token: the mean of `price_in` and `price_out`."""
 ENDPOINT_FIELDS = ("endpoint", "upstream_model", "api_key_env", "price_in", "price_out")
@@ -103,9 +104,18 @@ def check_model_name(name: object) -> str:
         raise ZooError(f"a model name must be a non-empty string, got {name!r}")
     if name != name.strip():
         raise ZooError(f"model name {name!r} has leading or trailing whitespace; give it without")
-    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cs")), None)
+    # invisible, format (U+200B, U+202E, U+FEFF), unassigned or private characters and spaces other than U+0020
+    # (U+00A0) make two names that look alike differ; look-alike letters of other scripts are legitimate names
+    bad = next((c for c in name if unicodedata.category(c) in INVISIBLE_CATEGORIES
+                or (unicodedata.category(c) == "Zs" and c != " ")), None)
     if bad is not None:
-        raise ZooError(f"model name {name!r} holds the control or invalid character U+{ord(bad):04X}; remove it")
+        raise ZooError(f"model name {name!r} holds the invisible, control or invalid character U+{ord(bad):04X} "
+                       f"({unicodedata.name(bad, unicodedata.category(bad))}); remove it or type the name again")
+    if not name.strip("."):
+        raise ZooError(f"model name {name!r} is only dots; give a name with letters or digits")
+    if name.startswith(("../", "..\\")):
+        raise ZooError(f"model name {name!r} starts with '../', which reads as a path out of a folder; "
+                       "give it without")
     if "," in name:
         raise ZooError(f"model name {name!r} holds a comma, which separates names in --models lists; "
                        "use another character")
@@ -127,7 +137,7 @@ def check_cost(value: object, what: str = "cost") -> float | None:
         number = math.inf
     if not math.isfinite(number) or number < 0:
         raise ZooError(f"{what} must be a finite number >= 0, got {number!r}")
-    return number
+    return number + 0.0   # -0.0 is stored as 0.0
 
 
 def check_endpoint(endpoint: object = None, upstream_model: object = None, api_key_env: object = None,
@@ -174,9 +184,10 @@ def price_cost(price_in: float, price_out: float) -> float:
     return (price_in + price_out) / 2
 
 
-def _unknown_as_none(value: object) -> object:
-    """A table's empty cell (NaN) is an unknown value, as None is (`save_checkpoint` passes table rows)."""
-    return None if isinstance(value, (float, np.floating)) and math.isnan(value) else value
+def _asked(name: object) -> object:
+    """A model name asked for, as it is compared: without surrounding whitespace (names never have any), so
+    " Yi-34B" finds Yi-34B everywhere, as the router's `models` do; names stay case-sensitive."""
+    return name.strip() if isinstance(name, str) else name
 
 
 def _common_unit(entries: Iterable[ZooEntry]) -> str | None:
@@ -191,6 +202,9 @@ def read_results(results: pd.DataFrame | str | Path, name: str) -> dict[str, flo
     if not isinstance(results, pd.DataFrame):
         path = Path(results)
         where = str(path)
+        if path.is_dir():
+            raise ZooError(f"results {path} is a folder, not a file; give the results file (.parquet, .csv or "
+                           ".jsonl) of `modelsat aptitude run`")
         if not path.is_file():
             raise ZooError(f"results file {path} does not exist")
         readers = {".parquet": pd.read_parquet, ".csv": pd.read_csv,
@@ -238,6 +252,9 @@ class Zoo:
     def load(cls, root: str | Path, aptitude: Aptitude) -> "Zoo":
         """Read every entry of the folder `root`; a bad file, fingerprint, name or cost is an error naming it."""
         zoo = cls(aptitude, Path(root))
+        if zoo.root.exists() and not zoo.root.is_dir():
+            raise ZooError(f"zoo {zoo.root} is a file, not a folder; remove it and make a folder of zoo entries "
+                           "(*.json) there")
         if not zoo.root.is_dir():
             raise ZooError(f"zoo folder {zoo.root} does not exist")
         for path in sorted(zoo.root.glob("*.json")):
@@ -292,12 +309,14 @@ class Zoo:
         return _common_unit(e for _, e in sorted(self.entries.items()))
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries
+        return _asked(name) in self.entries
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def get(self, name: str) -> ZooEntry:
+        """The entry of model `name` (compared without surrounding whitespace, as names are stored)."""
+        name = _asked(name)
         if name not in self.entries:
             raise ZooError(f"unknown model {name!r}; the zoo has: {', '.join(self.names) or '(none)'}")
         return self.entries[name]
@@ -314,7 +333,7 @@ class Zoo:
         """Add a model from its aptitude results.
 
         Every aptitude question must be answered; with `missing="wrong"` up to 5% of them may be absent and count
-        as wrong. `cost` (in `cost_unit`) and `params_b` are finite numbers >= 0 or None (a table's NaN: unknown);
+        as wrong. `cost` (in `cost_unit`) and `params_b` are finite numbers >= 0 or None (unknown; NaN is refused);
         the entry's unit must be the zoo's. `endpoint`, `upstream_model`, `api_key_env`, `price_in`, `price_out`:
         where the model answers (`check_endpoint`); prices set the cost (`price_cost`, in PRICE_UNIT) and exclude
         `cost`.
@@ -322,7 +341,7 @@ class Zoo:
         check_model_name(name)
         where_to = check_endpoint(endpoint, upstream_model, api_key_env, price_in, price_out)
         if where_to["price_in"] is not None:
-            if _unknown_as_none(cost) is not None or cost_unit not in ("", PRICE_UNIT):
+            if cost is not None or cost_unit not in ("", PRICE_UNIT):
                 raise ZooError(f"model {name!r}: give either prices (USD per 1M tokens, the cost is their mean in "
                                f"{PRICE_UNIT!r}) or a cost with its unit, not both")
             cost, cost_unit = price_cost(where_to["price_in"], where_to["price_out"]), PRICE_UNIT
@@ -332,7 +351,7 @@ class Zoo:
             raise ZooError(f"missing must be 'error' or 'wrong', got {missing!r}")
         if not isinstance(cost_unit, str):
             raise ZooError(f"cost_unit must be a string, got {cost_unit!r}")
-        cost, params_b = check_cost(_unknown_as_none(cost), "cost"), check_cost(_unknown_as_none(params_b), "params_b")
+        cost, params_b = check_cost(cost, "cost"), check_cost(params_b, "params_b")   # NaN refused, None unknown
         where = f"{results}: " if isinstance(results, (str, Path)) else ""
         if isinstance(results, dict):
             results = pd.DataFrame({"question_id": list(results), "score": list(results.values())})
@@ -376,8 +395,9 @@ class Zoo:
         return entry
 
     def remove(self, name: str, persist: bool = True) -> None:
-        """Remove model `name`; with `persist`, delete the file it was read from or written to."""
-        self.get(name)
+        """Remove model `name` (compared without surrounding whitespace); with `persist`, delete the file it was read
+        from or written to."""
+        name = self.get(name).name
         path = self.files.get(name) or (self.root / _file_name(name) if self.root is not None else None)
         if persist and path is not None and path not in {p for n, p in self.files.items() if n != name}:
             path.unlink(missing_ok=True)  # never another entry's file (one renamed by hand to this name's)
@@ -408,10 +428,17 @@ def _read_entry(path: Path, aptitude: Aptitude) -> ZooEntry:
     fix = "delete the file and add the model again (`modelsat zoo add`)"
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
+        strange = next(((k, v) for k, v in d["scores"].items()
+                        if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+        if strange is not None:   # float() would take true or "0.5"
+            raise ZooError(f"{path}: the score of question {strange[0]!r} is {json.dumps(strange[1])[:40]}, not a "
+                           f"number in [0, 1]; {fix}")
         entry = ZooEntry(name=d["name"], scores={str(k): float(v) for k, v in d["scores"].items()},
                          fingerprint=d["fingerprint"], cost=d.get("cost"), cost_unit=d.get("cost_unit", ""),
                          params_b=d.get("params_b"), missing=d.get("missing", "error"),
                          num_missing=d.get("num_missing", 0), **{k: d.get(k) for k in ENDPOINT_FIELDS})
+    except ZooError:
+        raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, UTF-8 errors
         raise ZooError(f"{path}: not a valid zoo entry ({type(e).__name__}: {e}); {fix}") from e
     try:

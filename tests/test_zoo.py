@@ -3,17 +3,20 @@ and entry files rejected with a message naming the file."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
 from modelsat.cli import main as cli
 from modelsat.io_utils import atomic_dir, atomic_write_bytes
-from modelsat.zoo import Zoo, ZooError, _file_name, check_model_name
+from modelsat.checkpoint import _known
+from modelsat.zoo import Zoo, ZooError, _file_name, check_cost, check_model_name
 
 
 @pytest.fixture
@@ -187,9 +190,28 @@ def test_bad_costs_are_refused_at_add(tmp_path: Path, aptitude: Aptitude, field:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_tables_blank_cost_is_unknown(tmp_path: Path, aptitude: Aptitude) -> None:
-    entry = Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), cost=float("nan"), params_b=7.0)
+@pytest.mark.parametrize("field, value", [("params_b", float("nan")), ("cost", np.float32("nan")),
+                                          ("cost", np.float64("nan"))])
+def test_nan_is_refused_not_read_as_unknown(tmp_path: Path, aptitude: Aptitude, field: str, value) -> None:
+    """NaN is not "unknown cost" (None is): a NaN from a computation would hide a bug (issue 21, case 9)."""
+    with pytest.raises(ZooError, match=f"{field} must be a finite number >= 0, got nan"):
+        Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), **{field: value})
+    assert list(tmp_path.iterdir()) == []
+    entry = Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), cost=None, params_b=np.float32(7.0))
     assert (entry.cost, entry.params_b, entry.unit) == (None, 7.0, "params_b")
+
+
+def test_a_tables_blank_cells_reach_the_zoo_as_unknown() -> None:
+    """save_checkpoint passes a models table's cells: blank (NaN) ones become None before Zoo.add."""
+    assert [_known(v) for v in (float("nan"), np.float64("nan"), np.float32("nan"), None, 0.5, "usd")] == \
+        [None, None, None, None, 0.5, "usd"]
+
+
+def test_minus_zero_is_stored_as_zero(tmp_path: Path, aptitude: Aptitude) -> None:
+    entry = Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"), params_b=-0.0)
+    assert math.copysign(1.0, entry.params_b) == 1.0
+    assert '"params_b": 0.0' in next(tmp_path.glob("*.json")).read_text()
+    assert math.copysign(1.0, check_cost(-0.0, "cost")) == 1.0
 
 
 @pytest.mark.parametrize("field, text, message", [
@@ -255,6 +277,66 @@ def test_names_that_cannot_be_selected_are_refused(tmp_path: Path, aptitude: Apt
     assert check_model_name("org/Yi-34B v2 (chat)") == "org/Yi-34B v2 (chat)"
 
 
+@pytest.mark.parametrize("name, message", [
+    ("Yi-34B\u200b", "U\\+200B"), ("\u202eB43-iY", "U\\+202E"), ("\ufeffYi-34B", "U\\+FEFF"),   # format (Cf)
+    ("Yi\u00a034B", "U\\+00A0"), ("Yi\u300034B", "U\\+3000"),                    # spaces other than U+0020
+    ("Yi\u2028x", "U\\+2028"), ("Yi\u2029x", "U\\+2029"),                          # line, paragraph separators
+    ("Yi\ue000", "U\\+E000"), ("Yi\u0378", "U\\+0378"),                           # private use, unassigned
+    (".", "only dots"), ("..", "only dots"), ("...", "only dots"),
+    ("../Yi-34B", "starts with '../'"), ("..\\Yi", "starts with '../'")])
+def test_invisible_characters_and_path_like_names_are_refused(tmp_path: Path, aptitude: Aptitude, name,
+                                                              message: str) -> None:
+    """Two names that look alike must be the same name (issue 21, cases 7 and 13)."""
+    with pytest.raises(ZooError, match=message):
+        check_model_name(name)
+    with pytest.raises(ZooError, match=message):
+        Zoo(aptitude, tmp_path).add(name, results_for(aptitude, "m").drop(columns="model"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_look_alike_letters_and_inner_dots_are_legitimate_names(tmp_path: Path, aptitude: Aptitude) -> None:
+    """Non-ASCII names are names: the Cyrillic і (U+0456) of "Yі-34B" is a letter, not an invisible character."""
+    for name in ("Y\u0456-34B", "Qwen2.5-7B", ".hidden-model", "a..b", "模型-7B", "Yi 34B"):
+        assert check_model_name(name) == name
+    zoo = Zoo(aptitude, tmp_path)
+    zoo.add("Y\u0456-34B", results_for(aptitude, "m").drop(columns="model"))
+    assert "Yi-34B" not in zoo and "Y\u0456-34B" in Zoo.load(tmp_path, aptitude)
+
+
+def test_names_asked_for_are_trimmed_and_case_sensitive(tmp_path: Path, aptitude: Aptitude) -> None:
+    zoo = Zoo(aptitude, tmp_path)
+    zoo.add("Yi-34B", results_for(aptitude, "m").drop(columns="model"))
+    zoo.add("qwen", results_for(aptitude, "m").drop(columns="model"))
+    assert " Yi-34B " in zoo and zoo.get("\tYi-34B\n").name == "Yi-34B"
+    assert "yi-34b" not in zoo
+    with pytest.raises(ZooError, match="unknown model 'yi-34b'; the zoo has: Yi-34B, qwen"):
+        zoo.remove(" yi-34b ")
+    zoo.remove(" Yi-34B ")
+    assert zoo.names == ["qwen"] and [json.loads(p.read_text())["name"] for p in tmp_path.glob("*.json")] == ["qwen"]
+
+
+def test_scores_on_disk_must_be_numbers(tmp_path: Path, aptitude: Aptitude) -> None:
+    """`true` or "0.5" are not scores, though float() takes them (issue 21, case 10)."""
+    Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"))
+    entry = next(tmp_path.glob("*.json"))
+    good = json.loads(entry.read_text())
+    q = aptitude.question_ids[0]
+    for value, shown in [(True, "true"), ("0.5", '"0.5"'), (None, "null"), ([1], r"\[1\]")]:
+        entry.write_text(json.dumps({**good, "scores": {**good["scores"], q: value}}))
+        with pytest.raises(ZooError, match=f"^{entry}: the score of question '{q}' is {shown}, not a number in "
+                                           r"\[0, 1\]; delete the file"):
+            Zoo.load(tmp_path, aptitude)
+
+
+def test_a_zoo_or_results_of_the_wrong_kind_is_named(tmp_path: Path, aptitude: Aptitude) -> None:
+    (tmp_path / "zoo").write_text("")
+    with pytest.raises(ZooError, match=f"zoo {tmp_path / 'zoo'} is a file, not a folder"):
+        Zoo.load(tmp_path / "zoo", aptitude)
+    (tmp_path / "res.csv").mkdir()
+    with pytest.raises(ZooError, match="results .*res.csv is a folder, not a file"):
+        Zoo(aptitude, tmp_path / "z").add("m", tmp_path / "res.csv")
+
+
 # ---- entry files: remove deletes the right one, duplicates and damage are named -------------------------
 def test_remove_deletes_the_file_it_was_loaded_from(tmp_path: Path, aptitude: Aptitude) -> None:
     Zoo(aptitude, tmp_path).add("m", results_for(aptitude, "m"))
@@ -293,7 +375,7 @@ def test_a_file_name_held_by_another_model_is_not_overwritten(tmp_path: Path, ap
 @pytest.mark.parametrize("damage, message", [
     (lambda d: {**d, "scores": dict(list(d["scores"].items())[:1])}, "the scores of 'm' miss 5 of the 6 aptitude"),
     (lambda d: {**d, "scores": {**d["scores"], "q00": 1.5}}, "score of question 'q00' is 1.5, not a number in"),
-    (lambda d: {**d, "scores": {**d["scores"], "q00": "x"}}, "not a valid zoo entry .*ValueError"),
+    (lambda d: {**d, "scores": {**d["scores"], "q00": "x"}}, "score of question 'q00' is \"x\", not a number in"),
     (lambda d: [d], "not a valid zoo entry .*TypeError"),
 ])
 def test_entry_errors_name_the_file_and_what_to_do(tmp_path: Path, aptitude: Aptitude, damage, message: str) -> None:

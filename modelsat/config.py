@@ -40,6 +40,14 @@ def _at_least(section: Any, prefix: str, low: int, *names: str) -> None:
         _check(value >= low, f"{prefix}.{name} must be an integer >= {low}, got {value}")
 
 
+def _at_most(section: Any, prefix: str, high: int, *names: str) -> None:
+    """Each integer field `names` of `section` is <= high: a bound where a larger value is meaningless (a window of
+    more tokens than any LLM reads, more steps than any run takes), so a typo is not a run that never ends."""
+    for name in names:
+        value = getattr(section, name)
+        _check(value <= high, f"{prefix}.{name} must be an integer <= {high:,}, got {_shown(value)}")
+
+
 def _not_blank(section: Any, prefix: str, *names: str) -> None:
     """Each string field `names` of `section` holds something besides spaces."""
     for name in names:
@@ -109,6 +117,7 @@ class DataConfig:
                "data.table_dir, data.aptitude and data.splits must be three different paths (each is written)")
         _at_least(self, "data", 1, "num_tasks", "per_task")
         _at_least(self, "data", 0, "source_tasks", "top_up", "seed")
+        _at_most(self, "data", 10**6, "num_tasks", "per_task", "source_tasks", "top_up")
         _check(self.seed <= SEED_MAX, f"data.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
         _check(not self.source_tasks or self.split_by == "random",
                "data.source_tasks needs data.split_by=random (with split_by=source the test is drawn from the train "
@@ -174,6 +183,9 @@ class ModelConfig:
         _at_least(self, "model", 0, "num_layers", "num_soft_tokens", "instruction_tokens")
         _at_least(self, "model", 1, "text_group_size", "lora_r", "lora_alpha")
         _at_least(self, "model", 9, "max_instruction_tokens")
+        _at_most(self, "model", 32768, "max_instruction_tokens", "instruction_tokens", "num_soft_tokens")
+        _at_most(self, "model", 10**4, "num_layers", "text_group_size")
+        _at_most(self, "model", 10**5, "lora_r", "lora_alpha")
         _check(0 <= self.lora_dropout < 1, f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         _check(len(self.lora_targets) > 0, "model.lora_targets must name at least one layer (e.g. q_proj)")
         _names(self.lora_targets, "model.lora_targets")
@@ -238,6 +250,9 @@ class TrainConfig:
         _at_least(self, "train", 1, "epochs", "group_size", "batch_size", "grad_accum")
         _at_least(self, "train", 0, "max_steps", "max_train_instructions", "max_val_instructions", "warmup_steps",
                   "stage1_steps", "save_every", "seed")
+        _at_most(self, "train", 10**9, "max_steps", "max_train_instructions", "max_val_instructions", "warmup_steps",
+                 "stage1_steps", "save_every")
+        _at_most(self, "train", 10**6, "epochs", "group_size", "batch_size", "grad_accum")
         _check(self.seed <= SEED_MAX, f"train.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
         for name in ("lr", "connector_lr"):
             value = getattr(self, name)
@@ -274,6 +289,7 @@ class RouteConfig:
                f"route.aptitude_prior must be a finite number >= 0, got {self.aptitude_prior}")
         _check(isinstance(self.aptitude_neighbours, int) and self.aptitude_neighbours >= 0,
                f"route.aptitude_neighbours must be an integer >= 0, got {self.aptitude_neighbours!r}")
+        _at_most(self, "route", 10**6, "aptitude_neighbours")
         _check(math.isfinite(self.category_prior) and self.category_prior >= 0,
                f"route.category_prior must be a finite number >= 0, got {self.category_prior}")
 
@@ -327,7 +343,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: expected a number, got {_shown(value)}")
-        _check(math.isfinite(value), f"{where}: expected a finite number, got {_shown(value)}")
+        _check(abs(value) < 2**1024 and math.isfinite(value), f"{where}: expected a finite number, got {_shown(value)}")
         return float(value)
     if tp is str:
         _check(isinstance(value, (str, int, float)) and not isinstance(value, bool), f"{where}: expected a string, got {_shown(value)}")

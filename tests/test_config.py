@@ -145,3 +145,20 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
         load_config(path)
     with pytest.raises(ConfigError, match="is not a file"):
         load_config(tmp_path)
+
+
+@pytest.mark.parametrize("override, bound", [
+    ("model.max_instruction_tokens=32769", "model.max_instruction_tokens must be an integer <= 32,768"),
+    ("train.max_steps=1000000001", "train.max_steps must be an integer <= 1,000,000,000"),
+    ("route.aptitude_neighbours=1000001", "route.aptitude_neighbours must be an integer <= 1,000,000"),
+    ("train.batch_size=" + "9" * 400, "train.batch_size must be an integer <= 1,000,000, got 999"),
+    ("data.per_task=10000000", "data.per_task must be an integer <= 1,000,000"),
+    ("train.lr=1" + "0" * 400, "train.lr: expected a finite number"),          # an integer beyond float range
+])
+def test_integer_fields_have_upper_bounds(override: str, bound: str) -> None:
+    """A huge value where it is meaningless is a one-line error, not an overflow or a run that never ends."""
+    with pytest.raises(ConfigError, match=re.escape(bound)):
+        load_config(None, [override])
+    if "<= " in bound:   # the bound itself is accepted
+        key, high = override.partition("=")[0], int(bound.split("<= ")[1].split(", got")[0].replace(",", ""))
+        assert load_config(None, [f"{key}={high}"]) is not None

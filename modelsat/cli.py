@@ -19,6 +19,8 @@ import os
 import sys
 from pathlib import Path
 
+from modelsat.quiet import quiet_libraries
+
 SOURCES = ["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"]
 
 
@@ -97,38 +99,63 @@ def _zoo(checkpoint: str):
     return Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
 
 
-def _table_costs(results: str, name: str) -> dict:
-    """Cost, params_b and cost unit of `name` from the models file beside a routing table's results, if any."""
+def _table_costs(results: str, name: str) -> tuple[dict, Path | None]:
+    """Cost, params_b and cost unit of `name` from the models file beside a routing table's results, if any, and
+    that file. In a typed file (parquet, JSONL) a cost that is a string ('5') or a bool is an error naming file and
+    column, though the table reader takes it; a CSV file has only text, and its reader names a cell that is not a
+    number."""
+    import numpy as np
+    import pandas as pd
+
     from modelsat.data.table import _find, _read
 
     models = _find(Path(results).parent, "models", False)
     if models is None:
-        return {}
-    m = _read(models, "models")
+        return {}, None
+    m = _read(models, "models")          # checked: every cost a number or blank
     row = m[m["model"] == name]
     if row.empty:
-        return {}
+        return {}, models
+    if models.suffix != ".csv":          # what the file holds, before the reader turns '5' and True into numbers
+        raw = (pd.read_parquet(models) if models.suffix == ".parquet" else
+               pd.read_json(models, lines=True, dtype=False)).iloc[row.index[0]]
+        for k in ("cost", "params_b"):
+            v = raw.get(k)
+            if isinstance(v, (bool, str, np.bool_)):
+                v = v if isinstance(v, str) else bool(v)   # shown as the user wrote it, not as np.True_
+                raise ValueError(f"{models}: model {name!r}, column {k!r}: {v!r} is not a number; write a number "
+                                 f"there (or leave it empty), or give --{k.replace('_', '-')}")
     r = row.iloc[0]
     pick = {k: float(r[k]) for k in ("cost", "params_b") if k in r and r[k] == r[k]}  # NaN != NaN
     if "cost" in pick and "cost_unit" in r and isinstance(r["cost_unit"], str):
         pick["cost_unit"] = r["cost_unit"]
-    return pick
+    return pick, models
 
 
 def cmd_zoo_add(a: argparse.Namespace) -> None:
-    from modelsat.zoo import check_cost, check_endpoint, check_model_name
+    from modelsat.zoo import ZooError, check_cost, check_endpoint, check_model_name
 
     check_model_name(a.name)
     check_cost(a.cost, "cost")  # refuses NaN, which Zoo.add reads as a table's blank cell
     check_cost(a.params_b, "params_b")
+    if a.cost_unit and a.cost is None and a.price_in is None and a.price_out is None:
+        raise ValueError(f"--cost-unit {a.cost_unit!r} names the unit of --cost; give --cost or drop it")
     where_to = check_endpoint(a.endpoint, a.upstream_model, a.api_key_env, a.price_in, a.price_out)
     zoo = _zoo(a.checkpoint)
     meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit, **where_to}
-    if a.cost is None and a.params_b is None and a.price_in is None and (found := _table_costs(a.results, a.name)):
+    found, models_file = {}, None
+    if a.cost is None and a.params_b is None and a.price_in is None:
+        found, models_file = _table_costs(a.results, a.name)
+    if found:
         meta.update(found)  # a routing table's results: its models file knows the model's cost
-        print(f"{a.name}: cost from the table beside {a.results}: "
-              + ", ".join(f"{k}={v}" for k, v in found.items() if v != ""))
-    entry = zoo.add(a.name, a.results, missing=a.missing, **meta)
+        print(f"{a.name}: cost from {models_file}: " + ", ".join(f"{k}={v}" for k, v in found.items() if v != ""))
+    try:
+        entry = zoo.add(a.name, a.results, missing=a.missing, **meta)
+    except ZooError as e:
+        if found and any(w in str(e) for w in ("cost", "params_b", "unit")):   # said on stderr, not only stdout
+            raise ZooError(f"{e} (the cost was read from {models_file}; fix it there, or give --cost or "
+                           "--params-b)") from e
+        raise
     counted = f", {entry.num_missing} missing answers counted as wrong" if entry.num_missing else ""
     at = f", answering at {entry.endpoint} as {entry.upstream_model}" if entry.endpoint else ""
     print(f"added {entry.name} to {zoo.root} (aptitude accuracy {entry.accuracy:.3f}{counted}{at}); "
@@ -152,10 +179,10 @@ def cmd_zoo_list(a: argparse.Namespace) -> None:
 
 def cmd_zoo_remove(a: argparse.Namespace) -> None:
     zoo = _zoo(a.checkpoint)
-    zoo.get(a.name)  # an unknown name is an error
-    path = zoo.files[a.name]
-    zoo.remove(a.name)
-    print(f"removed {a.name} (deleted {path}); the zoo now has {len(zoo)} models")
+    name = zoo.get(a.name).name  # an unknown name is an error; " Yi-34B " finds Yi-34B
+    path = zoo.files[name]
+    zoo.remove(name)
+    print(f"removed {name} (deleted {path}); the zoo now has {len(zoo)} models")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -318,8 +345,11 @@ def _one_line(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     where = f"modelsat {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
+    quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
     try:
         args.fn(args)
+        if sys.stdout is None:   # started with stdout closed (`>&-`): print wrote nowhere; end as a closed pipe
+            return 141
         sys.stdout.flush()  # a closed pipe shows here, not at exit
     except BrokenPipeError:
         # the reader is gone (`| head`): end quietly, as Unix tools do, and keep Python's exit-time flush from

@@ -27,9 +27,23 @@ def umask() -> int:
     return mask
 
 
+def blocking_file(path: str | Path) -> Path | None:
+    """The parent of `path` that is a file, so that `path` cannot be created (`out/file.parquet/run`), else None:
+    the nearest parent that exists, where it is not a folder. Lets a tool find it before any work is done."""
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent if parent.exists() and not parent.is_dir() else None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
+    """Write `data` to `path` through a temporary file in the same folder, then rename it into place. A `path`
+    that is a folder, or under a file, is an OSError naming it (not the temporary file)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the name of a file to write (or remove the folder)")
+    if (file := blocking_file(path)) is not None:
+        raise NotADirectoryError(f"cannot write {path}: {file} is a file, not a folder; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)  # writing over a file keeps its mode, as open(path, "wb") does
@@ -58,9 +72,14 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path`; on success it replaces `path` whole, on error it is removed.
 
-    An existing `path` is kept until the new folder is complete, then swapped out.
+    An existing `path` is kept until the new folder is complete, then swapped out. A `path` that is a file, or
+    under a file, is an OSError naming it, raised before any work.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a folder; give a folder to write to (or remove the file)")
+    if (file := blocking_file(path)) is not None:
+        raise NotADirectoryError(f"cannot write {path}: {file} is a file, not a folder; choose another path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,110 @@ def test_broken_pipe_in_process_returns_141_without_a_message(monkeypatch, capsy
     monkeypatch.setattr(cli_module, "cmd_zoo_list", cut)
     assert cli(["zoo", "list", "--checkpoint", "x"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_a_closed_stdout_ends_quietly(ckpt: Path, aptitude: Aptitude) -> None:
+    """`modelsat zoo list >&-`: Python starts with sys.stdout None; no AttributeError traceback (issue 21, case 5)."""
+    Zoo(aptitude, ckpt / "zoo").add("m", {q: 1.0 for q in aptitude.question_ids})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for extra in (["--json"], []):
+        proc = subprocess.run(["sh", "-c", f'"{sys.executable}" -m modelsat.cli zoo list --checkpoint "{ckpt}" '
+                               f'{" ".join(extra)} >&-'], capture_output=True, text=True, cwd=REPO, env=env,
+                              timeout=120)
+        assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+# ---- where and what: the tester's second round ------------------------------------------------------------------
+def test_cost_unit_without_a_cost_is_refused(ckpt: Path, tmp_path: Path, aptitude: Aptitude, capsys) -> None:
+    res = results_file(tmp_path, aptitude)
+    for extra in ([], ["--params-b", "7"]):
+        assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", res, "--cost-unit", "usd",
+                    *extra]) == 2
+        assert error_line(capsys) == ("modelsat zoo add: error: --cost-unit 'usd' names the unit of --cost; give "
+                                      "--cost or drop it")
+    assert list((ckpt / "zoo").iterdir()) == []
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", res, "--params-b=-0.0"]) == 0
+    assert json.loads(next((ckpt / "zoo").glob("*.json")).read_text())["params_b"] == 0.0
+    assert "-0.0" not in next((ckpt / "zoo").glob("*.json")).read_text()
+
+
+@pytest.mark.parametrize("column, value, shown, fmt", [("cost", "5", "'5'", "parquet"),
+                                                       ("params_b", True, "True", "parquet"),
+                                                       ("cost", "5", "'5'", "jsonl"),
+                                                       ("params_b", "yes", "'yes'", "csv")])
+def test_costs_beside_the_results_must_be_numbers(ckpt: Path, tmp_path: Path, aptitude: Aptitude, capsys,
+                                                  column: str, value, shown: str, fmt: str) -> None:
+    """A models file with cost '5' (a string) or params_b True is refused naming file and column (case 10)."""
+    table = tmp_path / "table"
+    table.mkdir()
+    res = results_file(table, aptitude, name="results.csv")
+    models = pd.DataFrame({"model": ["m"], "cost": [None], "params_b": [None], "cost_unit": [""]}, dtype=object)
+    models[column] = [value]
+    path = table / f"models.{fmt}"
+    {"parquet": lambda: models.to_parquet(path), "csv": lambda: models.to_csv(path, index=False),
+     "jsonl": lambda: models.to_json(path, orient="records", lines=True)}[fmt]()
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", res]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"modelsat zoo add: error: {path}: ") and f"'{column}'" in line, line
+    assert f"{shown} is not a number" in line, line
+    assert list((ckpt / "zoo").iterdir()) == []
+
+
+def test_a_bad_cost_from_the_models_file_names_it_on_stderr(ckpt: Path, tmp_path: Path, aptitude: Aptitude,
+                                                           capsys) -> None:
+    table = tmp_path / "table"
+    table.mkdir()
+    res = results_file(table, aptitude, name="results.csv")
+    pd.DataFrame({"model": ["m"], "cost": [-2.0], "cost_unit": ["usd"]}).to_parquet(table / "models.parquet")
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", res]) == 2
+    line = error_line(capsys)
+    assert "cost must be a finite number >= 0, got -2.0" in line and str(table / "models.parquet") in line
+
+
+def test_paths_of_the_wrong_kind_are_named(ckpt: Path, tmp_path: Path, aptitude: Aptitude, capsys) -> None:
+    res = results_file(tmp_path, aptitude)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "plain").write_text("x")
+    cases = [
+        (["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", str(tmp_path / "folder")],
+         f"results {tmp_path / 'folder'} is a folder, not a file"),
+        (["zoo", "list", "--checkpoint", str(tmp_path / "plain")], f"checkpoint {tmp_path / 'plain'} is a file, not a "
+                                                                   "folder"),
+        (["zoo", "list", "--checkpoint", ""], "a checkpoint path is needed"),
+        (["zoo", "list", "--checkpoint", " "], "a checkpoint path is needed"),
+    ]
+    for args, words in cases:
+        assert cli(args) == 2
+        assert words in error_line(capsys)
+    shutil.rmtree(ckpt / "zoo")
+    (ckpt / "zoo").write_text("")
+    assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "m", "--results", res]) == 2
+    assert f"{ckpt / 'zoo'} is a file, not a folder" in error_line(capsys)
+
+
+def test_data_split_out_that_cannot_be_a_file_is_one_line(tmp_path: Path, aptitude: Aptitude, capsys) -> None:
+    """--out an existing folder, or under a file: one line naming it, no temporary file names (case 11)."""
+    from conftest import make_synthetic_table
+
+    from modelsat.aptitude import build_aptitude
+    from modelsat.data.table import RoutingTable
+
+    table = make_synthetic_table(tmp_path / "table")
+    build_aptitude(RoutingTable.load(table), num_tasks=2, per_task=3).save(tmp_path / "apt.json")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "file").write_text("x")
+    for out, words in [(tmp_path / "out", f"{tmp_path / 'out'} is a folder; give the name of a file"),
+                       (tmp_path / "file" / "splits.json", f"{tmp_path / 'file'} is a file, not a folder")]:
+        assert cli(["data", "split", "--table", str(table), "--aptitude", str(tmp_path / "apt.json"), "--out",
+                    str(out)]) == 2
+        line = error_line(capsys)
+        assert words in line and ".tmp" not in line, line
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [] and (tmp_path / "file").read_text() == "x"
+
+
+def test_zoo_remove_finds_a_name_given_with_spaces(ckpt: Path, aptitude: Aptitude, capsys) -> None:
+    Zoo(aptitude, ckpt / "zoo").add("Yi-34B", {q: 1.0 for q in aptitude.question_ids})
+    assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", " yi-34b "]) == 2   # names are case-sensitive
+    assert "unknown model 'yi-34b'" in error_line(capsys)
+    assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", " Yi-34B "]) == 0
+    assert list((ckpt / "zoo").iterdir()) == []

@@ -20,6 +20,8 @@ as the most expensive (the rule of `modelsat evaluate`).
 from __future__ import annotations
 
 import math
+import numbers
+import unicodedata
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -61,8 +63,9 @@ def check_text(text: str, where: str) -> str:
     takes (a JSON "\\ud83c" escape, or a byte that is not UTF-8 in a command-line argument)."""
     if not isinstance(text, str):
         raise RouterError(f"{where} must be a string, got {type(text).__name__}")
-    if not text.strip():
-        raise RouterError(f"{where} is empty; give the text of the instruction to route")
+    if all(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in text):   # "\u200b", "\x00", "\ufeff"
+        seen = "" if not text.strip() else f" (only invisible characters, e.g. U+{ord(text.strip()[0]):04X})"
+        raise RouterError(f"{where} is empty{seen}; give the text of the instruction to route")
     if len(text) > MAX_INSTRUCTION_CHARS:
         raise RouterError(f"{where} has {len(text)} characters; the limit is {MAX_INSTRUCTION_CHARS}")
     try:
@@ -73,6 +76,36 @@ def check_text(text: str, where: str) -> str:
         raise RouterError(f"{where} holds an invalid character (lone surrogate U+{code:04X} at character "
                           f"{e.start + 1}{byte}); send valid UTF-8 text") from None
     return text
+
+
+def _shown(value: object) -> str:
+    """`value` for an error message, cut short (a 401-digit integer is not echoed whole)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_cost_weight(value: object) -> float:
+    """`value` as a float where it is a real number (Python's or numpy's, not a bool), finite and >= 0, else a
+    RouterError (an integer too large for a float is one too, not an OverflowError)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise RouterError(f"cost_weight must be a finite number >= 0, got {_shown(value)}")
+    try:
+        weight = float(value)
+    except OverflowError:
+        weight = math.inf
+    if not math.isfinite(weight) or weight < 0:
+        raise RouterError(f"cost_weight must be a finite number >= 0, got {_shown(value)}")
+    return weight
+
+
+def check_top_k(value: object) -> int | None:
+    """`value` as an int where it is None or a positive integer (Python's or numpy's, not a bool), else a
+    RouterError."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise RouterError(f"top_k must be a positive integer, got {_shown(value)}")
+    return int(value)
 
 
 class PriorInputs(NamedTuple):
@@ -335,11 +368,11 @@ class Router:
     def rank_many(self, instructions: Sequence[str], models: Sequence[str] | None = None,
                   cost_weight: float = 0.0, top_k: int | None = None) -> list[list[Ranked]]:
         """Rank the candidates for each instruction, best first."""
-        if not isinstance(cost_weight, (int, float)) or not math.isfinite(cost_weight) or cost_weight < 0:
-            raise RouterError(f"cost_weight must be a finite number >= 0, got {cost_weight!r}")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise RouterError(f"top_k must be a positive integer, got {top_k!r}")
+        cost_weight = check_cost_weight(cost_weight)
+        top_k = check_top_k(top_k)
         instructions = self._check_instructions(instructions)
+        if not instructions:
+            raise RouterError("no instructions to rank: `instructions` is empty; give at least one")
         models = self._check_models(models)
         p = self.predict_matrix(instructions, models)
         costs = self.zoo.costs(models)

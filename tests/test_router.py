@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from fractions import Fraction
 import shutil
 import socket
 import threading
@@ -267,6 +268,57 @@ def test_text_that_is_not_text_is_refused_by_the_api(router: Router, text: str, 
     with pytest.raises(RouterError, match="^line 3 holds"):
         check_text(text, "line 3")
     assert check_text("\U0001F389 ok", "x") == "\U0001F389 ok"             # a whole emoji is text
+
+
+@pytest.mark.parametrize("cost_weight", [0, 1, 0.5, np.float32(0.5), np.float64(2.0), np.int64(1), Fraction(1, 2)])
+def test_cost_weight_takes_any_real_number(router: Router, cost_weight) -> None:
+    ranked = router.rank(INSTRUCTION, cost_weight=cost_weight, top_k=np.int64(2))
+    assert len(ranked) == 2 and ranked == router.rank(INSTRUCTION, cost_weight=float(cost_weight), top_k=2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cost_weight": 10**400}, "cost_weight must be a finite number >= 0, got 1000000000"),   # no OverflowError
+    ({"cost_weight": -10**400}, "cost_weight must be a finite number"),
+    ({"cost_weight": True}, "cost_weight must be a finite number >= 0, got True"),
+    ({"cost_weight": np.bool_(False)}, "cost_weight must be a finite number"),
+    ({"cost_weight": float("nan")}, "got nan"), ({"cost_weight": np.float32("inf")}, "got np.float32\\(inf\\)"),
+    ({"cost_weight": "0.5"}, "got '0.5'"), ({"cost_weight": None}, "got None"),
+    ({"top_k": True}, "top_k must be a positive integer, got True"), ({"top_k": 2.0}, "got 2.0"),
+    ({"top_k": np.int64(0)}, "top_k must be a positive integer"), ({"top_k": -10**400}, "top_k"),
+])
+def test_bool_huge_and_non_finite_numbers_are_router_errors(router: Router, kwargs: dict, message: str) -> None:
+    with pytest.raises(RouterError, match=message):
+        router.rank(INSTRUCTION, **kwargs)
+    with pytest.raises(RouterError, match=message):
+        router.rank_many([INSTRUCTION], **kwargs)
+
+
+def test_nothing_to_rank_and_no_checkpoint_path_are_clear_errors(router: Router, tmp_path: Path) -> None:
+    for empty in ([], ()):
+        with pytest.raises(RouterError, match="no instructions to rank"):
+            router.rank_many(empty)
+    (tmp_path / "file").write_text("")
+    for path, message in [(None, "a checkpoint path is needed"), ("", "a checkpoint path is needed"),
+                          (3, "a checkpoint path is needed"), (tmp_path / "file", "is a file, not a folder")]:
+        with pytest.raises(CheckpointError, match=message):
+            Router.from_checkpoint(path)
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\x00\x00", "\ufeff", "\u200b \u2060\n\u00ad", "\u202e\t"])
+def test_invisible_only_text_is_empty(router: Router, text: str) -> None:
+    """Nothing left after whitespace and control/format characters: empty (issue 21, case 8)."""
+    with pytest.raises(RouterError, match="^instruction 0 is empty \\(only invisible characters"):
+        router.rank(text)
+    with pytest.raises(RouterError, match="^line 2 is empty"):
+        check_text(text, "line 2")
+    assert check_text("\u200bWhat is 2+2?", "x") == "\u200bWhat is 2+2?"     # text around them is text
+
+
+@pytest.mark.parametrize("kwargs", [{"params_b": float("nan")}, {"cost": np.float32("nan")}])
+def test_add_model_refuses_nan_costs(router: Router, kwargs: dict) -> None:
+    with pytest.raises(ZooError, match="must be a finite number >= 0, got nan"):
+        router.add_model("m-nan", unseen_results(router), **kwargs)
+    assert "m-nan" not in router.models
 
 
 def test_names_are_compared_without_surrounding_spaces(router: Router) -> None:

@@ -64,19 +64,25 @@ def parse_models(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelsat.router import Router, check_text  # after parsing: --help stays fast
+    from modelsat.router import Router, RouterError, check_cost_weight, check_text, check_top_k  # --help stays fast
 
     instructions = ([check_text(args.instruction.replace("\\n", "\n"), "--instruction")]
                     if args.instruction is not None else read_instructions(args.file))
     models = parse_models(args.models)
+    try:   # checked before the router loads (seconds), named as the user typed them
+        cost_weight, top_k = check_cost_weight(args.cost_weight), check_top_k(args.top_k)
+    except RouterError as e:
+        raise RouterError(f"--{str(e).replace('_', '-', 1)}") from None
     router = Router.from_checkpoint(args.checkpoint)
-    rankings = router.rank_many(instructions, models, cost_weight=args.cost_weight, top_k=args.top_k)
+    rankings = router.rank_many(instructions, models, cost_weight=cost_weight, top_k=top_k)
 
     if args.json:
         out = [[r._asdict() for r in ranking] for ranking in rankings]
         print(json.dumps(out[0] if args.instruction is not None else out, indent=1))
     else:
         print_table(instructions, rankings)
+    if sys.stdout is None:   # started with stdout closed (`>&-`): print wrote nowhere; end as a closed pipe
+        return 141
     sys.stdout.flush()  # a closed pipe shows here, inside main's handler
     return 0
 
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = p.parse_args(argv)
+    from modelsat.quiet import quiet_libraries
+
+    quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
     try:
         return run(args)
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as the Python docs recommend

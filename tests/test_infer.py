@@ -148,3 +148,43 @@ def test_a_closed_stdout_pipe_ends_quietly(tiny_checkpoint: Path, capsys, monkey
     monkeypatch.undo()
     pipe.close()                                          # what is left in its buffer goes to /dev/null: no error
     assert code == 141 and capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("args, words", [(["--cost-weight", "nan"], "--cost-weight must be a finite number >= 0, got nan"),
+                                         (["--cost-weight", "1e309"], "--cost-weight must be a finite number"),
+                                         (["--cost-weight", "-1"], "--cost-weight must be a finite number"),
+                                         (["--top-k", "0"], "--top-k must be a positive integer, got 0")])
+def test_cost_weight_and_top_k_are_checked_before_the_router_loads(tmp_path: Path, capsys, args: list[str],
+                                                                   words: str) -> None:
+    """The checkpoint does not exist: the error is the number's, found before any loading (issue 21, case 4)."""
+    code, out, err = infer(capsys, "--checkpoint", tmp_path / "none", "--instruction", INSTRUCTION, *args)
+    assert_one_line_error(code, err, words)
+    assert "checkpoint" not in err and out == ""
+
+
+def test_an_error_after_loading_is_the_only_line_on_stderr(tiny_checkpoint: Path) -> None:
+    """No "Loading weights" bar or FutureWarning before the error line, in a fresh process (issue 21, case 4)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    env.pop("TRANSFORMERS_VERBOSITY", None)
+    proc = subprocess.run([sys.executable, str(REPO / "infer.py"), "--checkpoint", str(tiny_checkpoint),
+                           "--instruction", INSTRUCTION, "--models", "m-math,no-such-model"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("infer.py: error: unknown model(s) ['no-such-model']"), proc.stderr
+
+
+def test_a_closed_stdout_ends_quietly(tiny_checkpoint: Path) -> None:
+    """`infer.py ... >&-`: sys.stdout is None; no AttributeError traceback (issue 21, case 5)."""
+    proc = subprocess.run(["sh", "-c", f'"{sys.executable}" "{REPO / "infer.py"}" --checkpoint "{tiny_checkpoint}" '
+                           f'--instruction "What is 2+2?" --json >&-'], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.parametrize("content", ["\u200b\n".encode(), b"\x00\x00\n", "\ufeff\ufeff\n".encode()])
+def test_a_file_line_of_invisible_characters_is_empty(tmp_path: Path, capsys, content: bytes) -> None:
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"What is 2+2?\n" + content)
+    code, _, err = infer(capsys, "--checkpoint", tmp_path / "none", "--file", path)
+    assert_one_line_error(code, err, f"{path}: line 2 is empty (only invisible characters")

@@ -35,6 +35,8 @@ from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.evaluate import cached_embedder, interaction_auc
 from modelsat.evidence import Evidence
 from modelsat.checkpoint import CheckpointError, save_checkpoint
+from modelsat.io_utils import blocking_file
+from modelsat.quiet import quiet_libraries
 from modelsat.category import CategoryClassifier
 from modelsat.router import aptitude_keys, unit_embeddings
 from modelsat.model import RouterModel, build_router_model
@@ -225,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(cfg.train.out_dir)
     if out_dir.exists() and not out_dir.is_dir():    # found now, not after training when final/ is written
         raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
+    if (file := blocking_file(out_dir)) is not None:   # a parent that is a file (`data.parquet/run`)
+        raise ConfigError(f"train.out_dir {out_dir} cannot be made: {file} is a file, not a folder; choose another "
+                          "train.out_dir")
 
     trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
     try:
@@ -391,6 +396,7 @@ def cli(argv: list[str] | None = None) -> int:
     """`main` for the command line: bad input (config, data, resume, files) ends as one line on stderr and exit
     code 2, its traceback shown only with --debug; other errors are bugs and keep their traceback."""
     argv = sys.argv[1:] if argv is None else argv
+    quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
     try:
         main(argv)
     except (ValueError, OSError) as e:

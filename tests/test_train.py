@@ -151,3 +151,15 @@ def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, capsys: pytest.Ca
                           "train.resume=true"])
     assert metrics["step"] == 1
     assert "holds no step folder with a training_state.pt: starting at step 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("under", ["file.parquet/run", "file.parquet/a/b/run"])
+def test_an_out_dir_under_a_file_is_found_before_training(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch, under: str) -> None:
+    """`train.out_dir=/x/file.parquet/run` (a parent is a file): one line before any data or training (case 3)."""
+    (tmp_path / "file.parquet").write_text("")
+    monkeypatch.setattr(train, "prepare", lambda *a, **k: pytest.fail("reached data preparation"))
+    assert train.cli(["--config", TINY, *tiny_overrides(tmp_path), f"train.out_dir={tmp_path / under}"]) == 2
+    assert capsys.readouterr().err == (f"train.py: error: train.out_dir {tmp_path / under} cannot be made: "
+                                       f"{tmp_path / 'file.parquet'} is a file, not a folder; choose another "
+                                       "train.out_dir\n")

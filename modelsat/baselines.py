@@ -475,8 +475,7 @@ class ModelSATRouter(BaseRouter):
             elif m in data.seen:
                 self.notes.append(f"{m} is not in the checkpoint's zoo: added from its aptitude results")
             rows = apt[apt["model"] == m][["model", "question_id", "score"]]
-            cost = self.costs_.get(m)
-            self.router.add_model(m, rows, cost=None if cost is None or math.isnan(cost) else cost)
+            self.router.add_model(m, rows, **data.table.model_meta(m))    # cost or params_b, in the zoo's unit
         return models
 
     def _predict(self, question_ids: list[str], instructions: list[str]) -> np.ndarray:

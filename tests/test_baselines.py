@@ -141,7 +141,7 @@ class FakeRouter:
     def __init__(self, aptitude: Aptitude) -> None:
         self.aptitude, self.models, self.added = aptitude, ["A", "B", "C"], {}
 
-    def add_model(self, name, results, cost=None):
+    def add_model(self, name, results, cost=None, params_b=None, cost_unit=""):
         self.added[name] = results
         self.models.append(name)
 
@@ -161,3 +161,21 @@ def test_model_sat_adapter_adds_unseen_models_from_aptitude(world):
     added = fake.added["D"]
     assert sorted(added["question_id"]) == sorted(aptitude.question_ids) and set(added["model"]) == {"D"}
     assert routed_accuracy(r, world, ("A", "C", "D")) == 1.0
+
+
+def test_model_sat_adds_unseen_models_in_the_zoos_cost_unit(tiny_checkpoint, tmp_path):
+    """The real Router: an unseen model joins with the cost and unit of the table's models file (a zoo has one
+    cost unit, so a cost without its unit would be refused)."""
+    from conftest import make_synthetic_table
+    from modelsat.data.table import RoutingTable
+    from modelsat.router import Router
+
+    router = Router.from_checkpoint(tiny_checkpoint)
+    table = RoutingTable.load(make_synthetic_table(tmp_path / "table"))
+    assert "m-all" not in router.models and router.zoo.cost_unit == "USD/query"
+    ids = table.questions["question_id"].tolist()
+    rest = [q for q in ids if q not in set(router.aptitude.question_ids)]
+    data = RoutingData(table, router.aptitude, rest[:100], rest[100:120], ["m-math", "m-bio"], hashing_embed)
+    ModelSATRouter(router=router).fit(data, ["m-math", "m-bio", "m-all"])
+    entry = router.zoo.get("m-all")
+    assert (entry.cost, entry.cost_unit) == (4.0, "USD/query")

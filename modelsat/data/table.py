@@ -319,6 +319,15 @@ class RoutingTable:
         """The question categories, in the order given."""
         return self._column(question_ids, "category")
 
+    def model_meta(self, model: str) -> dict[str, Any]:
+        """What the models file says of `model`, as `Zoo.add` takes it: `cost` and `params_b` (floats, None where
+        blank or absent) and `cost_unit` (str, "" where blank)."""
+        info = self.models.set_index("model")
+        row = info.loc[model] if model in info.index else pd.Series(dtype=object)
+        number = lambda key: None if key not in row or pd.isna(row[key]) else float(row[key])  # noqa: E731
+        unit = row["cost_unit"] if "cost_unit" in row and isinstance(row["cost_unit"], str) else ""
+        return {"cost": number("cost"), "params_b": number("params_b"), "cost_unit": unit}
+
     def costs(self, models: Sequence[str]) -> np.ndarray:
         """Per-model cost (float64, (M,)): `cost` where given, else `params_b`, else NaN."""
         m = self.models.set_index("model")

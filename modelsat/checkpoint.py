@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,23 +82,15 @@ def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "
         atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
         (tmp / "zoo").mkdir()
         zoo = Zoo(aptitude, tmp / "zoo")
-        info = table.models.set_index("model")
         for m in zoo_models:
             scores = table.score_matrix(aptitude.question_ids, [m])[:, 0]
-            row = info.loc[m] if m in info.index else {}
-            zoo.add(m, dict(zip(aptitude.question_ids, scores.tolist())), cost=_known(row.get("cost")),
-                    params_b=_known(row.get("params_b")), cost_unit=str(_known(row.get("cost_unit")) or ""))
+            zoo.add(m, dict(zip(aptitude.question_ids, scores.tolist())), **table.model_meta(m))   # blank: unknown
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
         if aptitude_embeddings is not None:
             save_aptitude_embeddings(tmp, aptitude_embeddings, aptitude, cfg.model.sentence_encoder)
         if category_classifier is not None:
             save_category_classifier(tmp, category_classifier, aptitude, cfg.model.sentence_encoder)
-
-
-def _known(value: Any) -> Any:
-    """A table cell, None where it is blank (NaN): Zoo.add refuses NaN, and a blank cell means unknown."""
-    return None if isinstance(value, numbers.Real) and math.isnan(value) else value
 
 
 def _write_stamped(file: Path, tensors: dict[str, "torch.Tensor"], aptitude: "Aptitude", encoder: str,

@@ -15,7 +15,6 @@ import pytest
 from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
 from modelsat.cli import main as cli
 from modelsat.io_utils import atomic_dir, atomic_write_bytes
-from modelsat.checkpoint import _known
 from modelsat.zoo import Zoo, ZooError, _file_name, check_cost, check_model_name
 
 
@@ -201,10 +200,22 @@ def test_nan_is_refused_not_read_as_unknown(tmp_path: Path, aptitude: Aptitude, 
     assert (entry.cost, entry.params_b, entry.unit) == (None, 7.0, "params_b")
 
 
-def test_a_tables_blank_cells_reach_the_zoo_as_unknown() -> None:
-    """save_checkpoint passes a models table's cells: blank (NaN) ones become None before Zoo.add."""
-    assert [_known(v) for v in (float("nan"), np.float64("nan"), np.float32("nan"), None, 0.5, "usd")] == \
-        [None, None, None, None, 0.5, "usd"]
+def test_a_tables_blank_cells_reach_the_zoo_as_unknown(tmp_path: Path, aptitude: Aptitude) -> None:
+    """save_checkpoint and evaluation add models with RoutingTable.model_meta: blank (NaN) cells become None
+    (unknown), never the NaN that Zoo.add refuses."""
+    from modelsat.data.table import RoutingTable
+
+    table = RoutingTable(pd.DataFrame({"question_id": ["x"], "text": ["t"], "benchmark": ["b"], "category": ["c"],
+                                       "task": [""], "source": ["s"]}),
+                         pd.DataFrame({"model": ["m", "n"], "question_id": ["x", "x"], "score": [1.0, 0.0]}),
+                         pd.DataFrame({"model": ["m", "n"], "cost": [np.nan, 0.5], "params_b": [7.0, np.nan],
+                                       "cost_unit": [np.nan, "usd"]}))
+    assert table.model_meta("m") == {"cost": None, "params_b": 7.0, "cost_unit": ""}
+    assert table.model_meta("n") == {"cost": 0.5, "params_b": None, "cost_unit": "usd"}
+    assert table.model_meta("absent") == {"cost": None, "params_b": None, "cost_unit": ""}
+    zoo = Zoo(aptitude, tmp_path)
+    zoo.add("m", results_for(aptitude, "m"), **table.model_meta("m"))
+    assert (zoo.get("m").cost, zoo.get("m").params_b) == (None, 7.0)
 
 
 def test_minus_zero_is_stored_as_zero(tmp_path: Path, aptitude: Aptitude) -> None:

@@ -16,39 +16,6 @@ import sys
 from pathlib import Path
 
 
-def read_instructions(path: Path) -> list[str]:
-    """Instructions from a .txt (one per line) or .jsonl ({"instruction": ...} per line) file; blank lines are
-    skipped, errors name the line."""
-    from modelsat.router import check_text
-
-    if not path.is_file():
-        raise ValueError(f"{path} is not a file; give a .txt or .jsonl file of instructions")
-    if path.suffix not in (".txt", ".jsonl"):
-        raise ValueError(f"{path}: use a .txt or .jsonl file")
-    out = []
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):   # only \n ends a line (not U+2028 in a text)
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: line {n} is not UTF-8 text (byte 0x{raw[e.start]:02X} at byte {e.start + 1} "
-                             "of the line); save the file as UTF-8") from e
-        if not line.strip():
-            continue
-        if path.suffix == ".txt":
-            out.append(check_text(line, f"{path}: line {n}"))
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise ValueError(f"{path}: line {n} is not JSON: {e}") from e
-        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise ValueError(f'{path}: line {n} needs a string field "instruction"')
-        out.append(check_text(record["instruction"], f'{path}: line {n}, field "instruction"'))
-    if not out:
-        raise ValueError(f"{path} holds no instructions (it is empty or only blank lines); write one per line")
-    return out
-
-
 def parse_models(text: str | None) -> list[str] | None:
     """The names of `--models` (None: the whole zoo); an empty list or name is an error, not "every model"."""
     if text is None:
@@ -64,7 +31,8 @@ def parse_models(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelsat.router import Router, RouterError, check_cost_weight, check_text, check_top_k  # --help stays fast
+    from modelsat.router import (Router, RouterError, check_cost_weight, check_text, check_top_k,  # --help stays fast
+                                 read_instructions)
 
     instructions = ([check_text(args.instruction.replace("\\n", "\n"), "--instruction")]
                     if args.instruction is not None else read_instructions(args.file))

@@ -12,7 +12,6 @@ complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, s
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import re
 import sys

@@ -12,14 +12,12 @@ the share of instructions sent to the most expensive candidate(s) and the mean c
 """
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from modelsat.router import Router, RouterError, check_text
+from modelsat.router import Router, RouterError
 
 SEARCH = ("bisection on cost_weight over one ranking at cost_weight 0 (utility - cost_weight * cost / max_cost; "
           "unknown cost counts as the most expensive)")
@@ -27,38 +25,6 @@ SEARCH = ("bisection on cost_weight over one ranking at cost_weight 0 (utility -
 
 class CalibrationError(RouterError):
     """The budget cannot be met or the inputs do not allow calibrating (one line: what, where, what to do)."""
-
-
-def read_instructions(path: str | Path) -> list[str]:
-    """Instructions from a UTF-8 .txt (one per line) or .jsonl ({"instruction": ...} per line) file, as
-    `python infer.py --file` reads them: blank lines skipped, errors naming the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"{path} is not a file; give a .txt or .jsonl file of instructions")
-    if path.suffix not in (".txt", ".jsonl"):
-        raise CalibrationError(f"{path}: use a .txt or .jsonl file")
-    out = []
-    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):   # only \n ends a line (not U+2028 in a text)
-        try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r")
-        except UnicodeDecodeError as e:
-            raise CalibrationError(f"{path}: line {n} is not UTF-8 text (byte 0x{raw[e.start]:02X}); save the file "
-                                   "as UTF-8") from e
-        if not line.strip():
-            continue
-        if path.suffix == ".txt":
-            out.append(check_text(line, f"{path}: line {n}"))
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise CalibrationError(f"{path}: line {n} is not JSON: {e}") from e
-        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
-            raise CalibrationError(f'{path}: line {n} needs a string field "instruction"')
-        out.append(check_text(record["instruction"], f'{path}: line {n}, field "instruction"'))
-    if not out:
-        raise CalibrationError(f"{path} holds no instructions (it is empty or only blank lines); write one per line")
-    return out
 
 
 class _Sweep:

@@ -207,7 +207,8 @@ def cmd_serve(a: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
-    from modelsat.calibrate import calibrate, read_instructions
+    from modelsat.calibrate import calibrate
+    from modelsat.router import read_instructions
     from modelsat.router import Router
 
     instructions = read_instructions(a.instructions)               # checked before the router loads

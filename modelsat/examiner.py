@@ -207,10 +207,10 @@ def _retry_after(response) -> float:
 async def _ask(client, url: str, body: dict, api_key_env: str | None, retries: int, backoff: float) -> dict:
     """The reply and usage of one chat completion, retried on a timeout, a connection error, 429, 5xx or a
     malformed body (waits `backoff` s doubling each time, at most 30 s, or the server's Retry-After)."""
-    why = ""
+    why, wait = "", 0.0
     for attempt in range(retries + 1):
         if attempt:
-            await asyncio.sleep(wait)  # noqa: F821 - `wait` is set by the attempt before
+            await asyncio.sleep(wait)                          # set by the attempt before
         wait = min(30.0, backoff * 2 ** attempt) * (1 + random.random() / 4)
         got = await _attempt(client, url, body, api_key_env)
         if isinstance(got, dict):

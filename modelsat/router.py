@@ -19,6 +19,7 @@ as the most expensive (the rule of `modelsat evaluate`).
 """
 from __future__ import annotations
 
+import json
 import math
 import numbers
 import unicodedata
@@ -106,6 +107,38 @@ def check_top_k(value: object) -> int | None:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise RouterError(f"top_k must be a positive integer, got {_shown(value)}")
     return int(value)
+
+
+def read_instructions(path: str | Path) -> list[str]:
+    """Instructions from a .txt (one per line) or .jsonl ({"instruction": ...} per line) file; blank lines are
+    skipped, errors (RouterError) name the line. `infer.py --file` and `modelsat calibrate` read files with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise RouterError(f"{path} is not a file; give a .txt or .jsonl file of instructions")
+    if path.suffix not in (".txt", ".jsonl"):
+        raise RouterError(f"{path}: use a .txt or .jsonl file")
+    out = []
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), 1):   # only \n ends a line (not U+2028 in a text)
+        try:
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise RouterError(f"{path}: line {n} is not UTF-8 text (byte 0x{raw[e.start]:02X} at byte {e.start + 1} "
+                             "of the line); save the file as UTF-8") from e
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            out.append(check_text(line, f"{path}: line {n}"))
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise RouterError(f"{path}: line {n} is not JSON: {e}") from e
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+            raise RouterError(f'{path}: line {n} needs a string field "instruction"')
+        out.append(check_text(record["instruction"], f'{path}: line {n}, field "instruction"'))
+    if not out:
+        raise RouterError(f"{path} holds no instructions (it is empty or only blank lines); write one per line")
+    return out
 
 
 class PriorInputs(NamedTuple):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from modelsat.calibrate import CalibrationError, calibrate, read_instructions
+from modelsat.calibrate import CalibrationError, calibrate
+from modelsat.router import read_instructions
 
 INSTRUCTIONS = [f"A {cat} question about {task} number {i}: which option is right?\nA. one\nB. two\nC. three"
                 for cat, task in [("math", "algebra"), ("biology", "genetics"), ("law", "torts"), ("math", "geometry")]

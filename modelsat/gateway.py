@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from modelsat.router import MAX_INSTRUCTION_CHARS, Ranked, Router, check_text
+from modelsat.router import MAX_INSTRUCTION_CHARS, Ranked, Router, RouterError, check_cost_weight, check_text
 from modelsat.zoo import ZooEntry
 
 ROUTE_MODEL = "modelsat"
@@ -105,10 +105,15 @@ def _fail(message: str, param: str | None = None, status: int = 400) -> GatewayE
 
 
 def _cost_weight(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= 1e6:
+    """The router's own check (a number, not a bool; finite, >= 0; an integer too large for a float included),
+    and at most 1e6."""
+    try:
+        weight = check_cost_weight(value)
+    except RouterError:
+        weight = math.nan
+    if not 0 <= weight <= 1e6:
         raise _fail(f"{where} must be a finite number in [0, 1e6], got {str(value)[:40]!r}", "model")
-    return float(value)
+    return weight
 
 
 def parse_model(model: object) -> tuple[bool, float | None]:

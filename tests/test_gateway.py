@@ -188,6 +188,9 @@ def test_a_zoo_name_is_forwarded_unrouted_and_the_suffix_sets_the_cost_weight(ga
     ({"model": "modelsat", "messages": MESSAGES, "stream": "yes"}, 400, "`stream` must be true or false"),
     ({"model": "modelsat:cost_weight=abc", "messages": MESSAGES}, 400, "is not a number"),
     ({"model": "modelsat:cost_weight=-1", "messages": MESSAGES}, 400, "finite number in [0, 1e6]"),
+    ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"cost_weight": 10 ** 400}}, 400,
+     "finite number in [0, 1e6]"),   # an integer too large for a float: was an OverflowError, a 500
+    ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"cost_weight": True}}, 400, "finite number in [0, 1e6]"),
     ({"model": "modelsat:top_k=2", "messages": MESSAGES}, 400, "unknown setting 'top_k'"),
     ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"cost_wieght": 1}}, 400, "cost_weight` and/or"),
     ({"model": "modelsat:cost_weight=1", "messages": MESSAGES, "modelsat": {"cost_weight": 1}}, 400, "twice"),

@@ -337,7 +337,7 @@ def test_run_aptitude_tiny_llama_with_resume(tmp_path: Path, monkeypatch: pytest
 
 def test_run_aptitude_needs_answers(tmp_path: Path) -> None:
     apt = Aptitude([AptitudeTask("t", "t", ["a"])], {"a": "Q?\nA. x\nB. y"})
-    with pytest.raises(AptitudeError, match="no stored answer"):
+    with pytest.raises(AptitudeError, match="stores no answers"):
         run_aptitude("tiny-llama", apt, tmp_path / "r.parquet")
     apt = Aptitude([AptitudeTask("t", "t", ["a"])], {"a": "Q?\nA. x\nB. y"}, {"a": "E"})
     with pytest.raises(AptitudeError, match="not among the option letters"):

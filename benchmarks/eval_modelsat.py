@@ -40,7 +40,7 @@ class MatrixRouter:
         self.matrix = matrix
         self.inputs = router.prior_inputs(texts) if router.prior_reads_instructions else None  # once for every slice
 
-    def add_model(self, name: str, results, cost=None) -> None:
+    def add_model(self, name: str, results, **meta) -> None:   # meta: cost, params_b, cost_unit (unused here)
         if name not in self.col:
             raise ValueError(f"{name} was not scored")
 

@@ -128,14 +128,18 @@ def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tens
 
 
 def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set),
-    weighted per group (groups where every candidate is right or every one wrong count less)."""
+    """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set) + a pairwise
+    logistic loss over the group's (right, wrong) pairs of one instruction, weighted per group (groups where every
+    candidate is right or every one wrong count less)."""
     total = logits[0].new_zeros(())
     for z, y, w in zip(logits, labels, weights.tolist()):
         y = y.to(z.device)
         loss = cfg.train.pointwise_weight * F.binary_cross_entropy_with_logits(z, y)
         if cfg.train.listwise_weight and y.sum() > 0 and len(y) > 1:
             loss = loss - cfg.train.listwise_weight * (y / y.sum() * F.log_softmax(z, dim=0)).sum()
+        if cfg.train.pairwise_weight and 0 < y.sum() < len(y):        # instruction-centred groups: one instruction
+            right, wrong = y >= 0.5, y < 0.5
+            loss = loss + cfg.train.pairwise_weight * F.softplus(z[wrong][None, :] - z[right][:, None]).mean()
         total = total + w * loss
     return total / weights.sum().clamp(min=1e-8).item()
 

@@ -234,6 +234,9 @@ class TrainConfig:
     """Weight of the binary cross-entropy on p(Yes)."""
     listwise_weight: float = 1.0
     """Weight of the listwise cross-entropy over each group."""
+    pairwise_weight: float = 0.0
+    """Weight of the pairwise logistic loss over each group's (right, wrong) pairs of one instruction (RankNet,
+    Burges et al. 2005): softplus(z_wrong - z_right), averaged over the pairs. It acts only within an instruction."""
     save_every: int = 200
     """Checkpoint every N optimizer steps (0: only at the end)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -263,10 +266,12 @@ class TrainConfig:
         _check(0 <= self.zoo_groups <= 1, f"train.zoo_groups={self.zoo_groups} must be in [0, 1]")
         _check(not self.zoo_groups or self.grouping == "instruction",
                "train.zoo_groups needs train.grouping=instruction (model-centred groups have one model each)")
-        _check(all(math.isfinite(w) and w >= 0 for w in (self.pointwise_weight, self.listwise_weight))
-               and self.pointwise_weight + self.listwise_weight > 0,
-               f"train.pointwise_weight and train.listwise_weight must be finite numbers >= 0 and not both 0, got "
-               f"{self.pointwise_weight} and {self.listwise_weight}")
+        weights = (self.pointwise_weight, self.listwise_weight, self.pairwise_weight)
+        _check(all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0,
+               "train.pointwise_weight, train.listwise_weight and train.pairwise_weight must be finite numbers >= 0 "
+               f"and not all 0, got {', '.join(map(str, weights))}")
+        _check(not self.pairwise_weight or self.grouping == "instruction",
+               "train.pairwise_weight > 0 needs train.grouping=instruction (its pairs share one instruction)")
 
 
 @dataclass

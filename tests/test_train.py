@@ -163,3 +163,20 @@ def test_an_out_dir_under_a_file_is_found_before_training(tmp_path: Path, capsys
     assert capsys.readouterr().err == (f"train.py: error: train.out_dir {tmp_path / under} cannot be made: "
                                        f"{tmp_path / 'file.parquet'} is a file, not a folder; choose another "
                                        "train.out_dir\n")
+
+
+def test_the_pairwise_loss_acts_only_within_an_instruction_on_misordered_pairs() -> None:
+    from modelsat.config import ConfigError, load_config
+
+    cfg = load_config(TINY, ["train.pointwise_weight=0", "train.listwise_weight=0", "train.pairwise_weight=1"])
+    y = [torch.tensor([1.0, 0.0, 0.0])]
+    w = torch.ones(1)
+    ordered = train.loss_fn([torch.tensor([5.0, -5.0, -5.0])], y, w, cfg)
+    misordered = train.loss_fn([torch.tensor([-5.0, 5.0, -5.0])], y, w, cfg)
+    shifted = train.loss_fn([torch.tensor([5.0, -5.0, -5.0]) + 3.0], y, w, cfg)   # one shift for all: same order
+    # softplus(z_wrong - z_right) averaged over the 2 (right, wrong) pairs, by hand
+    by_hand = (torch.nn.functional.softplus(torch.tensor(10.0)) + torch.nn.functional.softplus(torch.tensor(0.0))) / 2
+    assert ordered < 1e-4 and torch.isclose(misordered, by_hand) and torch.isclose(shifted, ordered)
+    assert train.loss_fn([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])], w, cfg) == 0   # no wrong model
+    with pytest.raises(ConfigError, match="grouping=instruction"):
+        load_config(TINY, ["train.pairwise_weight=1", "train.grouping=model"])

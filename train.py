@@ -12,6 +12,7 @@ complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, s
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import re
 import sys
@@ -127,10 +128,13 @@ def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tens
     return out
 
 
-def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: torch.Tensor, cfg: Config) -> torch.Tensor:
+def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: torch.Tensor, cfg: Config,
+            norm: float | None = None) -> torch.Tensor:
     """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set) + a pairwise
     logistic loss over the group's (right, wrong) pairs of one instruction, weighted per group (groups where every
-    candidate is right or every one wrong count less)."""
+    candidate is right or every one wrong count less). The weighted sum is divided by `norm`, default the batch's
+    weight sum; with several processes the loop passes the mean over processes of their weight sums, so that DDP's
+    average of the processes' gradients is the gradient of the global batch's weighted mean (as one process)."""
     total = logits[0].new_zeros(())
     for z, y, w in zip(logits, labels, weights.tolist()):
         y = y.to(z.device)
@@ -141,7 +145,7 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
             right, wrong = y >= 0.5, y < 0.5
             loss = loss + cfg.train.pairwise_weight * F.softplus(z[wrong][None, :] - z[right][:, None]).mean()
         total = total + w * loss
-    return total / weights.sum().clamp(min=1e-8).item()
+    return total / max(float(weights.sum()) if norm is None else norm, 1e-8)
 
 
 @torch.no_grad()
@@ -236,8 +240,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
     try:
+        # Several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine, or
+        # configs/accelerate/cpu-2proc.yaml): data-parallel on the CPU over gloo.
+        multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
-                                  mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir))
+                                  mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir), cpu=multi_cpu)
     except ValueError as e:  # a tracker accelerate does not know, a precision this machine lacks
         raise ConfigError(f"train.log_with={cfg.train.log_with!r}, train.mixed_precision="
                           f"{cfg.train.mixed_precision!r}: {e}") from e
@@ -277,7 +284,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, total_steps), total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The scheduler counts optimizer steps and is stepped here once per step: accelerate's prepared scheduler would
+    # step it once per process (it assumes a schedule sized for one process's batches).
+    model, optimizer = accelerator.prepare(model, optimizer)
     core: RouterModel = accelerator.unwrap_model(model)
 
     step, history, spent = 0, [], 0.0
@@ -323,13 +332,15 @@ def main(argv: list[str] | None = None) -> dict:
             # Randomness (dropout) is a function of (seed, epoch, micro-batch, rank): resume replays it exactly.
             torch.manual_seed(hash((cfg.train.seed, epoch, micro, accelerator.process_index)) % 2**63)
             with accelerator.accumulate(model):
-                loss = loss_fn(group_logits(model, batch, features, evidence), batch["labels"], batch["weights"], cfg)
+                norm = accelerator.reduce(batch["weights"].sum().to(accelerator.device), "mean").item()
+                loss = loss_fn(group_logits(model, batch, features, evidence), batch["labels"], batch["weights"], cfg,
+                               norm)
                 accelerator.backward(loss)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
+            scheduler.step()
             step += 1
             if step == cfg.train.stage1_steps:
                 core.set_stage("full")

@@ -180,3 +180,35 @@ def test_the_pairwise_loss_acts_only_within_an_instruction_on_misordered_pairs()
     assert train.loss_fn([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])], w, cfg) == 0   # no wrong model
     with pytest.raises(ConfigError, match="grouping=instruction"):
         load_config(TINY, ["train.pairwise_weight=1", "train.grouping=model"])
+
+
+def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: Path) -> None:
+    """`accelerate launch` with configs/accelerate/cpu-2proc.yaml (2 processes, gloo, no GPU): 2 processes x batch 2
+    give the weights and losses of 1 process x batch 4 (DDP averages gradients; the loss is normalised by the global
+    batch's weight; the LR schedule counts optimizer steps)."""
+    import safetensors.torch
+    import socket
+
+    pytest.importorskip("accelerate")
+    common = {"model.lora_dropout": 0, "train.max_steps": 4, "train.save_every": 0}
+    train.main(["--config", TINY, *tiny_overrides(tmp_path, **common, **{"train.batch_size": 4})])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "run2"
+    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "--main_process_port", str(port),
+                           str(REPO / "train.py"), "--config", TINY,
+                           *tiny_overrides(tmp_path, **common, **{"train.batch_size": 2, "train.out_dir": two})],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one_metrics = json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())
+    two_metrics = json.loads((two / "final" / "metrics.json").read_text())
+    assert len(two_metrics["history"]) == len(one_metrics["history"]) == 4
+    for a, b in zip(one_metrics["history"], two_metrics["history"]):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (one_metrics["history"], two_metrics["history"])
+    for name in ("adapter_model.safetensors", "connector.safetensors"):
+        one = safetensors.torch.load_file(tmp_path / "run" / "final" / name)
+        other = safetensors.torch.load_file(two / "final" / name)
+        assert one.keys() == other.keys()
+        assert max((one[k] - other[k]).abs().max().item() for k in one) < 1e-4, name

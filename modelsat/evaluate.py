@@ -206,6 +206,26 @@ def interaction_auc(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean([roc_auc_score(hit[i], residual[i]) for i in rows])) if len(rows) else float("nan")
 
 
+def reliability(pred: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
+    """The reliability diagram of probabilities `pred` against outcomes `y` (any equal shapes, scores >= 0.5 count
+    as right): `bins` equal-width bins of [0, 1], each {"lo", "hi", "n", "mean_p", "freq"} (mean_p/freq None where
+    empty), and the expected calibration error `ece` = sum over bins of n/N * |freq - mean_p| (Naeini et al. 2015;
+    the same bins as sklearn.calibration.calibration_curve with strategy="uniform", which gives no counts)."""
+    p = np.clip(np.asarray(pred, dtype=np.float64).ravel(), 0, 1)
+    hit = (np.asarray(y, dtype=np.float64).ravel() >= 0.5).astype(np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        inside = which == b
+        n = int(inside.sum())
+        mean_p = float(p[inside].mean()) if n else None
+        freq = float(hit[inside].mean()) if n else None
+        if n:
+            ece += n / len(p) * abs(freq - mean_p)
+        rows.append({"lo": b / bins, "hi": (b + 1) / bins, "n": n, "mean_p": mean_p, "freq": freq})
+    return {"bins": rows, "ece": float(ece)}
+
+
 def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray, models: list[str],
                    norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool, seed: int,
                    offset: np.ndarray | None = None) -> dict:
@@ -221,6 +241,7 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
     if probabilistic:
         out["brier"] = float(np.mean((np.clip(pred, 0, 1) - y) ** 2))
         out["interaction_auc"] = interaction_auc(pred, y)
+        out["reliability"] = reliability(pred, y)
     out["picks"] = dict(zip(models, c.mean(axis=0).round(6).tolist()))
     out["per_category"] = {k: float(per[cats == k].mean()) for k in sorted(set(cats))}
     out["picks_per_category"] = {k: dict(zip(models, c[cats == k].mean(axis=0).round(6).tolist()))
@@ -393,7 +414,8 @@ def report_markdown(metrics: dict) -> str:
 
 
 def write_outputs(metrics: dict, out: Path) -> None:
-    """metrics.json, report.md, cost_quality.png and one picks-<router>.png heatmap per applicable router."""
+    """metrics.json, report.md, cost_quality.png, reliability.png (the reliability diagram of every router that
+    gives probabilities) and one picks-<router>.png heatmap per applicable router."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -417,6 +439,20 @@ def write_outputs(metrics: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "cost_quality.png", dpi=120)
     plt.close(fig)
+    calibrated = {n: r for n, r in live.items() if "reliability" in r}
+    if calibrated:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+        ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="calibrated")
+        for name, r in calibrated.items():
+            pts = [b for b in r["reliability"]["bins"] if b["n"]]
+            ax.plot([b["mean_p"] for b in pts], [b["freq"] for b in pts], marker="o", ms=3,
+                    label=f"{name} (ECE {r['reliability']['ece']:.3f}, Brier {r['brier']:.3f})")
+        ax.set(xlabel="p_correct (mean in bin)", ylabel="share answered correctly", xlim=(0, 1), ylim=(0, 1),
+               title=f"reliability, zoo {metrics['zoo']} ({metrics['split']})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "reliability.png", dpi=120)
+        plt.close(fig)
     models = metrics["models"]
     for name, r in live.items():
         cats = list(r["picks_per_category"])

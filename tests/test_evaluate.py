@@ -152,7 +152,8 @@ def test_outputs_are_written(tmp_path, seen_metrics):
 
     write_outputs(seen_metrics, tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
-    assert {"metrics.json", "report.md", "cost_quality.png", "picks-knn.png", "picks-random.png"} <= files
+    assert {"metrics.json", "report.md", "cost_quality.png", "reliability.png", "picks-knn.png",
+            "picks-random.png"} <= files
     assert "picks-model-sat.png" not in files
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert set(doc) >= {"zoo", "split", "n_instructions", "oracle", "random", "best_single", "routers"}
@@ -236,3 +237,18 @@ def test_router_metrics_choose_by_pred_plus_offset_and_score_pred():
     assert shifted["picks"] == {"m0": 0.0, "m1": 1.0}
     assert shifted["brier"] == plain["brier"] and shifted["interaction_auc"] == plain["interaction_auc"]
     assert shifted["cost_curve"]["points"][0]["mean_cost"] == pytest.approx(2.0)
+
+
+def test_the_reliability_diagram_and_its_ece_by_hand() -> None:
+    from modelsat.evaluate import reliability
+
+    pred = np.array([[0.05, 0.15], [0.12, 0.95], [1.0, 0.98]])
+    y = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    r = reliability(pred, y, bins=10)
+    by_lo = {round(b["lo"], 1): b for b in r["bins"]}
+    assert by_lo[0.0] == {"lo": 0.0, "hi": 0.1, "n": 1, "mean_p": 0.05, "freq": 0.0}
+    assert by_lo[0.1]["n"] == 2 and by_lo[0.1]["mean_p"] == pytest.approx(0.135) and by_lo[0.1]["freq"] == 0.5
+    assert by_lo[0.9]["n"] == 3 and by_lo[0.9]["freq"] == pytest.approx(2 / 3)   # p = 1.0 falls in the last bin
+    assert by_lo[0.5] == {"lo": 0.5, "hi": 0.6, "n": 0, "mean_p": None, "freq": None}
+    by_hand = (1 * 0.05 + 2 * abs(0.5 - 0.135) + 3 * abs(2 / 3 - (0.95 + 1.0 + 0.98) / 3)) / 6
+    assert r["ece"] == pytest.approx(by_hand)

@@ -39,6 +39,7 @@ from modelsat.io_utils import blocking_file
 from modelsat.quiet import quiet_libraries
 from modelsat.category import CategoryClassifier
 from modelsat.router import aptitude_keys, unit_embeddings
+from modelsat.states import StateCache
 from modelsat.model import RouterModel, build_router_model
 
 
@@ -267,6 +268,16 @@ def main(argv: list[str] | None = None) -> dict:
             raise
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
+    if model.lower is not None and cfg.train.cache_states:      # the frozen lower layers' output, computed once
+        root = Path(cfg.data.table_dir) / "states"
+        texts = data.table.texts(list(data.splits["train"]) + list(data.splits["val"]))
+        with accelerator.main_process_first():                  # the main process fills it, the others read it
+            cache = StateCache(root, model.lower.fingerprint)
+            if accelerator.is_main_process:
+                done = cache.fill(model.lower.to(accelerator.device), model.prefix_ids(texts), model.pad_id)
+                log(f"instruction states after the {cfg.model.frozen_layers} frozen layers: {done} computed, "
+                    f"{len(texts) - done} read from {cache.dir}")
+        model.state_cache = StateCache(root, model.lower.fingerprint)
     evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
     n_train, n_all = model.num_trainable_parameters()
     log(f"router: {cfg.model.llm} + LoRA r={cfg.model.lora_r}, encoder {cfg.model.encoder_mode}/{cfg.model.connector}; "

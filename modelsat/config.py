@@ -140,6 +140,12 @@ class ModelConfig:
     """Router LLM: `smollm2-135m-instruct` (offline package), `tiny-llama` (tests), or a HF id / local folder."""
     num_layers: int = 0
     """Keep only the first n decoder layers of the LLM (0: all); the final norm and output rows stay."""
+    frozen_layers: int = 0
+    """The lower n of the kept layers are frozen, carry no LoRA and read only the instruction (template head,
+    instruction, template tail): their output for an instruction never changes, so train.py computes it once and
+    caches it (`modelsat/states.py`). The capability soft tokens and the inquiry prompt enter at layer n, where
+    LoRA trains (LLaMA-Adapter puts its prompts in the topmost layers, Zhang et al. 2023). 0: every kept layer
+    carries LoRA and reads the whole sequence."""
     sentence_encoder: str = "all-minilm-l6-v2"
     """Frozen sentence encoder: `all-minilm-l6-v2` (offline package), `tiny-encoder` (tests), or a HF id / folder."""
     encoder_mode: Literal["structured", "text"] = "structured"
@@ -180,11 +186,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _not_blank(self, "model", "llm", "sentence_encoder", "yes_token", "no_token")
-        _at_least(self, "model", 0, "num_layers", "num_soft_tokens", "instruction_tokens")
+        _at_least(self, "model", 0, "num_layers", "frozen_layers", "num_soft_tokens", "instruction_tokens")
+        _check(not self.num_layers or self.frozen_layers < self.num_layers,
+               f"model.frozen_layers={self.frozen_layers} must be below model.num_layers={self.num_layers}: at least "
+               "one layer must train")
         _at_least(self, "model", 1, "text_group_size", "lora_r", "lora_alpha")
         _at_least(self, "model", 9, "max_instruction_tokens")
         _at_most(self, "model", 32768, "max_instruction_tokens", "instruction_tokens", "num_soft_tokens")
-        _at_most(self, "model", 10**4, "num_layers", "text_group_size")
+        _at_most(self, "model", 10**4, "num_layers", "frozen_layers", "text_group_size")
         _at_most(self, "model", 10**5, "lora_r", "lora_alpha")
         _check(0 <= self.lora_dropout < 1, f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         _check(len(self.lora_targets) > 0, "model.lora_targets must name at least one layer (e.g. q_proj)")
@@ -241,6 +250,10 @@ class TrainConfig:
     """Checkpoint every N optimizer steps (0: only at the end)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Mixed precision through accelerate (keep `no` on CPU)."""
+    cache_states: bool = True
+    """With model.frozen_layers > 0: compute the frozen lower layers' output for every train and val instruction
+    once, before training, and keep it in `<data.table_dir>/states/` (`modelsat/states.py`, reused by later runs
+    of the same backbone and cut); false computes it again at every step (same result, slower)."""
     resume: bool = False
     """Continue from the last step checkpoint in `out_dir` with the same data order."""
     seed: int = 0

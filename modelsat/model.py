@@ -16,6 +16,10 @@ pass over the instructions (batched, right-padded) that fills a KV cache, then o
 blocks (B·K rows of L_c tokens) attending to their instruction's cached keys/values through that 4-D mask.
 Same result as scoring every candidate alone, at a cost of L_x + K·L_c tokens instead of K·(L_x + L_c), and
 attention that stays linear in K (a dense (L_x + K·L_c)² mask would not).
+
+With `model.frozen_layers = n` the lower n layers (`modelsat/states.py`: frozen, no LoRA) read the prefix
+[template head][x][template tail] alone; their output, cached by train.py, is the prefix's input to the upper
+layers, and the candidate blocks (soft tokens + inquiry prompt embeddings) enter at layer n.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from modelsat.evidence import DIM as EVIDENCE_DIM
 from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
 from modelsat.io_utils import atomic_write_bytes
 from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder
+from modelsat.states import LowerLayers, StateCache, prefix_key
 
 CAP_TOKEN = "<cap>"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -98,12 +103,16 @@ class RouterModel(nn.Module):
     """Holds `llm` (a PeftModel), `capability` (CapabilityEncoder), the tokenizer and the config.
 
     Trainable: LoRA and the capability encoder (`set_stage("connector")` freezes LoRA); the base LLM is frozen.
+    `lower`: the frozen lower layers that read the prefix alone (model.frozen_layers; None: none), and
+    `state_cache` (a StateCache, set by train.py) where their output is looked up before it is computed.
     """
 
     def __init__(self, llm: PeftModel, tokenizer: PreTrainedTokenizerBase, capability: CapabilityEncoder,
-                 cfg: ModelConfig, sentence_encoder: SentenceEncoder | None = None) -> None:
+                 cfg: ModelConfig, sentence_encoder: SentenceEncoder | None = None,
+                 lower: LowerLayers | None = None) -> None:
         super().__init__()
-        self.llm, self.capability, self.cfg = llm, capability, cfg
+        self.llm, self.capability, self.cfg, self.lower = llm, capability, cfg, lower
+        self.state_cache: StateCache | None = None
         self.tokenizer, self.sentence_encoder = tokenizer, sentence_encoder   # not modules: never trained or saved
         self._task_emb: dict[tuple[str, ...], torch.Tensor] = {}
         if CAP_TOKEN not in tokenizer.get_vocab():
@@ -154,6 +163,30 @@ class RouterModel(nn.Module):
         if self.capability.instruction_tokens and self.sentence_encoder is not None:
             cut = [a or b for a, b in zip(cut, self.sentence_encoder.shortened(instructions))]
         return cut
+
+    def prefix_inputs(self, prefixes: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The upper layers' inputs for the prefixes (right-padded): (B, P, H) token embeddings, or with frozen
+        lower layers their output (read from `state_cache` where it is there), and the (B, P) mask of real tokens."""
+        ids, mask = _pad(prefixes, self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self.lower is None:
+            return self.embed(ids), mask
+        if self.state_cache is None:
+            return self.lower(ids, mask), mask
+        keys = [prefix_key(p) for p in prefixes]
+        hidden = self.llm.get_input_embeddings().embedding_dim
+        found = self.state_cache.get(keys, [len(p) for p in prefixes], hidden)
+        todo = [i for i, k in enumerate(keys) if k not in found]
+        states = torch.zeros(len(prefixes), ids.shape[1], hidden, device=self.device)
+        if todo:
+            part_ids, part_mask = _pad([prefixes[i] for i in todo], self.pad_id)
+            computed = self.lower(part_ids.to(self.device), part_mask.to(self.device))
+            for j, i in enumerate(todo):
+                states[i, :len(prefixes[i])] = computed[j, :len(prefixes[i])]
+        for i, key in enumerate(keys):
+            if key in found:
+                states[i, :len(prefixes[i])] = found[key].to(self.device)
+        return states, mask
 
     def block_ids(self, num_soft: int) -> list[int]:
         """A candidate block: placeholders for its soft tokens, then the inquiry prompt."""
@@ -242,16 +275,14 @@ class RouterModel(nn.Module):
             return [torch.zeros(0, device=self.device) for _ in counts]
         ev = self._evidence(evidence, features)                                     # (ΣK, E) or None
         soft = self.soft_tokens(features, instructions, evidence)                    # (ΣK, N_tok, H)
-        prefix, prefix_mask = _pad(self.prefix_ids(instructions), self.pad_id)       # (B, P)
-        prefix, prefix_mask = prefix.to(self.device), prefix_mask.to(self.device)
-        cache = self.decoder(inputs_embeds=self.embed(prefix), attention_mask=prefix_mask.long(),
-                             use_cache=True).past_key_values
+        inputs, prefix_mask = self.prefix_inputs(self.prefix_ids(instructions))        # (B, P, H), (B, P)
+        cache = self.decoder(inputs_embeds=inputs, attention_mask=prefix_mask.long(), use_cache=True).past_key_values
         if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
             raise ValueError("shared-prefix packing needs full-attention layers; use score_separate for this LLM")
         owner = torch.repeat_interleave(torch.arange(len(counts), device=self.device),
                                         torch.tensor(counts, device=self.device))  # (ΣK,) instruction of each block
         block = torch.tensor(self.block_ids(soft.shape[1]), device=self.device)   # (Lc,)
-        Lc, P = block.numel(), prefix.shape[1]
+        Lc = block.numel()
         causal = torch.ones(Lc, Lc, dtype=torch.bool, device=self.device).tril()  # (Lc, Lc)
         hidden = []
         for idx in torch.arange(len(owner), device=self.device).split(chunk_size or len(owner)):
@@ -278,13 +309,20 @@ class RouterModel(nn.Module):
             return [torch.zeros(0, device=self.device) for _ in counts]
         ev = self._evidence(evidence, features)                                     # (ΣK, E) or None
         soft = self.soft_tokens(features, instructions, evidence)                    # (ΣK, N_tok, H)
-        block = self.block_ids(soft.shape[1])
-        seqs = [p + block for p, k in zip(self.prefix_ids(instructions), counts) for _ in range(k)]
+        block = torch.tensor(self.block_ids(soft.shape[1]), device=self.device)     # (Lc,)
+        prefixes = self.prefix_ids(instructions)
+        inputs, _ = self.prefix_inputs(prefixes)                                    # (B, P, H)
+        owner = [b for b, k in enumerate(counts) for _ in range(k)]                 # instruction of each pair
         hidden = []
-        for idx in torch.arange(len(seqs)).split(chunk_size or len(seqs)):
-            ids, mask = _pad([seqs[i] for i in idx], self.pad_id)                   # (C, T)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            out = self.decoder(inputs_embeds=self.embed(ids, soft[idx.to(self.device)]), attention_mask=mask.long())
+        for idx in torch.arange(len(owner)).split(chunk_size or len(owner)):
+            blocks = self.embed(block.expand(len(idx), -1), soft[idx.to(self.device)])   # (C, Lc, H)
+            seqs = [torch.cat([inputs[owner[i], :len(prefixes[owner[i]])], blocks[j]]) for j, i in enumerate(idx)]
+            width = max(len(q) for q in seqs)
+            embeds = blocks.new_zeros(len(seqs), width, blocks.shape[-1])             # (C, T, H), right-padded
+            mask = torch.zeros(len(seqs), width, dtype=torch.long, device=self.device)
+            for j, q in enumerate(seqs):
+                embeds[j, :len(q)], mask[j, :len(q)] = q, 1
+            out = self.decoder(inputs_embeds=embeds, attention_mask=mask)
             last = mask.sum(1) - 1                                                   # (C,) last real position
             hidden.append(out.last_hidden_state[torch.arange(len(idx), device=self.device), last])
         return list(self._margin(torch.cat(hidden), ev, logits).split(counts))
@@ -376,12 +414,21 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
     """Router model from the config; `per_task` (S, questions per aptitude task) fixes the feature width.
     With `checkpoint`, the trained adapter and connector are loaded from that folder."""
     base, tokenizer = load_llm(cfg.llm)
-    if cfg.num_layers:                                     # keep the lower layers only: a cheaper router on a CPU
-        layers = base.get_decoder().layers
-        if cfg.num_layers > len(layers):
-            raise ValueError(f"model.num_layers={cfg.num_layers} but {cfg.llm} has {len(layers)} layers")
-        base.get_decoder().layers = layers[:cfg.num_layers]
-        base.config.num_hidden_layers = cfg.num_layers
+    decoder = base.get_decoder()
+    layers = decoder.layers
+    top = cfg.num_layers or len(layers)                    # keep the lower layers only: a cheaper router on a CPU
+    if top > len(layers):
+        raise ValueError(f"model.num_layers={cfg.num_layers} but {cfg.llm} has {len(layers)} layers")
+    if cfg.frozen_layers >= top:
+        raise ValueError(f"model.frozen_layers={cfg.frozen_layers} must be below the {top} layers kept of {cfg.llm}")
+    lower = LowerLayers(decoder, cfg.frozen_layers, cfg.llm) if cfg.frozen_layers else None
+    if (cfg.frozen_layers, top) != (0, len(layers)):
+        decoder.layers = layers[cfg.frozen_layers:top]     # the layers LoRA goes into, renumbered for their KV cache
+        for i, layer in enumerate(decoder.layers):
+            layer.self_attn.layer_idx = i
+        base.config.num_hidden_layers = top - cfg.frozen_layers
+        if getattr(base.config, "layer_types", None):
+            base.config.layer_types = list(base.config.layer_types)[cfg.frozen_layers:top]
     sentence_encoder = load_sentence_encoder(cfg.sentence_encoder)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
@@ -389,7 +436,7 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
     capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
                                    llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens,
                                    cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0)
-    model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder)
+    model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder, lower)
     if checkpoint is not None:
         model.load_trained(checkpoint)
     model.eval()

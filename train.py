@@ -149,16 +149,36 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
     return total / max(float(weights.sum()) if norm is None else norm, 1e-8)
 
 
+def val_ids(cfg: Config, data: Prepared) -> list[str]:
+    """The val instructions `validate` reads: at most train.max_val_instructions of them, seeded."""
+    ids = list(data.splits["val"])
+    if cfg.train.max_val_instructions and len(ids) > cfg.train.max_val_instructions:
+        ids = sorted(np.random.default_rng(cfg.train.seed).choice(ids, cfg.train.max_val_instructions,
+                                                                   replace=False).tolist())
+    return ids
+
+
+def run_ids(cfg: Config, data: Prepared, first_loader: DataLoader, steps_per_epoch: int, total_steps: int,
+            num_processes: int) -> list[str]:
+    """The instructions this run reads, in order: those of the groups its `total_steps` optimizer steps take
+    (every process's share) and the val instructions of `validate`."""
+    ids, groups_per_step = [], cfg.train.batch_size * cfg.train.grad_accum * num_processes
+    for epoch in range(cfg.train.epochs):
+        steps = min(steps_per_epoch, total_steps - epoch * steps_per_epoch)
+        if steps <= 0:
+            break
+        loader = first_loader if epoch == 0 else build_dataloader(cfg, data, epoch)
+        ids += [q for g in loader.dataset.groups[:steps * groups_per_step] for q in g.question_ids]
+    return list(dict.fromkeys(ids + val_ids(cfg, data)))
+
+
 @torch.no_grad()
 def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tensor], cfg: Config,
              evidence: EvidenceTable | None = None) -> dict:
     """Routing accuracy on val instructions over the training models, with best single and oracle; on every
     (instruction, model) pair, the AUC and Brier score of p(correct) (finer signals than top-1); and the
     interaction AUC (0.5 = the router ranks the models the same way for every instruction)."""
-    ids = list(data.splits["val"])
-    if cfg.train.max_val_instructions and len(ids) > cfg.train.max_val_instructions:
-        ids = sorted(np.random.default_rng(cfg.train.seed).choice(ids, cfg.train.max_val_instructions,
-                                                                   replace=False).tolist())
+    ids = val_ids(cfg, data)
     models = data.train_models
     scores = data.table.score_matrix(ids, models)                              # (Q, M)
     keep = ~np.isnan(scores).any(axis=1)
@@ -268,16 +288,6 @@ def main(argv: list[str] | None = None) -> dict:
             raise
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
-    if model.lower is not None and cfg.train.cache_states:      # the frozen lower layers' output, computed once
-        root = Path(cfg.data.table_dir) / "states"
-        texts = data.table.texts(list(data.splits["train"]) + list(data.splits["val"]))
-        with accelerator.main_process_first():                  # the main process fills it, the others read it
-            cache = StateCache(root, model.lower.fingerprint)
-            if accelerator.is_main_process:
-                done = cache.fill(model.lower.to(accelerator.device), model.prefix_ids(texts), model.pad_id)
-                log(f"instruction states after the {cfg.model.frozen_layers} frozen layers: {done} computed, "
-                    f"{len(texts) - done} read from {cache.dir}")
-        model.state_cache = StateCache(root, model.lower.fingerprint)
     evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
     n_train, n_all = model.num_trainable_parameters()
     log(f"router: {cfg.model.llm} + LoRA r={cfg.model.lora_r}, encoder {cfg.model.encoder_mode}/{cfg.model.connector}; "
@@ -295,6 +305,17 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, total_steps), total_steps)
+    if model.lower is not None and cfg.train.cache_states:      # the frozen lower layers' output, computed once
+        root = Path(cfg.data.table_dir) / "states"
+        texts = data.table.texts(run_ids(cfg, data, first_loader, steps_per_epoch, total_steps,
+                                         accelerator.num_processes))
+        with accelerator.main_process_first():                  # the main process fills it, the others read it
+            cache = StateCache(root, model.lower.fingerprint)
+            if accelerator.is_main_process:
+                done = cache.fill(model.lower.to(accelerator.device), model.prefix_ids(texts), model.pad_id)
+                log(f"instruction states after the {cfg.model.frozen_layers} frozen layers: {done} computed, "
+                    f"{len(texts) - done} read from {cache.dir}")
+        model.state_cache = StateCache(root, model.lower.fingerprint)
     # The scheduler counts optimizer steps and is stepped here once per step: accelerate's prepared scheduler would
     # step it once per process (it assumes a schedule sized for one process's batches).
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -251,9 +251,10 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Mixed precision through accelerate (keep `no` on CPU)."""
     cache_states: bool = True
-    """With model.frozen_layers > 0: compute the frozen lower layers' output for every train and val instruction
-    once, before training, and keep it in `<data.table_dir>/states/` (`modelsat/states.py`, reused by later runs
-    of the same backbone and cut); false computes it again at every step (same result, slower)."""
+    """With model.frozen_layers > 0: compute the frozen lower layers' output for every instruction the run reads
+    (its steps' groups and validation) once, before training, and keep it in `<data.table_dir>/states/`
+    (`modelsat/states.py`, reused by later runs of the same backbone and cut); false computes it again at every
+    step (same result, slower)."""
     resume: bool = False
     """Continue from the last step checkpoint in `out_dir` with the same data order."""
     seed: int = 0

@@ -5,8 +5,8 @@
     p = router.predict(question_ids, texts, models)          # (Q, M), higher = better
     router.rank("What is 2+2?\\nA. 3\\nB. 4", models, cost_weight=0.2, top_k=3)
 
-Choice rule, the same for every router (Model-SAT included): pick the argmax over the zoo of
-`predict − cost_weight · cost / max_cost`, with cost = `models.parquet` cost, else `params_b`; a model of
+Choice rule, the same for every router (Model-SAT included; `modelsat/choice.py`): pick the argmax over the zoo
+of `predict − cost_weight · cost / max_cost`, with cost = `models.parquet` cost, else `params_b`; a model of
 unknown cost counts as the most expensive of the zoo (normalised cost 1.0). All routers but `random`
 predict probabilities of being correct, so `cost_weight` reads as "accuracy points given up per unit of
 the zoo's largest cost". Exact ties are split evenly by the evaluation (expected value of a random pick).
@@ -23,11 +23,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from modelsat.aptitude import Aptitude
+from modelsat.choice import Ranked, normalised_costs, ranking, utilities  # noqa: F401 (re-exported)
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -36,26 +37,10 @@ class RoutingError(ValueError):
     """A router was used outside what it can do (unfitted, unknown or unseen models, bad arguments)."""
 
 
-class Choice(NamedTuple):
-    model: str
-    score: float
-    cost: float | None
-    utility: float
-
-
 def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (cosine similarity = dot product)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def normalised_costs(costs: np.ndarray) -> np.ndarray:
-    """Costs divided by the largest known one; unknown (NaN) costs count as the largest (1.0); all unknown -> 0."""
-    costs = np.asarray(costs, dtype=np.float64)
-    known = costs[np.isfinite(costs)]
-    if not known.size or known.max() <= 0:
-        return np.zeros_like(costs)
-    return np.where(np.isfinite(costs), costs, known.max()) / known.max()
 
 
 def hashing_embed(texts: list[str], dim: int = 512) -> np.ndarray:
@@ -144,7 +129,7 @@ class BaseRouter:
         return full[:, [pos[m] for m in models]].astype(np.float64)
 
     def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
-             top_k: int | None = None, question_id: str = "") -> list[Choice]:
+             top_k: int | None = None, question_id: str = "") -> list[Ranked]:
         """The candidates for one instruction, best first, by score + utility_offset − cost_weight · normalised cost."""
         if not math.isfinite(cost_weight) or cost_weight < 0:
             raise RoutingError(f"cost_weight must be a finite number >= 0, got {cost_weight!r}")
@@ -152,14 +137,8 @@ class BaseRouter:
         score = self.predict([question_id], [instruction], models)[0]
         cost = np.array([self.costs_.get(m, math.nan) for m in models])
         offset = self.utility_offset(models, [instruction])
-        offset = 0.0 if offset is None else np.asarray(offset).reshape(-1)               # (M,) or (1, M) → (M,)
-        utility = score + offset - cost_weight * normalised_costs(cost)
-        order = self._order(models, utility)[:top_k]
-        return [Choice(models[j], float(score[j]), None if np.isnan(cost[j]) else float(cost[j]), float(utility[j]))
-                for j in order]
-
-    def _order(self, models: list[str], utility: np.ndarray) -> list[int]:
-        return sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))
+        utility = utilities(score[None, :], cost, cost_weight, offset)[0]
+        return ranking(models, score, cost, utility, top_k)
 
     def utility_offset(self, models: Sequence[str], instructions: Sequence[str]) -> np.ndarray | None:
         """(M,) or (Q, M) added to the scores of `instructions` when choosing (not when scoring p_correct);
@@ -188,9 +167,12 @@ class RandomRouter(BaseRouter):
     def _predict(self, question_ids: list[str], instructions: list[str]) -> np.ndarray:
         return np.zeros((len(question_ids), len(self.models_)))
 
-    def _order(self, models: list[str], utility: np.ndarray) -> list[int]:
-        shuffled = self.rng.permutation(len(models)).tolist()
-        return sorted(shuffled, key=lambda j: -utility[j])
+    def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
+             top_k: int | None = None, question_id: str = "") -> list[Ranked]:
+        """The shared rule's ranking with its ties (every candidate of one cost) in a random order."""
+        full = super().rank(instruction, models, cost_weight, None, question_id)
+        shuffled = [full[j] for j in self.rng.permutation(len(full))]
+        return sorted(shuffled, key=lambda r: -r.utility)[:top_k]
 
 
 class BestSingleRouter(BaseRouter):

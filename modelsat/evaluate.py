@@ -26,8 +26,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from modelsat.aptitude import Aptitude
-from modelsat.baselines import (ROUTER_NAMES, BaseRouter, Embed, RoutingData, default_routers, hashing_embed,
-                                normalised_costs)
+from modelsat import choice
+from modelsat.baselines import ROUTER_NAMES, BaseRouter, Embed, RoutingData, default_routers, hashing_embed
+from modelsat.choice import normalised_costs
 from modelsat.io_utils import atomic_dir, atomic_write_bytes
 
 COST_WEIGHTS = [0.0] + np.geomspace(1e-3, 100.0, 29).tolist()
@@ -128,10 +129,9 @@ def cached_embedder(table: Any, encoder: str = "all-minilm-l6-v2", cache_dir: Pa
 
 # ------------------------------------------------------------------------------------------ metrics
 def choice_weights(pred: np.ndarray, norm_cost: np.ndarray, cost_weight: float = 0.0) -> np.ndarray:
-    """(Q, M) weights of the chosen model(s): 1 at the argmax of pred − cost_weight·norm_cost, ties split evenly."""
-    u = pred - cost_weight * norm_cost[None, :]
-    tie = u >= u.max(axis=1, keepdims=True) - 1e-9
-    return tie / tie.sum(axis=1, keepdims=True)
+    """(Q, M) weights of the chosen model(s) by the shared rule (modelsat/choice.py): 1 at the argmax of
+    pred − cost_weight·norm_cost, ties split evenly. `norm_cost` is already normalised (normalising is idempotent)."""
+    return choice.choice_weights(choice.utilities(pred, norm_cost, cost_weight))
 
 
 def routed_scores(utility: np.ndarray, y: np.ndarray, norm_cost: np.ndarray) -> np.ndarray:

@@ -15,7 +15,8 @@ the aptitude test (with `route.aptitude_neighbours` k > 0: on the k aptitude que
 `category_accuracy` its aptitude accuracy per category weighted by the checkpoint's guess of the instruction's
 category (`modelsat/category.py`), and `max_cost` the largest known cost among the candidates being ranked (so
 `cost_weight` is in units of probability per "the most expensive candidate"); a model of unknown cost counts
-as the most expensive (the rule of `modelsat evaluate`).
+as the most expensive. The rule is `modelsat/choice.py`, shared with the baselines, `modelsat evaluate`, the
+service and the gateway.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from modelsat.aptitude import Aptitude
 from modelsat.category import CategoryClassifier
+from modelsat.choice import Ranked, ranking, utilities  # noqa: F401 (Ranked is re-exported)
 from modelsat.checkpoint import (CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, load_aptitude_embeddings,
                                  load_category_classifier)
 from modelsat.config import Config, load_config
@@ -149,14 +151,6 @@ class PriorInputs(NamedTuple):
     def take(self, rows) -> "PriorInputs":
         """The inputs of the instructions at `rows`."""
         return PriorInputs(*(None if x is None else x[rows] for x in self))
-
-
-class Ranked(NamedTuple):
-    model: str
-    p_correct: float
-    cost: float | None
-    utility: float
-    shortened: bool     # the instruction was longer than a reading window: read as its first third + its end
 
 
 class Router:
@@ -407,19 +401,11 @@ class Router:
         if not instructions:
             raise RouterError("no instructions to rank: `instructions` is empty; give at least one")
         models = self._check_models(models)
-        p = self.predict_matrix(instructions, models)
+        p = self.predict_matrix(instructions, models)                      # (Q, M) p_correct
         costs = self.zoo.costs(models)
-        known = costs[~np.isnan(costs)]
-        norm = costs / known.max() if known.size and known.max() > 0 else np.zeros_like(costs)
-        penalty = np.nan_to_num(norm, nan=1.0) * cost_weight            # unknown cost: as the most expensive
-        prior = np.broadcast_to(self.prior(models, instructions), p.shape)
-        ranked = []
-        for row, row_prior, cut in zip(p, prior, self.shortened(instructions)):
-            utility = row + row_prior - penalty
-            order = sorted(range(len(models)), key=lambda j: (-utility[j], models[j]))[:top_k]
-            ranked.append([Ranked(models[j], float(row[j]), None if np.isnan(costs[j]) else float(costs[j]),
-                                  float(utility[j]), cut) for j in order])
-        return ranked
+        utility = utilities(p, costs, cost_weight, self.prior(models, instructions))   # modelsat/choice.py
+        return [ranking(models, row, costs, u, top_k, cut)
+                for row, u, cut in zip(p, utility, self.shortened(instructions))]
 
     def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
              top_k: int | None = None) -> list[Ranked]:

@@ -1,0 +1,75 @@
+"""One choice rule (modelsat/choice.py) for Model-SAT's Router, the baselines and the evaluation: the utility is
+p_correct + the route's prior − cost_weight · cost / max cost, computed here by hand, with no other term."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from modelsat import Router
+from modelsat.baselines import BestSingleRouter, RoutingData, hashing_embed
+from modelsat.choice import Ranked, choice_weights, normalised_costs, ranking, utilities
+from modelsat.evaluate import choice_weights as evaluation_choice
+
+INSTRUCTIONS = ["What is 2+2?\nA. 3\nB. 4", "Name the law of torts that covers negligence.", "A cell divides."]
+
+
+def _router(tiny_checkpoint: Path, tmp_path: Path, **route) -> Router:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+    cfg["route"].update(route)
+    (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return Router.from_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("cost_weight", [0.0, 0.7])
+def test_router_utility_is_p_correct_less_the_cost_term_and_nothing_else(tiny_checkpoint, tmp_path, cost_weight):
+    router = _router(tiny_checkpoint, tmp_path, aptitude_prior=0.0, aptitude_neighbours=0, category_prior=0.0)
+    models = router.models
+    p = router.predict_matrix(INSTRUCTIONS, models)                                     # (Q, M)
+    costs = np.array([router.zoo.get(m).cost for m in models], dtype=float)
+    assert np.isfinite(costs).all() and len(set(costs)) > 1         # the cost term differs between candidates
+    by_hand = p - cost_weight * costs / costs.max()
+    for q, ranked in enumerate(router.rank_many(INSTRUCTIONS, cost_weight=cost_weight)):
+        got = {r.model: r.utility for r in ranked}
+        np.testing.assert_allclose([got[m] for m in models], by_hand[q], atol=1e-12, rtol=0)
+        assert [r.utility for r in ranked] == sorted((r.utility for r in ranked), reverse=True)
+        assert {r.model: r.p_correct for r in ranked} == pytest.approx(dict(zip(models, p[q])))
+
+
+def test_router_prior_is_the_only_other_term(tiny_checkpoint, tmp_path):
+    router = _router(tiny_checkpoint, tmp_path, aptitude_prior=1.5, aptitude_neighbours=0, category_prior=0.0)
+    models = router.models
+    p = router.predict_matrix(INSTRUCTIONS, models)
+    accuracy = np.array([router.zoo.get(m).accuracy for m in models])
+    ranked = router.rank(INSTRUCTIONS[0], cost_weight=0.0)
+    got = {r.model: r.utility for r in ranked}
+    np.testing.assert_allclose([got[m] for m in models], p[0] + 1.5 * accuracy, atol=1e-12, rtol=0)
+
+
+def test_baselines_and_the_evaluation_choose_by_the_same_rule() -> None:
+    scores = np.array([[0.6, 0.6, 0.2], [0.1, 0.5, 0.55]])
+    costs = np.array([1.0, np.nan, 4.0])
+    u = utilities(scores, costs, 0.2)
+    np.testing.assert_allclose(u, scores - 0.2 * np.array([0.25, 1.0, 1.0]))
+    np.testing.assert_allclose(choice_weights(u), [[1, 0, 0], [0, 0, 1]])
+    np.testing.assert_allclose(evaluation_choice(scores, normalised_costs(costs), 0.2), choice_weights(u))
+    assert ranking(["b", "a", "c"], scores[0], costs, utilities(scores, costs)[0]) == [
+        Ranked("a", 0.6, None, 0.6), Ranked("b", 0.6, 1.0, 0.6), Ranked("c", 0.2, 4.0, 0.2)]   # a tie goes by name
+
+
+def test_a_baselines_rank_is_the_shared_ranking() -> None:
+    from test_evaluate import make_world
+
+    table, aptitude, splits = make_world()
+    models = ["A", "B", "C"]
+    data = RoutingData(table, aptitude, splits["train"], splits["val"], seen=models, embed=hashing_embed)
+    router = BestSingleRouter().fit(data, models)
+    score = router.predict([""], ["anything"], models)[0]
+    cost = np.array([router.costs_.get(m, np.nan) for m in models])
+    assert router.rank("anything", models, cost_weight=0.3) == ranking(models, score, cost,
+                                                                      utilities(score[None], cost, 0.3)[0])

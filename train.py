@@ -12,17 +12,19 @@ complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import pickle
 import re
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import set_seed
 from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
@@ -142,8 +144,8 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
         loss = cfg.train.pointwise_weight * F.binary_cross_entropy_with_logits(z, y)
         if cfg.train.listwise_weight and y.sum() > 0 and len(y) > 1:
             loss = loss - cfg.train.listwise_weight * (y / y.sum() * F.log_softmax(z, dim=0)).sum()
-        if cfg.train.pairwise_weight and 0 < y.sum() < len(y):        # instruction-centred groups: one instruction
-            right, wrong = y >= 0.5, y < 0.5
+        right, wrong = y >= 0.5, y < 0.5                             # instruction-centred groups: one instruction
+        if cfg.train.pairwise_weight and right.any() and wrong.any():
             loss = loss + cfg.train.pairwise_weight * F.softplus(z[wrong][None, :] - z[right][:, None]).mean()
         total = total + w * loss
     return total / max(float(weights.sum()) if norm is None else norm, 1e-8)
@@ -265,7 +267,9 @@ def main(argv: list[str] | None = None) -> dict:
         # configs/accelerate/cpu-2proc.yaml): data-parallel on the CPU over gloo.
         multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
         accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
-                                  mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir), cpu=multi_cpu)
+                                  mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir), cpu=multi_cpu,
+                                  # the main process may fill the state cache for a long while before the others
+                                  kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=6))])
     except ValueError as e:  # a tracker accelerate does not know, a precision this machine lacks
         raise ConfigError(f"train.log_with={cfg.train.log_with!r}, train.mixed_precision="
                           f"{cfg.train.mixed_precision!r}: {e}") from e
@@ -300,7 +304,10 @@ def main(argv: list[str] | None = None) -> dict:
                                    {"params": rest, "lr": cfg.train.connector_lr}],
                                   weight_decay=cfg.train.weight_decay)
     first_loader = build_dataloader(cfg, data, 0)                             # also sizes every epoch
-    steps_per_epoch = max(1, len(first_loader) // (cfg.train.grad_accum * accelerator.num_processes))
+    # as accelerate steps: each process takes ceil(batches / processes) batches (the last ones padded), and the
+    # optimizer also steps at the end of an epoch whose batches do not fill the last accumulation
+    steps_per_epoch = max(1, math.ceil(math.ceil(len(first_loader) / accelerator.num_processes)
+                                       / cfg.train.grad_accum))
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
@@ -372,7 +379,8 @@ def main(argv: list[str] | None = None) -> dict:
                 optimizer.zero_grad()
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
+            if not getattr(optimizer, "step_was_skipped", False):     # fp16: a step skipped for overflow
+                scheduler.step()
             step += 1
             if step == cfg.train.stage1_steps:
                 core.set_stage("full")

@@ -210,7 +210,8 @@ def reliability(pred: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
     """The reliability diagram of probabilities `pred` against outcomes `y` (any equal shapes, scores >= 0.5 count
     as right): `bins` equal-width bins of [0, 1], each {"lo", "hi", "n", "mean_p", "freq"} (mean_p/freq None where
     empty), and the expected calibration error `ece` = sum over bins of n/N * |freq - mean_p| (Naeini et al. 2015;
-    the same bins as sklearn.calibration.calibration_curve with strategy="uniform", which gives no counts)."""
+    bin b holds b/bins <= p < (b+1)/bins, and p = 1 the last bin; sklearn's calibration_curve puts a p on an inner
+    edge in the bin below, and gives no counts)."""
     p = np.clip(np.asarray(pred, dtype=np.float64).ravel(), 0, 1)
     hit = (np.asarray(y, dtype=np.float64).ravel() >= 0.5).astype(np.float64)
     which = np.minimum((p * bins).astype(int), bins - 1)

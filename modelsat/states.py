@@ -11,7 +11,7 @@ training: it is computed once, stored, and read back by every later step and run
 frozen mid-layer states the same way; LLaMA-Adapter puts its trainable prompts only in the topmost layers).
 
 The cache is keyed by what determines a state exactly: the folder by the sha256 of the backbone's name, the cut
-layer and the lower layers' weights (`LowerLayers.fingerprint`), each entry by the sha256 of its prefix's token
+layer, its config and the lower layers' weights (`LowerLayers.fingerprint`), each entry by the sha256 of its prefix's token
 ids (so another template, tokenizer or `max_instruction_tokens` misses instead of reading a stale state). Each shard
 names its fingerprint in its metadata; a shard of another fingerprint, or an entry of the wrong shape, is not used
 (it is reported once and its states are computed again).
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import time
+import uuid
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -78,8 +80,9 @@ class LowerLayers(nn.Module):
 
     @cached_property
     def fingerprint(self) -> str:
-        """sha256 of the backbone's name, the cut layer and every weight below it (computed on first use)."""
-        digest = hashlib.sha256(f"{self.name}\0{self.n}\0".encode())
+        """sha256 of the backbone's name, the cut layer, its config (rope, norm epsilon, ...; with the library's
+        version) and every weight below it (computed on first use)."""
+        digest = hashlib.sha256(f"{self.name}\0{self.n}\0{self.body.config.to_json_string()}\0".encode())
         for key, value in sorted(self.body.state_dict().items()):
             digest.update(key.encode() + b"\0" + value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
@@ -91,7 +94,8 @@ class LowerLayers(nn.Module):
 
 class StateCache:
     """Hidden states of instruction prefixes after the frozen lower layers, stored as safetensors shards under
-    `root/<fingerprint[:16]>/` (outside git: train.py puts `root` beside the routing table).
+    `root/<fingerprint[:16]>/` (outside git: train.py puts `root` beside the routing table), each shard named
+    uniquely, so runs filling the same folder at once do not overwrite each other.
 
     `get(keys)` returns the stored (P_i, H) float32 states of the keys it has (a dict); `fill` computes and
     stores the missing ones. Shards of another fingerprint and entries of the wrong shape are skipped with one
@@ -102,7 +106,6 @@ class StateCache:
         self.fingerprint = fingerprint
         self.skipped = 0
         self._where: dict[str, Path] = {}
-        self._memory: dict[str, torch.Tensor] = {}
         for shard in sorted(self.dir.glob("shard-*.safetensors")) if self.dir.is_dir() else []:
             try:
                 with safe_open(shard, "pt") as f:
@@ -122,30 +125,34 @@ class StateCache:
         warnings.warn(f"state cache: {why}; its states are not used and will be computed again", stacklevel=3)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._memory or key in self._where
+        return key in self._where
 
     def __len__(self) -> int:
-        return len(set(self._memory) | set(self._where))
+        return len(self._where)
 
     def get(self, keys: list[str], lengths: list[int], hidden: int) -> dict[str, torch.Tensor]:
         """The stored states of `keys` (each expected (lengths[i], hidden)); absent or mis-shaped ones are left out."""
         out = {}
         by_shard: dict[Path, list[tuple[str, int]]] = {}
         for key, n in zip(keys, lengths):
-            if key in self._memory:
-                out[key] = self._memory[key]
-            elif key in self._where:
+            if key in self._where:
                 by_shard.setdefault(self._where[key], []).append((key, n))
-        for shard, wanted in by_shard.items():
-            with safe_open(shard, "pt") as f:
-                for key, n in wanted:
-                    value = f.get_tensor(key)
-                    if tuple(value.shape) != (n, hidden):
-                        del self._where[key]
-                        self._skip(f"entry {key[:12]} of {shard} has shape {tuple(value.shape)}, expected "
-                                   f"({n}, {hidden})", 1)
-                        continue
-                    out[key] = self._memory[key] = value
+        for shard, wanted in by_shard.items():          # read from the shard each time: no copy kept in memory
+            try:
+                with safe_open(shard, "pt") as f:
+                    present = set(f.keys())
+                    for key, n in wanted:
+                        value = f.get_tensor(key) if key in present else None
+                        if value is None or tuple(value.shape) != (n, hidden):
+                            del self._where[key]
+                            self._skip(f"entry {key[:12]} of {shard} " + ("is gone" if value is None else
+                                       f"has shape {tuple(value.shape)}, expected ({n}, {hidden})"), 1)
+                            continue
+                        out[key] = value
+            except (SafetensorError, OSError) as e:     # removed or rewritten since it was listed
+                for key, _ in wanted:
+                    self._where.pop(key, None)
+                self._skip(f"{shard} can no longer be read ({e})", len(wanted))
         return out
 
     def fill(self, lower: LowerLayers, prefixes: list[list[int]], pad_id: int, batch_size: int = 16,
@@ -178,7 +185,6 @@ class StateCache:
 
     def _write(self, states: dict[str, torch.Tensor]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        shard = self.dir / f"shard-{len(list(self.dir.glob('shard-*.safetensors'))):05d}.safetensors"
+        shard = self.dir / f"shard-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:12]}.safetensors"  # unique
         atomic_write_bytes(shard, save(states, metadata={"fingerprint": self.fingerprint}))
         self._where.update(dict.fromkeys(states, shard))
-        self._memory.update(states)

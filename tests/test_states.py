@@ -163,3 +163,17 @@ def test_training_with_cached_states_gives_the_losses_of_computing_them(tmp_path
     np.testing.assert_allclose(losses[True], losses[False], atol=1e-5, rtol=0)
     shards = list((tmp_path / "table" / "states").glob("*/shard-*.safetensors"))
     assert shards and all(load_file(s) for s in shards)
+
+
+def test_two_caches_filling_one_folder_keep_each_others_shards(tmp_path: Path) -> None:
+    model = _model()
+    prefixes = model.prefix_ids(INSTRUCTIONS)
+    first, second = (StateCache(tmp_path, model.lower.fingerprint) for _ in range(2))   # two runs at once
+    assert first.fill(model.lower, prefixes[:2], model.pad_id) == 2
+    assert second.fill(model.lower, prefixes[2:], model.pad_id) == 1
+    assert len(list(first.dir.glob("shard-*.safetensors"))) == 2
+    assert len(StateCache(tmp_path, model.lower.fingerprint)) == 3
+    for shard in first.dir.glob("shard-*.safetensors"):    # removed under a reader: a miss, not a crash
+        shard.unlink()
+    with pytest.warns(UserWarning, match="can no longer be read"):
+        assert first.get([prefix_key(p) for p in prefixes[:2]], [len(p) for p in prefixes[:2]], 64) == {}

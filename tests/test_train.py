@@ -178,6 +178,7 @@ def test_the_pairwise_loss_acts_only_within_an_instruction_on_misordered_pairs()
     by_hand = (torch.nn.functional.softplus(torch.tensor(10.0)) + torch.nn.functional.softplus(torch.tensor(0.0))) / 2
     assert ordered < 1e-4 and torch.isclose(misordered, by_hand) and torch.isclose(shifted, ordered)
     assert train.loss_fn([torch.tensor([1.0, 2.0])], [torch.tensor([1.0, 1.0])], w, cfg) == 0   # no wrong model
+    assert train.loss_fn([torch.tensor([1.0, 2.0])], [torch.tensor([0.3, 0.4])], w, cfg) == 0   # partial scores
     with pytest.raises(ConfigError, match="grouping=instruction"):
         load_config(TINY, ["train.pairwise_weight=1", "train.grouping=model"])
 

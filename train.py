@@ -41,7 +41,7 @@ from modelsat.io_utils import blocking_file
 from modelsat.quiet import quiet_libraries
 from modelsat.category import CategoryClassifier
 from modelsat.router import aptitude_keys, unit_embeddings
-from modelsat.states import StateCache
+from modelsat.states import StateCache, prefix_key
 from modelsat.model import RouterModel, build_router_model
 
 
@@ -319,9 +319,11 @@ def main(argv: list[str] | None = None) -> dict:
         with accelerator.main_process_first():                  # the main process fills it, the others read it
             cache = StateCache(root, model.lower.fingerprint)
             if accelerator.is_main_process:
-                done = cache.fill(model.lower.to(accelerator.device), model.prefix_ids(texts), model.pad_id)
+                prefixes = model.prefix_ids(texts)
+                done = cache.fill(model.lower.to(accelerator.device), prefixes, model.pad_id)
+                unique = len({prefix_key(p) for p in prefixes})       # questions of one text share a state
                 log(f"instruction states after the {cfg.model.frozen_layers} frozen layers: {done} computed, "
-                    f"{len(texts) - done} read from {cache.dir}")
+                    f"{unique - done} already in {cache.dir}")
         model.state_cache = StateCache(root, model.lower.fingerprint)
     # The scheduler counts optimizer steps and is stepped here once per step: accelerate's prepared scheduler would
     # step it once per process (it assumes a schedule sized for one process's batches).

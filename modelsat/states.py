@@ -26,6 +26,7 @@ import warnings
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
@@ -40,7 +41,7 @@ SHARD_SIZE = 512
 
 def prefix_key(ids: list[int]) -> str:
     """The cache key of one prefix: sha256 of its token ids (int64, little-endian)."""
-    return hashlib.sha256(torch.tensor(ids, dtype=torch.int64).numpy().astype("<i8").tobytes()).hexdigest()
+    return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
 
 
 class LowerLayers(nn.Module):
@@ -162,7 +163,7 @@ class StateCache:
         cache's backbone."""
         if lower.fingerprint != self.fingerprint:
             raise ValueError("this state cache belongs to another backbone or cut layer")
-        todo = list({prefix_key(p): p for p in prefixes if prefix_key(p) not in self}.items())
+        todo = [(key, p) for key, p in {prefix_key(p): p for p in prefixes}.items() if key not in self]
         todo.sort(key=lambda kp: len(kp[1]))                                  # similar lengths share a batch
         device = next(lower.parameters()).device
         pending: dict[str, torch.Tensor] = {}

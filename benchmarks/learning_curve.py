@@ -1,0 +1,133 @@
+"""The learning curve of one training run: routing gain and interaction AUC of every saved checkpoint on val.
+
+    python benchmarks/learning_curve.py --run runs/evidence --out runs/evidence/curve --max-instructions 300
+
+Reads `<run>/step-NNNNNN/` (written every `train.save_every` steps) and `<run>/final/`, scores the first
+`--max-instructions` instructions of the split with each (the same instructions for every checkpoint, every model of
+the requested zoos, unseen models joining through their aptitude results), and reports per zoo the gain of the
+router's choice over the best single model (points; the utility is p_correct plus the route's priors, so with priors
+at 0 it is p_correct alone), its 95% paired bootstrap CI, and p_correct's interaction AUC and Brier. The
+predictions of each checkpoint are cached in `--out` (a rerun only scores new checkpoints). Prints one JSON object
+and draws `<out>/learning_curve.png` (gain and interaction AUC against step).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from modelsat.choice import normalised_costs
+from modelsat.data.table import RoutingTable
+from modelsat.evaluate import bootstrap_ci, interaction_auc, routed_scores
+from modelsat.router import Router
+
+
+def checkpoints(run: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint of `run`, by step; `final` carries the step in its metrics.json."""
+    out = []
+    for d in sorted(run.iterdir()):
+        m = re.fullmatch(r"step-(\d+)", d.name)
+        if m and (d / "config.yaml").exists():
+            out.append((int(m.group(1)), d))
+        elif d.name == "final" and (d / "metrics.json").exists():
+            out.append((int(json.loads((d / "metrics.json").read_text())["step"]), d))
+    out.sort(key=lambda sd: (sd[0], sd[1].name == "final"))
+    return sorted({s: d for s, d in out}.items())          # final replaces a step folder of the same step
+
+
+def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str], cache: Path) -> np.ndarray:
+    """(Q, M) utility before cost (p_correct + the route's priors) and (Q, M) p_correct of one checkpoint, cached."""
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            if z["question_ids"].tolist() == ids and z["models"].tolist() == models:
+                return z["utility"], z["p"]
+    router = Router.from_checkpoint(folder)
+    res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
+    for m in models:
+        if m not in router.models:
+            router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
+    texts = table.texts(ids)
+    p = router.predict_matrix(texts, models, progress=True)
+    prior = router.prior(models, texts) if router.prior_reads_instructions else router.prior(models)
+    utility = p + prior
+    tmp = cache.with_name(cache.stem + ".tmp.npz")
+    np.savez(tmp, utility=utility, p=p, models=np.array(models), question_ids=np.array(ids))
+    tmp.replace(cache)
+    return utility, p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", required=True, help="a train.out_dir holding step-NNNNNN/ and final/")
+    ap.add_argument("--out", required=True, help="folder for the cached predictions, curve.json and the plot")
+    ap.add_argument("--split", default="val", choices=["train", "val"], help="never test: this chooses settings")
+    ap.add_argument("--zoos", default="7b,mixed,large", help="zoos of the checkpoint's data.zoos, or all")
+    ap.add_argument("--max-instructions", type=int, default=300, help="the first N of the split (0: all)")
+    args = ap.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    points = checkpoints(run) if run.is_dir() else []
+    if not points:
+        sys.exit(f"error: {run} holds no step-NNNNNN/ or final/ checkpoint; train with train.save_every > 0")
+    out.mkdir(parents=True, exist_ok=True)
+    first = Router.from_checkpoint(points[-1][1])
+    cfg = first.config
+    table = RoutingTable.load(cfg.data.table_dir)
+    splits = json.loads((points[-1][1] / "splits.json").read_text())
+    known = {**cfg.data.zoos, "all": table.model_names}
+    unknown = [z for z in args.zoos.split(",") if z not in known]
+    if unknown:
+        sys.exit(f"error: unknown zoo {', '.join(unknown)}; the checkpoint's zoos are {', '.join(known)}")
+    zoos = {z: list(known[z]) for z in args.zoos.split(",")}
+    models = sorted({m for z in zoos.values() for m in z})
+    y_all = table.score_matrix(list(splits[args.split]), models).astype(np.float64)
+    keep = ~np.isnan(y_all).any(axis=1)
+    ids = [q for q, k in zip(splits[args.split], keep) if k][:args.max_instructions or None]
+    y_all = y_all[keep][:len(ids)]
+    ytr = table.score_matrix(list(splits["train"]), models).astype(np.float64)
+    col = {m: j for j, m in enumerate(models)}
+
+    curve = []
+    for step, folder in points:
+        utility, p = scored(folder, table, ids, models, out / f"predictions-{step:06d}.npz")
+        row = {"step": step, "checkpoint": str(folder)}
+        for z, zm in zoos.items():
+            c = [col[m] for m in zm]
+            y, u, pz = y_all[:, c], utility[:, c], p[:, c]
+            best = int(np.nanargmax(np.nanmean(ytr[:, c], axis=0)))
+            diff = routed_scores(u, y, normalised_costs(table.costs(zm))) - y[:, best]
+            lo, hi = bootstrap_ci(diff)
+            row[z] = {"gain": round(100 * float(diff.mean()), 2), "gain_ci": [round(100 * lo, 2), round(100 * hi, 2)],
+                      "interaction_auc": round(interaction_auc(pz, y), 4),
+                      "brier": round(float(np.mean((pz - y) ** 2)), 4)}
+        curve.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    result = {"run": str(run), "split": args.split, "n_instructions": len(ids), "zoos": list(zoos), "curve": curve}
+    (out / "curve.json").write_text(json.dumps(result, indent=1))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for z in zoos:
+        axes[0].plot(steps, [r[z]["gain"] for r in curve], marker="o", label=z)
+        axes[1].plot(steps, [r[z]["interaction_auc"] for r in curve], marker="o", label=z)
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set(xlabel="step", ylabel="gain over the best single model (points)",
+                title=f"routing gain, {len(ids)} {args.split} instructions")
+    axes[1].axhline(0.5, color="grey", lw=0.8)
+    axes[1].set(xlabel="step", ylabel="interaction AUC of p_correct", title="within-instruction signal")
+    for a in axes:
+        a.legend()
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=120)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

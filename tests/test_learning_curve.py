@@ -1,0 +1,41 @@
+"""benchmarks/learning_curve.py on a tiny run: one row per saved checkpoint, cached predictions reused."""
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, train_tiny
+
+
+def run_script(*args: str) -> None:
+    argv = sys.argv
+    sys.argv = ["learning_curve.py", *args]
+    try:
+        runpy.run_path(str(REPO / "benchmarks" / "learning_curve.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+
+
+def test_learning_curve_scores_every_checkpoint_and_reuses_predictions(tmp_path: Path, capsys) -> None:
+    run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2})
+    out = tmp_path / "curve"
+    run_script("--run", str(run), "--out", str(out), "--zoos", "all", "--max-instructions", "12")
+    curve = json.loads((out / "curve.json").read_text())
+    assert [r["step"] for r in curve["curve"]] == [2, 4]
+    assert curve["curve"][-1]["checkpoint"].endswith("final")          # final replaces step-000004
+    for row in curve["curve"]:
+        assert 0.0 <= row["all"]["interaction_auc"] <= 1.0
+        assert row["all"]["gain_ci"][0] <= row["all"]["gain"] <= row["all"]["gain_ci"][1]
+    assert (out / "learning_curve.png").stat().st_size > 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("predictions-*.npz")}
+    assert sorted(stamps) == ["predictions-000002.npz", "predictions-000004.npz"]
+    run_script("--run", str(run), "--out", str(out), "--zoos", "all", "--max-instructions", "12")
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("predictions-*.npz")} == stamps
+    assert json.loads((out / "curve.json").read_text())["curve"] == curve["curve"]
+
+
+def test_learning_curve_refuses_a_folder_without_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no step-NNNNNN/ or final/ checkpoint"):
+        run_script("--run", str(tmp_path), "--out", str(tmp_path / "o"))

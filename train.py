@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import set_seed
 from sklearn.metrics import roc_auc_score
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -131,24 +132,79 @@ def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tens
     return out
 
 
+def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, pointwise: float,
+               listwise: float, pairwise: float) -> torch.Tensor:
+    """The weighted sum over G groups of padded (G, K) logits `z` and labels `y` (`mask` marks the real entries):
+    per group, `pointwise` × the mean BCE on p(Yes) + `listwise` × the cross-entropy of softmax(z) against the
+    correct set (groups with a right answer and two or more candidates) + `pairwise` × the mean logistic loss
+    softplus(z_wrong − z_right) over the group's (right, wrong) pairs (RankNet, Burges et al. 2005; groups with
+    both). Labels >= 0.5 count as right. Returns a scalar: Σ_g weights[g] · loss_g."""
+    y = torch.where(mask, y, torch.zeros_like(y))
+    n = mask.sum(dim=1)
+    per = z.new_zeros(z.shape[0])
+    if pointwise:
+        bce = F.binary_cross_entropy_with_logits(z, y, reduction="none").masked_fill(~mask, 0.0)
+        per = per + pointwise * bce.sum(dim=1) / n.clamp_min(1)
+    if listwise:
+        total = y.sum(dim=1)
+        logp = F.log_softmax(z.masked_fill(~mask, float("-inf")), dim=1).masked_fill(~mask, 0.0)
+        ce = -(y / total.clamp_min(1e-12)[:, None] * logp).sum(dim=1)
+        per = per + listwise * torch.where((total > 0) & (n > 1), ce, torch.zeros_like(ce))
+    if pairwise:
+        right, wrong = (y >= 0.5) & mask, (y < 0.5) & mask
+        pairs = (right[:, :, None] & wrong[:, None, :]).to(z.dtype)                # (G, K_right, K_wrong)
+        count = pairs.sum(dim=(1, 2))
+        soft = (F.softplus(z[:, None, :] - z[:, :, None]) * pairs).sum(dim=(1, 2))
+        per = per + pairwise * torch.where(count > 0, soft / count.clamp_min(1), torch.zeros_like(soft))
+    return (weights.to(per) * per).sum()
+
+
 def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: torch.Tensor, cfg: Config,
             norm: float | None = None) -> torch.Tensor:
-    """Pointwise BCE on p(Yes) + listwise cross-entropy over each group (target: the correct set) + a pairwise
-    logistic loss over the group's (right, wrong) pairs of one instruction, weighted per group (groups where every
-    candidate is right or every one wrong count less). The weighted sum is divided by `norm`, default the batch's
-    weight sum; with several processes the loop passes the mean over processes of their weight sums, so that DDP's
-    average of the processes' gradients is the gradient of the global batch's weighted mean (as one process)."""
-    total = logits[0].new_zeros(())
-    for z, y, w in zip(logits, labels, weights.tolist()):
-        y = y.to(z.device)
-        loss = cfg.train.pointwise_weight * F.binary_cross_entropy_with_logits(z, y)
-        if cfg.train.listwise_weight and y.sum() > 0 and len(y) > 1:
-            loss = loss - cfg.train.listwise_weight * (y / y.sum() * F.log_softmax(z, dim=0)).sum()
-        right, wrong = y >= 0.5, y < 0.5                             # instruction-centred groups: one instruction
-        if cfg.train.pairwise_weight and right.any() and wrong.any():
-            loss = loss + cfg.train.pairwise_weight * F.softplus(z[wrong][None, :] - z[right][:, None]).mean()
-        total = total + w * loss
+    """`group_loss` of a batch of groups (lists of (K_i,) logits and labels) with train.py's weights
+    (train.pointwise_weight, listwise_weight, pairwise_weight; groups where every candidate is right or every one
+    wrong count less through `weights`). The weighted sum is divided by `norm`, default the batch's weight sum;
+    with several processes the loop passes the mean over processes of their weight sums, so that DDP's average of
+    the processes' gradients is the gradient of the global batch's weighted mean (as one process)."""
+    z = pad_sequence(list(logits), batch_first=True)
+    y = pad_sequence([t.to(z.device, z.dtype) for t in labels], batch_first=True)
+    mask = pad_sequence([torch.ones(len(t), dtype=torch.bool, device=z.device) for t in logits], batch_first=True)
+    total = group_loss(z, y, mask, weights, cfg.train.pointwise_weight, cfg.train.listwise_weight,
+                       cfg.train.pairwise_weight)
     return total / max(float(weights.sum()) if norm is None else norm, 1e-8)
+
+
+def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepared, cfg: Config, log) -> dict:
+    """Stage 0 (train.evidence_fit_epochs > 0): fit the evidence's logit offset alone, full batch with Adam
+    (train.evidence_fit_lr), on every (train instruction, training model) pair with a result, one group per
+    instruction, with the loss train.evidence_fit_loss (`group_loss`'s terms; chosen by pooled 5-fold CV of train,
+    dev/LOG.md 2026-11-30); then freeze it. Seeded and full batch, so every process fits the same weights.
+    Returns {"epochs", "loss_first", "loss_last", "seconds"}."""
+    ids = list(data.splits["train"])
+    y = torch.from_numpy(data.table.score_matrix(ids, data.train_models)).float()     # (Q, M), NaN: no result
+    mask = ~torch.isnan(y)
+    values = evidence.values[[evidence.row[q] for q in ids]]                          # (Q, M, E)
+    offset = model.capability.evidence
+    weights = {"listwise": (0.0, 1.0, 0.0), "pairwise": (0.0, 0.0, 1.0),
+               "bce+listwise": (1.0, 1.0, 0.0)}[cfg.train.evidence_fit_loss]
+    torch.manual_seed(cfg.train.seed)
+    params = list(offset.offset.parameters())
+    optimizer = torch.optim.Adam(params, lr=cfg.train.evidence_fit_lr)
+    ones, start, losses = torch.ones(len(ids)), time.time(), []
+    for _ in tqdm(range(cfg.train.evidence_fit_epochs), desc="stage 0: evidence offset", unit="epoch", leave=False):
+        z = offset.logit_offset(values.reshape(-1, values.shape[-1])).reshape(y.shape)  # (Q, M)
+        loss = group_loss(z, torch.nan_to_num(y), mask, ones, *weights) / len(ids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.freeze_evidence_offset()
+    out = {"epochs": cfg.train.evidence_fit_epochs, "loss_first": losses[0], "loss_last": losses[-1],
+           "seconds": round(time.time() - start, 1)}
+    log(f"stage 0: the evidence offset ({cfg.model.evidence_offset}) fitted on {len(ids)} train instructions x "
+        f"{len(data.train_models)} models, {cfg.train.evidence_fit_loss} loss {out['loss_first']:.4f} -> "
+        f"{out['loss_last']:.4f} in {out['seconds']} s; frozen from here on")
+    return out
 
 
 def val_ids(cfg: Config, data: Prepared) -> list[str]:
@@ -293,6 +349,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
     evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
+    stage0 = None
+    if cfg.train.evidence_fit_epochs:
+        if cfg.train.resume and last_step_dir(out_dir) is not None:
+            model.freeze_evidence_offset()                   # the fitted offset comes back with the step's weights
+        else:
+            stage0 = fit_evidence_offset(model, evidence, data, cfg, log)
     n_train, n_all = model.num_trainable_parameters()
     log(f"router: {cfg.model.llm} + LoRA r={cfg.model.lora_r}, encoder {cfg.model.encoder_mode}/{cfg.model.connector}; "
         f"trainable {n_train:,} of {n_all:,} parameters")
@@ -417,7 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if accelerator.is_main_process:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
-                        "total_parameters": n_all})
+                        "total_parameters": n_all, **({"stage0": stage0} if stage0 else {})})
         keys = classifier = None           # what the evidence and the route's priors read, stored in final/
         if evidence is not None:
             keys, classifier = evidence.keys, evidence.classifier

@@ -162,6 +162,9 @@ class ModelConfig:
     the instruction (`modelsat/evidence.py`: its results on the aptitude questions nearest the instruction and in
     the instruction's likely category); the router learns how to weigh them. Needs the aptitude questions'
     embeddings and a category classifier, which train.py computes and stores in the checkpoint."""
+    evidence_offset: Literal["mlp", "linear"] = "mlp"
+    """Form of the evidence's learned logit offset: `mlp` (E → 32 → 1 over [e, logit e]) or `linear` (one weight
+    per evidence value; chosen by pooled 5-fold CV of train, dev/LOG.md 2026-11-30)."""
     text_group_size: int = 5
     """Tasks per capability-text chunk in `text` mode (each chunk is encoded whole: no task is truncated away)."""
     lora_r: int = 16
@@ -246,6 +249,16 @@ class TrainConfig:
     pairwise_weight: float = 0.0
     """Weight of the pairwise logistic loss over each group's (right, wrong) pairs of one instruction (RankNet,
     Burges et al. 2005): softplus(z_wrong - z_right), averaged over the pairs. It acts only within an instruction."""
+    evidence_fit_epochs: int = 0
+    """With model.evidence: before the LLM trains, fit the evidence's logit offset alone on the evidence of every
+    (train instruction, training model) pair for this many full-batch Adam epochs, then freeze it, so that the LLM
+    learns what the aptitude evidence does not explain (a stage 0, like the paper's connector stage). 0: none (the
+    offset trains with the LLM)."""
+    evidence_fit_loss: Literal["listwise", "pairwise", "bce+listwise"] = "listwise"
+    """The stage-0 loss: train.py's listwise cross-entropy, pairwise logistic loss, or BCE + listwise (chosen by
+    pooled 5-fold CV of train: listwise, dev/LOG.md 2026-11-30)."""
+    evidence_fit_lr: float = 0.01
+    """Adam learning rate of the stage-0 fit."""
     save_every: int = 200
     """Checkpoint every N optimizer steps (0: only at the end)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -266,12 +279,12 @@ class TrainConfig:
         _not_blank(self, "train", "out_dir", "log_with")
         _at_least(self, "train", 1, "epochs", "group_size", "batch_size", "grad_accum")
         _at_least(self, "train", 0, "max_steps", "max_train_instructions", "max_val_instructions", "warmup_steps",
-                  "stage1_steps", "save_every", "seed")
+                  "stage1_steps", "evidence_fit_epochs", "save_every", "seed")
         _at_most(self, "train", 10**9, "max_steps", "max_train_instructions", "max_val_instructions", "warmup_steps",
-                 "stage1_steps", "save_every")
+                 "stage1_steps", "evidence_fit_epochs", "save_every")
         _at_most(self, "train", 10**6, "epochs", "group_size", "batch_size", "grad_accum")
         _check(self.seed <= SEED_MAX, f"train.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
-        for name in ("lr", "connector_lr"):
+        for name in ("lr", "connector_lr", "evidence_fit_lr"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, f"train.{name} must be a finite number > 0, got {value}")
         for name in ("max_minutes", "weight_decay"):
@@ -325,6 +338,11 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
+
+    def __post_init__(self) -> None:
+        _check(not self.train.evidence_fit_epochs or self.model.evidence,
+               f"train.evidence_fit_epochs={self.train.evidence_fit_epochs} fits the aptitude evidence's offset: it "
+               "needs model.evidence=true")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

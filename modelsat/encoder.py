@@ -153,14 +153,19 @@ class InstructionPool(nn.Module):
 class EvidenceEncoder(nn.Module):
     """A candidate's aptitude evidence for one instruction (`modelsat/evidence.py`; (n, E) values in [0, 1]) → one
     soft token (n, H) for the LLM to read, and a learned offset (n,) to the Yes−No logit (a wide-and-deep split:
-    Cheng et al., 2016). Both read [e, logit(e)]; the offset's last layer starts at zero, so at step 0 the score is
-    the LLM's."""
+    Cheng et al., 2016). The token reads [e, logit(e)]; the offset is chosen by name: `mlp` (2E → `hidden` → 1,
+    GELU, over [e, logit(e)]) or `linear` (E → 1 over e). The offset's last layer starts at zero, so at step 0 the
+    score is the LLM's. Raises ValueError on an unknown offset name."""
 
-    def __init__(self, dim: int, out_dim: int, connector: str = "mlp2x_gelu", hidden: int = 32) -> None:
+    def __init__(self, dim: int, out_dim: int, connector: str = "mlp2x_gelu", hidden: int = 32,
+                 offset: str = "mlp") -> None:
         super().__init__()
-        self.dim = dim
+        if offset not in ("mlp", "linear"):
+            raise ValueError(f"unknown evidence offset {offset!r}; use 'mlp' or 'linear'")
+        self.dim, self.offset_form = dim, offset
         self.token = build_connector(connector, 2 * dim, out_dim)
-        self.offset = nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        self.offset = (nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if offset == "mlp"
+                       else nn.Sequential(nn.Linear(dim, 1)))
         nn.init.zeros_(self.offset[-1].weight)
         nn.init.zeros_(self.offset[-1].bias)
 
@@ -170,9 +175,13 @@ class EvidenceEncoder(nn.Module):
         e = evidence.float().clamp(1e-3, 1 - 1e-3)
         return torch.cat([e, torch.log(e) - torch.log1p(-e)], dim=-1)             # (n, 2E)
 
-    def forward(self, evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logit_offset(self, evidence: torch.Tensor) -> torch.Tensor:
+        """(n, E) evidence → (n,) offset to the Yes−No logit."""
         x = self.inputs(evidence)
-        return self.token(x), self.offset(x).squeeze(-1)                           # (n, H), (n,)
+        return self.offset(x if self.offset_form == "mlp" else x[:, :self.dim]).squeeze(-1)
+
+    def forward(self, evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.token(self.inputs(evidence)), self.logit_offset(evidence)      # (n, H), (n,)
 
 
 class CapabilityEncoder(nn.Module):
@@ -183,11 +192,13 @@ class CapabilityEncoder(nn.Module):
     `instruction_tokens` are pooled by the instruction, whose sentence embedding (M, D) `forward` then needs.
     `key_dim` D: the leading feature columns that embed each row (the sentence encoder's width).
     `evidence_dim` E > 0 adds one more token per candidate from its aptitude evidence for the instruction, (M, E),
-    which `forward` then needs; `evidence_offset` gives its learned offset to the Yes−No logit.
+    which `forward` then needs; `evidence_offset` gives its learned offset to the Yes−No logit, whose form
+    (`mlp` or `linear`, `EvidenceEncoder`) the argument of the same name chooses.
     """
 
     def __init__(self, in_dim: int, out_dim: int, connector: str = "mlp2x_gelu", num_soft_tokens: int = 0,
-                 instruction_tokens: int = 0, key_dim: int = 0, evidence_dim: int = 0) -> None:
+                 instruction_tokens: int = 0, key_dim: int = 0, evidence_dim: int = 0,
+                 evidence_offset: str = "mlp") -> None:
         super().__init__()
         if instruction_tokens and not 0 < key_dim <= in_dim:
             raise ValueError(f"instruction pooling needs the key width (0 < key_dim <= {in_dim}), got {key_dim}")
@@ -197,7 +208,8 @@ class CapabilityEncoder(nn.Module):
         self.pool = QueryPool(num_soft_tokens, out_dim) if num_soft_tokens > 0 else None
         self.instruction_pool = InstructionPool(instruction_tokens, key_dim) if instruction_tokens > 0 else None
         self.evidence_dim = evidence_dim
-        self.evidence = EvidenceEncoder(evidence_dim, out_dim, connector) if evidence_dim > 0 else None
+        self.evidence = (EvidenceEncoder(evidence_dim, out_dim, connector, offset=evidence_offset)
+                         if evidence_dim > 0 else None)
 
     def num_tokens(self, num_features: int) -> int:
         """Soft tokens per candidate for N feature rows."""
@@ -207,7 +219,7 @@ class CapabilityEncoder(nn.Module):
         """The learned Yes−No logit offset (M,) of (M, E) evidence; None without an evidence encoder."""
         if self.evidence is None:
             return None
-        return self.evidence(self._check_evidence(evidence))[1]
+        return self.evidence.logit_offset(self._check_evidence(evidence))
 
     def _check_evidence(self, evidence: torch.Tensor | None) -> torch.Tensor:
         if evidence is None:

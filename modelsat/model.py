@@ -126,16 +126,28 @@ class RouterModel(nn.Module):
         self.tail_ids = self._tokens(tail)
         self.prompt_ids = self._tokens(cfg.inquiry_prompt)
         self.ellipsis_ids = self._tokens(" ...")
+        self.evidence_offset_frozen = False
         self.set_stage("full")
 
     # -- trainability -------------------------------------------------------------------------------------------
     def set_stage(self, stage: Literal["connector", "full"]) -> None:
-        """`full`: LoRA + capability encoder train; `connector`: capability encoder only. The base LLM never trains."""
+        """`full`: LoRA + capability encoder train; `connector`: capability encoder only. The base LLM never trains,
+        nor the evidence's offset once `freeze_evidence_offset` was called."""
         if stage not in ("connector", "full"):
             raise ValueError(f"unknown training stage {stage!r}; use 'connector' or 'full'")
         for name, p in self.llm.named_parameters():
             p.requires_grad_(stage == "full" and "lora_" in name)
         self.capability.requires_grad_(True)
+        if self.evidence_offset_frozen:
+            self.capability.evidence.offset.requires_grad_(False)
+
+    def freeze_evidence_offset(self) -> None:
+        """Keep the evidence's logit offset as it is from now on, in every stage (after train.py's stage-0 fit).
+        Raises ValueError where the model reads no evidence."""
+        if self.capability.evidence is None:
+            raise ValueError("the model reads no aptitude evidence (model.evidence=false): no offset to freeze")
+        self.evidence_offset_frozen = True
+        self.capability.evidence.offset.requires_grad_(False)
 
     def num_trainable_parameters(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
@@ -347,7 +359,8 @@ class RouterModel(nn.Module):
         cap = self.capability
         return {"in_dim": str(cap.in_dim), "out_dim": str(cap.out_dim), "connector": self.cfg.connector,
                 "num_soft_tokens": str(cap.num_soft_tokens), "instruction_tokens": str(cap.instruction_tokens),
-                "evidence_dim": str(cap.evidence_dim)}
+                "evidence_dim": str(cap.evidence_dim),
+                "evidence_offset": cap.evidence.offset_form if cap.evidence is not None else "mlp"}
 
     def save_trained(self, directory: str | Path) -> None:
         """Write only what trains: the LoRA adapter (PEFT format) and `connector.safetensors`."""
@@ -383,7 +396,7 @@ class RouterModel(nn.Module):
                                   f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}); {REDO}")
         file = directory / CONNECTOR_FILE
         state, meta = _read_weights(file, "connector")
-        meta = {"instruction_tokens": "0", "evidence_dim": "0", **meta}  # older checkpoints lack the keys
+        meta = {"instruction_tokens": "0", "evidence_dim": "0", "evidence_offset": "mlp", **meta}  # older ones lack them
         if any(meta.get(k, v) != v for k, v in self._connector_meta().items()):
             raise CheckpointError(f"{file} was saved for {meta}, but this model has {self._connector_meta()}; build "
                                   "the model from the checkpoint's own config.yaml")
@@ -435,7 +448,8 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
     llm = get_peft_model(base, lora)
     capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
                                    llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens,
-                                   cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0)
+                                   cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0,
+                                   cfg.evidence_offset)
     model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder, lower)
     if checkpoint is not None:
         model.load_trained(checkpoint)

@@ -102,6 +102,24 @@ def test_evidence_offset_starts_at_zero() -> None:
     assert float(model.capability.evidence_offset(torch.rand(5, DIM)).abs().max()) == 0.0
 
 
+def test_linear_evidence_offset_is_one_weight_per_evidence_value(tmp_path: Path) -> None:
+    from modelsat.encoder import EvidenceEncoder
+
+    model = build_router_model(_cfg(evidence_offset="linear"), per_task=4)
+    enc = model.capability.evidence
+    assert float(model.capability.evidence_offset(torch.rand(5, DIM)).detach().abs().max()) == 0.0  # starts at 0
+    with torch.no_grad():
+        enc.offset[0].weight.copy_(torch.arange(DIM, dtype=torch.float32)[None])
+        enc.offset[0].bias.fill_(-1.0)
+    e = torch.rand(5, DIM)
+    torch.testing.assert_close(model.capability.evidence_offset(e), e @ torch.arange(DIM, dtype=torch.float32) - 1.0)
+    model.save_trained(tmp_path)
+    with pytest.raises(CheckpointError, match="evidence_offset"):
+        build_router_model(_cfg(), per_task=4, checkpoint=tmp_path)                          # saved linear, built mlp
+    with pytest.raises(ValueError, match="unknown evidence offset 'deep'"):
+        EvidenceEncoder(DIM, 8, offset="deep")
+
+
 @pytest.fixture(scope="module")
 def evidence_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A router trained for a few steps with model.evidence=true and no route prior."""

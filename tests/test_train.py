@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, tiny_overrides, train_tiny
 from modelsat.checkpoint import CheckpointError
 
 spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
@@ -213,3 +213,50 @@ def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: P
         other = safetensors.torch.load_file(two / "final" / name)
         assert one.keys() == other.keys()
         assert max((one[k] - other[k]).abs().max().item() for k in one) < 1e-4, name
+
+
+def test_the_loss_of_a_batch_is_the_weighted_mean_of_each_groups_loss_by_hand() -> None:
+    """Groups of different sizes are padded into one tensor: padding must not leak into any term."""
+    from modelsat.config import load_config
+
+    cfg = load_config(TINY, ["train.pointwise_weight=0.5", "train.listwise_weight=1", "train.pairwise_weight=2",
+                             "train.grouping=instruction"])
+    sp, bce = torch.nn.functional.softplus, torch.nn.functional.binary_cross_entropy_with_logits
+    z = [torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.3, 0.7]), torch.tensor([-1.0, 2.0, 0.0, 1.5])]
+    y = [torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0, 0.0])]
+    w = torch.tensor([1.0, 0.25, 2.0])
+
+    def by_hand(zi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        loss = 0.5 * bce(zi, yi)
+        if yi.sum() > 0:
+            loss = loss - (yi / yi.sum() * torch.log_softmax(zi, 0)).sum()
+        right, wrong = zi[yi >= 0.5], zi[yi < 0.5]
+        if len(right) and len(wrong):
+            loss = loss + 2 * sp(wrong[None, :] - right[:, None]).mean()
+        return loss
+
+    expected = sum(wi * by_hand(zi, yi) for zi, yi, wi in zip(z, y, w)) / w.sum()
+    torch.testing.assert_close(train.loss_fn(z, y, w, cfg), expected)
+    torch.testing.assert_close(train.loss_fn(z[1:2], y[1:2], w[1:2], cfg), 0.5 * bce(z[1], y[1]))  # all wrong
+
+
+def test_stage0_fits_the_evidence_offset_then_keeps_it_frozen(tmp_path: Path) -> None:
+    """train.evidence_fit_epochs fits the offset alone before the LLM trains; afterwards only the rest moves."""
+    from safetensors.torch import load_file
+
+    from modelsat.config import ConfigError, load_config
+
+    run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
+                                  "model.evidence_offset": "linear", "train.evidence_fit_epochs": 30,
+                                  "route.aptitude_prior": 0, "route.category_prior": 0})
+    stage0 = json.loads((run / "final" / "metrics.json").read_text())["stage0"]
+    assert stage0["epochs"] == 30 and stage0["loss_last"] < stage0["loss_first"]
+    early, last = load_file(run / "step-000002" / "connector.safetensors"), load_file(run / "final" / "connector.safetensors")
+    offset = [k for k in last if k.startswith("evidence.offset.")]
+    assert sorted(offset) == ["evidence.offset.0.bias", "evidence.offset.0.weight"]          # linear: E → 1
+    assert last["evidence.offset.0.weight"].shape == (1, 9) and last["evidence.offset.0.weight"].abs().sum() > 0
+    for k in offset:                                                                         # fitted, then frozen
+        torch.testing.assert_close(early[k], last[k], rtol=0, atol=0)
+    assert any(not torch.equal(early[k], last[k]) for k in last if k not in offset)          # the rest trains
+    with pytest.raises(ConfigError, match="needs model.evidence=true"):
+        load_config(TINY, ["train.evidence_fit_epochs=5"])

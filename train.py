@@ -37,6 +37,7 @@ from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.evaluate import cached_embedder, interaction_auc
 from modelsat.evidence import Evidence
+from modelsat.loss import fit_offset, group_loss
 from modelsat.checkpoint import CheckpointError, save_checkpoint
 from modelsat.io_utils import blocking_file
 from modelsat.quiet import quiet_libraries
@@ -132,33 +133,6 @@ def group_logits(model: RouterModel, batch: dict, features: dict[str, torch.Tens
     return out
 
 
-def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor, pointwise: float,
-               listwise: float, pairwise: float) -> torch.Tensor:
-    """The weighted sum over G groups of padded (G, K) logits `z` and labels `y` (`mask` marks the real entries):
-    per group, `pointwise` × the mean BCE on p(Yes) + `listwise` × the cross-entropy of softmax(z) against the
-    correct set (groups with a right answer and two or more candidates) + `pairwise` × the mean logistic loss
-    softplus(z_wrong − z_right) over the group's (right, wrong) pairs (RankNet, Burges et al. 2005; groups with
-    both). Labels >= 0.5 count as right. Returns a scalar: Σ_g weights[g] · loss_g."""
-    y = torch.where(mask, y, torch.zeros_like(y))
-    n = mask.sum(dim=1)
-    per = z.new_zeros(z.shape[0])
-    if pointwise:
-        bce = F.binary_cross_entropy_with_logits(z, y, reduction="none").masked_fill(~mask, 0.0)
-        per = per + pointwise * bce.sum(dim=1) / n.clamp_min(1)
-    if listwise:
-        total = y.sum(dim=1)
-        logp = F.log_softmax(z.masked_fill(~mask, float("-inf")), dim=1).masked_fill(~mask, 0.0)
-        ce = -(y / total.clamp_min(1e-12)[:, None] * logp).sum(dim=1)
-        per = per + listwise * torch.where((total > 0) & (n > 1), ce, torch.zeros_like(ce))
-    if pairwise:
-        right, wrong = (y >= 0.5) & mask, (y < 0.5) & mask
-        pairs = (right[:, :, None] & wrong[:, None, :]).to(z.dtype)                # (G, K_right, K_wrong)
-        count = pairs.sum(dim=(1, 2))
-        soft = (F.softplus(z[:, None, :] - z[:, :, None]) * pairs).sum(dim=(1, 2))
-        per = per + pairwise * torch.where(count > 0, soft / count.clamp_min(1), torch.zeros_like(soft))
-    return (weights.to(per) * per).sum()
-
-
 def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: torch.Tensor, cfg: Config,
             norm: float | None = None) -> torch.Tensor:
     """`group_loss` of a batch of groups (lists of (K_i,) logits and labels) with train.py's weights
@@ -175,29 +149,15 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
 
 
 def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepared, cfg: Config, log) -> dict:
-    """Stage 0 (train.evidence_fit_epochs > 0): fit the evidence's logit offset alone, full batch with Adam
-    (train.evidence_fit_lr), on every (train instruction, training model) pair with a result, one group per
-    instruction, with the loss train.evidence_fit_loss (`group_loss`'s terms; chosen by pooled 5-fold CV of train,
-    dev/LOG.md 2026-11-30); then freeze it. Seeded and full batch, so every process fits the same weights.
-    Returns {"epochs", "loss_first", "loss_last", "seconds"}."""
+    """Stage 0 (train.evidence_fit_epochs > 0): fit the evidence's logit offset alone (`modelsat.loss.fit_offset`)
+    on every (train instruction, training model) pair with a result, with train.evidence_fit_loss, then freeze it.
+    Seeded and full batch, so every process fits the same weights. Returns {"epochs", "loss_first", "loss_last",
+    "seconds"}."""
     ids = list(data.splits["train"])
-    y = torch.from_numpy(data.table.score_matrix(ids, data.train_models)).float()     # (Q, M), NaN: no result
-    mask = ~torch.isnan(y)
-    values = evidence.values[[evidence.row[q] for q in ids]]                          # (Q, M, E)
-    offset = model.capability.evidence
-    weights = {"listwise": (0.0, 1.0, 0.0), "pairwise": (0.0, 0.0, 1.0),
-               "bce+listwise": (1.0, 1.0, 0.0)}[cfg.train.evidence_fit_loss]
-    torch.manual_seed(cfg.train.seed)
-    params = list(offset.offset.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.train.evidence_fit_lr)
-    ones, start, losses = torch.ones(len(ids)), time.time(), []
-    for _ in tqdm(range(cfg.train.evidence_fit_epochs), desc="stage 0: evidence offset", unit="epoch", leave=False):
-        z = offset.logit_offset(values.reshape(-1, values.shape[-1])).reshape(y.shape)  # (Q, M)
-        loss = group_loss(z, torch.nan_to_num(y), mask, ones, *weights) / len(ids)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    start = time.time()
+    losses = fit_offset(model.capability.evidence, evidence.values[[evidence.row[q] for q in ids]],
+                        data.table.score_matrix(ids, data.train_models), cfg.train.evidence_fit_loss,
+                        cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr, cfg.train.seed)
     model.freeze_evidence_offset()
     out = {"epochs": cfg.train.evidence_fit_epochs, "loss_first": losses[0], "loss_last": losses[-1],
            "seconds": round(time.time() - start, 1)}

@@ -136,9 +136,12 @@ class Aptitude:
         return Aptitude(self.tasks + other.tasks, {**self.texts, **other.texts}, {**self.answers, **other.answers},
                         source={**self.source, "extended_by": other.source}, seed=self.seed)
 
-    def head(self, num_tasks: int) -> "Aptitude":
-        """The test made of the first `num_tasks` tasks (the base of an `extended` test)."""
-        tasks = self.tasks[:num_tasks]
+    def head(self, num_tasks: int, per_task: int | None = None) -> "Aptitude":
+        """The test made of the first `num_tasks` tasks (the base of an `extended` test), each cut to its first
+        `per_task` questions (the base of a `top_up` test; None: all). Raises AptitudeError on sizes below 1."""
+        if num_tasks < 1 or (per_task is not None and per_task < 1):
+            raise AptitudeError(f"a test needs at least one task and one question per task, got {num_tasks} x {per_task}")
+        tasks = [AptitudeTask(t.name, t.description, t.question_ids[:per_task]) for t in self.tasks[:num_tasks]]
         keep = {q for t in tasks for q in t.question_ids}
         return Aptitude(tasks, {q: x for q, x in self.texts.items() if q in keep},
                         {q: x for q, x in self.answers.items() if q in keep}, source=dict(self.source), seed=self.seed)

@@ -405,3 +405,8 @@ def test_top_up_keeps_every_answer() -> None:
     assert bigger.per_task == 5 and set(bigger.answers) == set(bigger.question_ids)
     answer = dict(zip(questions["question_id"], questions["answer"]))
     assert all(bigger.answers[q] == (base.answers.get(q) or answer[q]) for q in bigger.question_ids)
+    smaller = bigger.head(bigger.num_tasks, per_task=base.per_task)              # the base of a topped-up test
+    assert smaller.fingerprint == base.fingerprint and smaller.answers == base.answers
+    assert bigger.head(1, per_task=1).question_ids == bigger.question_ids[:1]
+    with pytest.raises(AptitudeError, match="at least one task and one question"):
+        bigger.head(2, per_task=0)

@@ -454,6 +454,9 @@ def main(argv: list[str] | None = None) -> dict:
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
                         data.train_models, aptitude_embeddings=keys, category_classifier=classifier)
         log(f"wrote {out_dir / 'final'}")
+    # The ranks leave together: a rank that tears down gloo while the main one still validates and saves can wait
+    # forever in the process group's destructor (seen here about one run in three on 2 CPU processes).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
 

@@ -186,12 +186,15 @@ def test_the_pairwise_loss_acts_only_within_an_instruction_on_misordered_pairs()
 def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: Path) -> None:
     """`accelerate launch` with configs/accelerate/cpu-2proc.yaml (2 processes, gloo, no GPU): 2 processes x batch 2
     give the weights and losses of 1 process x batch 4 (DDP averages gradients; the loss is normalised by the global
-    batch's weight; the LR schedule counts optimizer steps)."""
+    batch's weight; the LR schedule counts optimizer steps), with the lower layer frozen and its states read from
+    the cache the first run filled, and the aptitude evidence's offset fitted in stage 0 by every process."""
     import safetensors.torch
     import socket
 
     pytest.importorskip("accelerate")
-    common = {"model.lora_dropout": 0, "train.max_steps": 4, "train.save_every": 0}
+    common = {"model.lora_dropout": 0, "train.max_steps": 4, "train.save_every": 0, "model.num_layers": 2,
+              "model.frozen_layers": 1, "model.evidence": "true", "model.evidence_offset": "linear",
+              "train.evidence_fit_epochs": 10, "route.aptitude_prior": 0, "route.category_prior": 0}
     train.main(["--config", TINY, *tiny_overrides(tmp_path, **common, **{"train.batch_size": 4})])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -203,6 +206,7 @@ def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: P
                            *tiny_overrides(tmp_path, **common, **{"train.batch_size": 2, "train.out_dir": two})],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0 computed" in proc.stdout + proc.stderr                     # the states came from the first run's cache
     one_metrics = json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())
     two_metrics = json.loads((two / "final" / "metrics.json").read_text())
     assert len(two_metrics["history"]) == len(one_metrics["history"]) == 4

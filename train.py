@@ -148,16 +148,34 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
     return total / max(float(weights.sum()) if norm is None else norm, 1e-8)
 
 
+def route_inputs(cfg: Config, data: Prepared, model: RouterModel, evidence: EvidenceTable | None,
+                 log) -> tuple[torch.Tensor | None, CategoryClassifier | None]:
+    """What the evidence and the route's priors read, stored with every checkpoint (step folders and final/) so that
+    each one loads as a router: the aptitude questions' unit embeddings (A, D) and the category classifier fitted on
+    the train split (those of the evidence table where there is one). (None, None) where nothing reads them."""
+    if evidence is not None:
+        return evidence.keys, evidence.classifier
+    keys = classifier = None
+    if cfg.route.prior_neighbours and model.sentence_encoder is not None:
+        keys = aptitude_keys(model.sentence_encoder, data.aptitude)
+    if cfg.route.category_prior and model.sentence_encoder is not None:
+        ids = list(data.splits["train"])
+        log(f"fitting the category prior's classifier on {len(ids)} train-split questions")
+        classifier = CategoryClassifier.fit(unit_embeddings(model.sentence_encoder, data.table.texts(ids)),
+                                            data.table.categories(ids), data.table.categories(data.aptitude.question_ids))
+    return keys, classifier
+
+
 def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepared, cfg: Config, log) -> dict:
     """Stage 0 (train.evidence_fit_epochs > 0): fit the evidence's logit offset alone (`modelsat.loss.fit_offset`)
     on every (train instruction, training model) pair with a result, with train.evidence_fit_loss, then freeze it.
-    Seeded and full batch, so every process fits the same weights. Returns {"epochs", "loss_first", "loss_last",
+    Full batch and deterministic, so every process fits the same weights. Returns {"epochs", "loss_first", "loss_last",
     "seconds"}."""
     ids = list(data.splits["train"])
     start = time.time()
     losses = fit_offset(model.capability.evidence, evidence.values[[evidence.row[q] for q in ids]],
                         data.table.score_matrix(ids, data.train_models), cfg.train.evidence_fit_loss,
-                        cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr, cfg.train.seed)
+                        cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr)
     model.freeze_evidence_offset()
     out = {"epochs": cfg.train.evidence_fit_epochs, "loss_first": losses[0], "loss_last": losses[-1],
            "seconds": round(time.time() - start, 1)}
@@ -309,6 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
     evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
+    keys, classifier = route_inputs(cfg, data, model, evidence, log) if accelerator.is_main_process else (None, None)
     stage0 = None
     if cfg.train.evidence_fit_epochs:
         if cfg.train.resume and last_step_dir(out_dir) is not None:
@@ -419,8 +438,7 @@ def main(argv: list[str] | None = None) -> dict:
                 save_checkpoint(out_dir / f"step-{step:06d}", core, cfg, data.aptitude, data.splits,
                                 {"step": step, "epoch": epoch, "history": history}, data.table,
                                 data.train_models, state,
-                                aptitude_embeddings=None if evidence is None else evidence.keys,
-                                category_classifier=None if evidence is None else evidence.classifier)
+                                aptitude_embeddings=keys, category_classifier=classifier)
             if step >= total_steps or out_of_time():
                 break
         if accelerator.is_main_process:
@@ -440,17 +458,6 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
                         "total_parameters": n_all, **({"stage0": stage0} if stage0 else {})})
-        keys = classifier = None           # what the evidence and the route's priors read, stored in final/
-        if evidence is not None:
-            keys, classifier = evidence.keys, evidence.classifier
-        if keys is None and cfg.route.prior_neighbours and core.sentence_encoder is not None:
-            keys = aptitude_keys(core.sentence_encoder, data.aptitude)
-        if classifier is None and cfg.route.category_prior and core.sentence_encoder is not None:
-            ids = list(data.splits["train"])
-            log(f"fitting the category prior's classifier on {len(ids)} train-split questions")
-            classifier = CategoryClassifier.fit(unit_embeddings(core.sentence_encoder, data.table.texts(ids)),
-                                                data.table.categories(ids),
-                                                data.table.categories(data.aptitude.question_ids))
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
                         data.train_models, aptitude_embeddings=keys, category_classifier=classifier)
         log(f"wrote {out_dir / 'final'}")

@@ -31,7 +31,7 @@ from modelsat.config import load_config
 from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
 from modelsat.encoder import EvidenceEncoder
-from modelsat.evaluate import bootstrap_ci, cached_embedder
+from modelsat.evaluate import bootstrap_ci, cached_embedder, routed_scores
 from modelsat.evidence import DIM, NAMES, Evidence
 from modelsat.loss import fit_offset
 
@@ -43,13 +43,13 @@ def unit(a: np.ndarray) -> torch.Tensor:
 
 
 def gains(score: np.ndarray, y: np.ndarray, y_fit: np.ndarray, cols: list[int]) -> np.ndarray:
-    """(Q,) per-question gain of routing by `score` over the best single model of the fitting questions `y_fit`,
-    on the questions where every zoo model has a result."""
+    """(Q,) per-question gain of routing by `score` (the shared choice rule: ties split evenly) over the best single
+    model of the fitting questions `y_fit`, on the questions where every zoo model has a result."""
     s, yy = score[:, cols], y[:, cols]
     ok = ~np.isnan(yy).any(axis=1)
     best = int(np.argmax(np.nanmean(y_fit[:, cols], axis=0)))
-    yy = np.nan_to_num(yy)
-    return (yy[np.arange(len(yy)), s.argmax(axis=1)] - yy[:, best])[ok]
+    yy = yy[ok]
+    return routed_scores(s[ok], yy, np.zeros(len(cols))) - yy[:, best]
 
 
 def main() -> None:
@@ -70,7 +70,8 @@ def main() -> None:
     embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
     models = list(table.model_names)
     col = {m: j for j, m in enumerate(models)}
-    train_models = [j for j, m in enumerate(models) if m not in set(cfg.data.unseen_models)]
+    train_models = [j for j, m in enumerate(models) if m not in set(cfg.data.unseen_models)
+                    and (not cfg.data.train_models or m in cfg.data.train_models)]   # as data.prepare chooses them
     zoo_cols = {z: [col[m] for m in cfg.data.zoos[z]] for z in ZOOS}
     train, val = list(splits["train"]), list(splits["val"])
     emb = {q: e for q, e in zip(train + val, unit(embed(table.texts(train + val))))}
@@ -88,7 +89,7 @@ def main() -> None:
         hand = (2 * e[..., NAMES.index("nn100")] + 2 * e[..., NAMES.index("category")]).numpy()
         enc = EvidenceEncoder(DIM, 1, offset="linear")
         fit_offset(enc, e_fit[:, train_models], np.stack([y_all[q] for q in fit])[:, train_models], "listwise",
-                   epochs=400, lr=0.01, seed=0, progress=False)
+                   epochs=400, lr=0.01, progress=False)
         with torch.no_grad():
             learned = enc.logit_offset(e.reshape(-1, DIM)).reshape(e.shape[:2]).numpy()
         return {"hand prior": hand, "learned offset": learned}

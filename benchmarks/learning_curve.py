@@ -3,7 +3,8 @@
     python benchmarks/learning_curve.py --run runs/evidence --out runs/evidence/curve --max-instructions 300
 
 Reads `<run>/step-NNNNNN/` (written every `train.save_every` steps) and `<run>/final/`, scores the first
-`--max-instructions` instructions of the split with each (the same instructions for every checkpoint, every model of
+`--max-instructions` instructions of the split that have a result of every model of the requested zoos with each
+checkpoint (the same instructions for every checkpoint, every model of
 the requested zoos, unseen models joining through their aptitude results), and reports per zoo the gain of the
 router's choice over the best single model (points; the utility is p_correct plus the route's priors, so with priors
 at 0 it is p_correct alone), its 95% paired bootstrap CI, and p_correct's interaction AUC and Brier. The
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from modelsat.choice import normalised_costs
+from modelsat.config import load_config
 from modelsat.data.table import RoutingTable
 from modelsat.evaluate import bootstrap_ci, interaction_auc, routed_scores
 from modelsat.router import Router
@@ -39,11 +41,21 @@ def checkpoints(run: Path) -> list[tuple[int, Path]]:
     return sorted({s: d for s, d in out}.items())          # final replaces a step folder of the same step
 
 
-def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str], cache: Path) -> np.ndarray:
-    """(Q, M) utility before cost (p_correct + the route's priors) and (Q, M) p_correct of one checkpoint, cached."""
+def stamp(folder: Path) -> str:
+    """What the cached predictions of a checkpoint are valid for: its folder and its trained weights' sizes and
+    modification times (a retrained run in the same folder, or final/ after step-N of the same step, differ)."""
+    files = [folder / "connector.safetensors", folder / "adapter_model.safetensors"]
+    return json.dumps([str(folder.resolve())] + [[f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()])
+
+
+def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str],
+           cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(Q, M) utility before cost (p_correct + the route's priors) and (Q, M) p_correct of one checkpoint, cached
+    in `cache` for these instructions, models and weights (`stamp`)."""
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
-            if z["question_ids"].tolist() == ids and z["models"].tolist() == models:
+            if (z["question_ids"].tolist() == ids and z["models"].tolist() == models
+                    and "stamp" in z.files and str(z["stamp"]) == stamp(folder)):
                 return z["utility"], z["p"]
     router = Router.from_checkpoint(folder)
     res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
@@ -55,7 +67,7 @@ def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str],
     prior = router.prior(models, texts) if router.prior_reads_instructions else router.prior(models)
     utility = p + prior
     tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, utility=utility, p=p, models=np.array(models), question_ids=np.array(ids))
+    np.savez(tmp, utility=utility, p=p, models=np.array(models), question_ids=np.array(ids), stamp=np.array(stamp(folder)))
     tmp.replace(cache)
     return utility, p
 
@@ -73,8 +85,7 @@ def main() -> None:
     if not points:
         sys.exit(f"error: {run} holds no step-NNNNNN/ or final/ checkpoint; train with train.save_every > 0")
     out.mkdir(parents=True, exist_ok=True)
-    first = Router.from_checkpoint(points[-1][1])
-    cfg = first.config
+    cfg = load_config(points[-1][1] / "config.yaml")
     table = RoutingTable.load(cfg.data.table_dir)
     splits = json.loads((points[-1][1] / "splits.json").read_text())
     known = {**cfg.data.zoos, "all": table.model_names}

@@ -141,6 +141,9 @@ class Aptitude:
         `per_task` questions (the base of a `top_up` test; None: all). Raises AptitudeError on sizes below 1."""
         if num_tasks < 1 or (per_task is not None and per_task < 1):
             raise AptitudeError(f"a test needs at least one task and one question per task, got {num_tasks} x {per_task}")
+        if num_tasks > self.num_tasks or (per_task or 0) > self.per_task:
+            raise AptitudeError(f"cannot cut a {self.num_tasks} x {self.per_task} test to {num_tasks} x {per_task}: "
+                                "a cut is at most the test itself")
         tasks = [AptitudeTask(t.name, t.description, t.question_ids[:per_task]) for t in self.tasks[:num_tasks]]
         keep = {q for t in tasks for q in t.question_ids}
         return Aptitude(tasks, {q: x for q, x in self.texts.items() if q in keep},

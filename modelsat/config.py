@@ -163,7 +163,7 @@ class ModelConfig:
     the instruction's likely category); the router learns how to weigh them. Needs the aptitude questions'
     embeddings and a category classifier, which train.py computes and stores in the checkpoint."""
     evidence_offset: Literal["mlp", "linear"] = "mlp"
-    """Form of the evidence's learned logit offset: `mlp` (E → 32 → 1 over [e, logit e]) or `linear` (one weight
+    """Form of the evidence's learned logit offset: `mlp` (2E → 32 → 1 over [e, logit e]) or `linear` (one weight
     per evidence value; chosen by pooled 5-fold CV of train, dev/LOG.md 2026-11-30)."""
     text_group_size: int = 5
     """Tasks per capability-text chunk in `text` mode (each chunk is encoded whole: no task is truncated away)."""

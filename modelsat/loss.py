@@ -1,7 +1,7 @@
 """The router's training loss over groups of candidates, and the stage-0 fit of the evidence offset that uses it.
 
     loss = group_loss(z, y, mask, weights, pointwise=1.0, listwise=1.0, pairwise=0.0)   # (G, K) padded groups
-    losses = fit_offset(encoder.evidence, values, labels, "listwise", epochs=400, lr=0.01, seed=0)
+    losses = fit_offset(encoder.evidence, values, labels, "listwise", epochs=400, lr=0.01)
 
 A group is one instruction's candidates (instruction-centred, this project) or one model's instructions
 (model-centred, the paper's); train.py pads a batch of groups into (G, K) tensors.
@@ -21,10 +21,11 @@ def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: to
                listwise: float, pairwise: float) -> torch.Tensor:
     """The weighted sum over G groups of padded (G, K) logits `z` and labels `y` (`mask` marks the real entries):
     per group, `pointwise` × the mean BCE on p(Yes) + `listwise` × the cross-entropy of softmax(z) against the
-    correct set (groups with a right answer and two or more candidates) + `pairwise` × the mean logistic loss
+    labels normalised to sum 1 (groups with some positive label and two or more candidates) + `pairwise` × the mean logistic loss
     softplus(z_wrong − z_right) over the group's (right, wrong) pairs (RankNet, Burges et al. 2005; groups with
     both). Labels >= 0.5 count as right. Returns a scalar: Σ_g weights[g] · loss_g."""
-    y = torch.where(mask, y, torch.zeros_like(y))
+    z = z.float()                                   # fp32 whatever the autocast: 1e-12 and label values survive
+    y = torch.where(mask, y.float(), torch.zeros_like(z))
     n = mask.sum(dim=1)
     per = z.new_zeros(z.shape[0])
     if pointwise:
@@ -33,7 +34,7 @@ def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: to
     if listwise:
         total = y.sum(dim=1)
         logp = F.log_softmax(z.masked_fill(~mask, float("-inf")), dim=1).masked_fill(~mask, 0.0)
-        ce = -(y / total.clamp_min(1e-12)[:, None] * logp).sum(dim=1)
+        ce = -(y / torch.where(total > 0, total, torch.ones_like(total))[:, None] * logp).sum(dim=1)
         per = per + listwise * torch.where((total > 0) & (n > 1), ce, torch.zeros_like(ce))
     if pairwise:
         right, wrong = (y >= 0.5) & mask, (y < 0.5) & mask
@@ -45,21 +46,23 @@ def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: to
 
 
 def fit_offset(encoder: torch.nn.Module, values: torch.Tensor, labels: np.ndarray, loss: str, epochs: int,
-               lr: float, seed: int, progress: bool = True) -> list[float]:
+               lr: float, progress: bool = True) -> list[float]:
     """Fit the logit offset of an `EvidenceEncoder` alone: full-batch Adam (`lr`) for `epochs` on (Q, M, E)
     evidence `values` against (Q, M) `labels` (NaN: no result, left out), one group per instruction, with the
-    `STAGE0_LOSSES[loss]` terms of `group_loss` averaged over the instructions. Only `encoder.offset` changes.
-    Returns the loss before each step. Raises ValueError on an unknown loss name or shapes that do not fit."""
+    `STAGE0_LOSSES[loss]` terms of `group_loss` averaged over the instructions, on the encoder's device. Only
+    `encoder.offset` changes; nothing is random (full batch, from the offset's current weights). Returns the loss
+    before each step. Raises ValueError on an unknown loss name or shapes that do not fit."""
     if loss not in STAGE0_LOSSES:
         raise ValueError(f"unknown stage-0 loss {loss!r}; use one of {', '.join(STAGE0_LOSSES)}")
     y = torch.as_tensor(np.asarray(labels, dtype=np.float32))
     if values.ndim != 3 or values.shape[:2] != y.shape:
         raise ValueError(f"evidence (Q, M, E) and labels (Q, M) must match, got {tuple(values.shape)} and "
                          f"{tuple(y.shape)}")
-    mask, y = ~torch.isnan(y), torch.nan_to_num(y)
-    torch.manual_seed(seed)
+    device = next(encoder.offset.parameters()).device
+    mask, y = (~torch.isnan(y)).to(device), torch.nan_to_num(y).to(device)
     optimizer = torch.optim.Adam(encoder.offset.parameters(), lr=lr)
-    flat, ones, losses = values.reshape(-1, values.shape[-1]).float(), torch.ones(y.shape[0]), []
+    flat = values.reshape(-1, values.shape[-1]).float().to(device)
+    ones, losses = torch.ones(y.shape[0], device=device), []
     for _ in tqdm(range(epochs), desc="stage 0: evidence offset", unit="epoch", leave=False, disable=not progress):
         z = encoder.logit_offset(flat).reshape(y.shape)                              # (Q, M)
         value = group_loss(z, y, mask, ones, *STAGE0_LOSSES[loss]) / y.shape[0]

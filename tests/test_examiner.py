@@ -410,3 +410,5 @@ def test_top_up_keeps_every_answer() -> None:
     assert bigger.head(1, per_task=1).question_ids == bigger.question_ids[:1]
     with pytest.raises(AptitudeError, match="at least one task and one question"):
         bigger.head(2, per_task=0)
+    with pytest.raises(AptitudeError, match="at most the test itself"):
+        bigger.head(bigger.num_tasks, per_task=bigger.per_task + 1)

@@ -1,5 +1,7 @@
-"""benchmarks/learning_curve.py on a tiny run: one row per saved checkpoint, cached predictions reused."""
+"""benchmarks/learning_curve.py on a tiny run: one row per saved checkpoint (step folders load as routers, also with
+a category prior), cached predictions reused only for the same weights."""
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -19,7 +21,7 @@ def run_script(*args: str) -> None:
 
 
 def test_learning_curve_scores_every_checkpoint_and_reuses_predictions(tmp_path: Path, capsys) -> None:
-    run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2})
+    run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2, "route.category_prior": 1})
     out = tmp_path / "curve"
     run_script("--run", str(run), "--out", str(out), "--zoos", "all", "--max-instructions", "12")
     curve = json.loads((out / "curve.json").read_text())
@@ -34,6 +36,11 @@ def test_learning_curve_scores_every_checkpoint_and_reuses_predictions(tmp_path:
     run_script("--run", str(run), "--out", str(out), "--zoos", "all", "--max-instructions", "12")
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("predictions-*.npz")} == stamps
     assert json.loads((out / "curve.json").read_text())["curve"] == curve["curve"]
+    os.utime(run / "final" / "connector.safetensors", ns=(1, 1))           # other weights in the same folder
+    run_script("--run", str(run), "--out", str(out), "--zoos", "all", "--max-instructions", "12")
+    again = {p.name: p.stat().st_mtime_ns for p in out.glob("predictions-*.npz")}
+    assert again["predictions-000002.npz"] == stamps["predictions-000002.npz"]
+    assert again["predictions-000004.npz"] != stamps["predictions-000004.npz"]                # scored again
 
 
 def test_learning_curve_refuses_a_folder_without_checkpoints(tmp_path: Path) -> None:

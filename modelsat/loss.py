@@ -21,10 +21,11 @@ def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: to
                listwise: float, pairwise: float) -> torch.Tensor:
     """The weighted sum over G groups of padded (G, K) logits `z` and labels `y` (`mask` marks the real entries):
     per group, `pointwise` × the mean BCE on p(Yes) + `listwise` × the cross-entropy of softmax(z) against the
-    labels normalised to sum 1 (groups with some positive label and two or more candidates) + `pairwise` × the mean logistic loss
-    softplus(z_wrong − z_right) over the group's (right, wrong) pairs (RankNet, Burges et al. 2005; groups with
-    both). Labels >= 0.5 count as right. Returns a scalar: Σ_g weights[g] · loss_g."""
-    z = z.float()                                   # fp32 whatever the autocast: 1e-12 and label values survive
+    labels normalised to sum 1 (groups with some positive label and two or more candidates) + `pairwise` × the
+    mean logistic loss softplus(z_wrong − z_right) over the group's (right, wrong) pairs (RankNet, Burges et al.
+    2005; groups with both). Labels >= 0.5 count as right. Computed in fp32. Returns a scalar: Σ_g weights[g] ·
+    loss_g."""
+    z = z.float()                                   # fp32 whatever the autocast: labels such as 0.3 stay exact
     y = torch.where(mask, y.float(), torch.zeros_like(z))
     n = mask.sum(dim=1)
     per = z.new_zeros(z.shape[0])

@@ -30,10 +30,10 @@ def test_tiny_run_writes_the_checkpoint_and_loss_falls(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir() if not p.name.startswith(".")} >= {"step-000012", "step-000024", "final"}
     # the route's priors read the nearest aptitude questions and a category guess: what they need is stored with
-    # the final router
-    assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | {"aptitude_embeddings.safetensors",
-                                                                           "category_classifier.safetensors"}
-    assert {p.name for p in (run / "step-000012").iterdir()} == CHECKPOINT_FILES | {"training_state.pt"}
+    # every checkpoint, so that a step folder loads as a router too
+    route_files = {"aptitude_embeddings.safetensors", "category_classifier.safetensors"}
+    assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | route_files
+    assert {p.name for p in (run / "step-000012").iterdir()} == CHECKPOINT_FILES | route_files | {"training_state.pt"}
     zoo = sorted(json.loads(p.read_text())["name"] for p in (run / "final" / "zoo").glob("*.json"))
     assert zoo == ["m-bio", "m-law", "m-math", "m-weak"]          # the unseen model is not trained on
     losses = [h["loss"] for h in metrics["history"]]

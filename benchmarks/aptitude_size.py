@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelsat.aptitude import Aptitude
+from modelsat.aptitude import Aptitude, AptitudeError
 from modelsat.category import CategoryClassifier
 from modelsat.config import load_config
 from modelsat.data.splits import load_splits
@@ -94,13 +94,22 @@ def main() -> None:
             learned = enc.logit_offset(e.reshape(-1, DIM)).reshape(e.shape[:2]).numpy()
         return {"hand prior": hand, "learned offset": learned}
 
-    per_q: dict = {}
+    sizes = {}
     for size in args.sizes.split(","):
-        t, k = (int(x) for x in size.split("x"))
-        apt = full.head(t, per_task=k)
+        t, _, k = size.partition("x")
+        if not (t.isdigit() and k.isdigit()):
+            print(f"aptitude_size.py: error: --sizes: {size!r} is not TxK (e.g. 49x20)", file=sys.stderr)
+            sys.exit(2)
+        try:
+            sizes[size] = full.head(int(t), per_task=int(k))
+        except AptitudeError as e:
+            print(f"aptitude_size.py: error: --sizes {size}: {e}", file=sys.stderr)
+            sys.exit(2)
+    per_q: dict = {}
+    for size, apt in sizes.items():
         start = time.time()
         res: dict = {}
-        for k_fold, f in enumerate(folds):
+        for f in folds:
             dev = [train[i] for i in sorted(f)]
             fit = [train[i] for i in sorted(set(range(len(train))) - set(f.tolist()))]
             y_fit, y_dev = np.stack([y_all[q] for q in fit]), np.stack([y_all[q] for q in dev])
@@ -117,8 +126,7 @@ def main() -> None:
     ref = args.sizes.split(",")[0]
     rows = []
     for size, r in per_q.items():
-        t, k = (int(x) for x in size.split("x"))
-        row = {"size": size, "questions": t * k}
+        row = {"size": size, "questions": len(sizes[size].question_ids)}
         for (where, name, z), g in r.items():
             d = g - per_q[ref][(where, name, z)]
             lo, hi = bootstrap_ci(d)

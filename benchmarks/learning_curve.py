@@ -72,6 +72,12 @@ def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str],
     return utility, p
 
 
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"learning_curve.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="a train.out_dir holding step-NNNNNN/ and final/")
@@ -83,7 +89,7 @@ def main() -> None:
     run, out = Path(args.run), Path(args.out)
     points = checkpoints(run) if run.is_dir() else []
     if not points:
-        sys.exit(f"error: {run} holds no step-NNNNNN/ or final/ checkpoint; train with train.save_every > 0")
+        fail(f"{run} holds no step-NNNNNN/ or final/ checkpoint; train with train.save_every > 0")
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(points[-1][1] / "config.yaml")
     table = RoutingTable.load(cfg.data.table_dir)
@@ -91,7 +97,7 @@ def main() -> None:
     known = {**cfg.data.zoos, "all": table.model_names}
     unknown = [z for z in args.zoos.split(",") if z not in known]
     if unknown:
-        sys.exit(f"error: unknown zoo {', '.join(unknown)}; the checkpoint's zoos are {', '.join(known)}")
+        fail(f"unknown zoo {', '.join(unknown)}; the checkpoint's zoos are {', '.join(known)}")
     zoos = {z: list(known[z]) for z in args.zoos.split(",")}
     models = sorted({m for z in zoos.values() for m in z})
     y_all = table.score_matrix(list(splits[args.split]), models).astype(np.float64)

@@ -43,6 +43,9 @@ def test_learning_curve_scores_every_checkpoint_and_reuses_predictions(tmp_path:
     assert again["predictions-000004.npz"] != stamps["predictions-000004.npz"]                # scored again
 
 
-def test_learning_curve_refuses_a_folder_without_checkpoints(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match="no step-NNNNNN/ or final/ checkpoint"):
+def test_learning_curve_refuses_a_folder_without_checkpoints(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
         run_script("--run", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (f"learning_curve.py: error: {tmp_path} holds no step-NNNNNN/ or final/ "
+                                       "checkpoint; train with train.save_every > 0\n")

@@ -177,11 +177,14 @@ class EvidenceEncoder(nn.Module):
 
     def logit_offset(self, evidence: torch.Tensor) -> torch.Tensor:
         """(n, E) evidence → (n,) offset to the Yes−No logit."""
-        x = self.inputs(evidence)
+        return self._offset(self.inputs(evidence))
+
+    def _offset(self, x: torch.Tensor) -> torch.Tensor:
         return self.offset(x if self.offset_form == "mlp" else x[:, :self.dim]).squeeze(-1)
 
     def forward(self, evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.token(self.inputs(evidence)), self.logit_offset(evidence)      # (n, H), (n,)
+        x = self.inputs(evidence)                                                 # read once for both
+        return self.token(x), self._offset(x)                                      # (n, H), (n,)
 
 
 class CapabilityEncoder(nn.Module):

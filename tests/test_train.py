@@ -183,6 +183,39 @@ def test_the_pairwise_loss_acts_only_within_an_instruction_on_misordered_pairs()
         load_config(TINY, ["train.pairwise_weight=1", "train.grouping=model"])
 
 
+def _launch(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `accelerate launch`. Past `timeout` (the run takes ~15 s on 2 cores) its worker processes get SIGABRT,
+    one at a time, which Python's faulthandler (PYTHONFAULTHANDLER=1) answers with every thread's stack on the
+    shared stderr; then everything is killed and the test fails with that output: where a hung rank waits, not only
+    that it did. (torchrun starts its workers in sessions of their own: they are found as the launcher's children.)"""
+    import contextlib
+    import os
+    import signal
+
+    import psutil    # accelerate's own dependency
+
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        launcher = psutil.Process(proc.pid)
+        workers = launcher.children(recursive=True)
+        launcher.suspend()                       # so that it does not stop the others when the first one aborts
+        for p in workers:                        # one at a time: their stacks do not interleave
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.send_signal(signal.SIGABRT)
+            psutil.wait_procs([p], timeout=10)
+        for p in [*workers, launcher]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        out, err = proc.communicate()
+        err = "\n".join(line for line in err.splitlines() if not line.startswith("Extension modules:"))
+        pytest.fail(f"accelerate launch still ran after {timeout} s; its workers' stacks on SIGABRT:\n"
+                    f"--- stdout ---\n{out[-3000:]}\n--- stderr ---\n{err[-12000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: Path) -> None:
     """`accelerate launch` with configs/accelerate/cpu-2proc.yaml (2 processes, gloo, no GPU): 2 processes x batch 2
     give the weights and losses of 1 process x batch 4 (DDP averages gradients; the loss is normalised by the global
@@ -200,11 +233,10 @@ def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: P
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two = tmp_path / "run2"
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                           str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "--main_process_port", str(port),
-                           str(REPO / "train.py"), "--config", TINY,
-                           *tiny_overrides(tmp_path, **common, **{"train.batch_size": 2, "train.out_dir": two})],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = _launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                    str(REPO / "configs" / "accelerate" / "cpu-2proc.yaml"), "--main_process_port", str(port),
+                    str(REPO / "train.py"), "--config", TINY,
+                    *tiny_overrides(tmp_path, **common, **{"train.batch_size": 2, "train.out_dir": two})])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "0 computed" in proc.stdout + proc.stderr                     # the states came from the first run's cache
     one_metrics = json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())

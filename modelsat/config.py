@@ -91,6 +91,10 @@ class DataConfig:
     """Questions added to each aptitude task after the splits are made (and after `source_tasks`), drawn from the
     same task's train-split questions, so that val and test stay those of the plain test; tasks with fewer such
     questions are dropped. Needs split_by=random and tasks named by the table (not `cluster`)."""
+    keep_per_task: int = 0
+    """Cut the built test to the first `keep_per_task` questions of each task (0: keep all), after `source_tasks`
+    and `top_up`; the splits stay those made around the whole test. A smaller test is a cheaper one for a new model
+    to join by (issue 19, ablation f: 49 tasks x 10 route as well as 49 x 40 on train's cross-validation)."""
     val: float = 0.1
     """Fraction of the non-aptitude questions held out for validation."""
     test: float = 0.2
@@ -116,8 +120,11 @@ class DataConfig:
         _check(len({Path(self.table_dir), Path(self.aptitude), Path(self.splits)}) == 3,
                "data.table_dir, data.aptitude and data.splits must be three different paths (each is written)")
         _at_least(self, "data", 1, "num_tasks", "per_task")
-        _at_least(self, "data", 0, "source_tasks", "top_up", "seed")
-        _at_most(self, "data", 10**6, "num_tasks", "per_task", "source_tasks", "top_up")
+        _at_least(self, "data", 0, "source_tasks", "top_up", "keep_per_task", "seed")
+        _at_most(self, "data", 10**6, "num_tasks", "per_task", "source_tasks", "top_up", "keep_per_task")
+        _check(self.keep_per_task <= self.per_task + self.top_up,
+               f"data.keep_per_task={self.keep_per_task} is more than the test's {self.per_task + self.top_up} "
+               "questions per task (per_task + top_up); lower it, or 0 to keep them all")
         _check(self.seed <= SEED_MAX, f"data.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
         _check(not self.source_tasks or self.split_by == "random",
                "data.source_tasks needs data.split_by=random (with split_by=source the test is drawn from the train "

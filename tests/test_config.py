@@ -56,6 +56,8 @@ def test_overrides_apply_and_types_convert() -> None:
     (["data.source_tasks=-1"], "data.source_tasks"),
     (["train.zoo_groups=1.5"], "train.zoo_groups"),
     (["data.top_up=-1"], "data.top_up"),
+    (["data.keep_per_task=-1"], "data.keep_per_task"),
+    (["data.keep_per_task=5", "data.per_task=4"], r"data.keep_per_task=5 is more than the test's 4 questions"),
     (["train.zoo_groups=0.5", "train.grouping=model"], "train.zoo_groups needs train.grouping=instruction"),
     (["lr"], "key.sub=value"),
     # issue 21: every field is range-checked at load (max_steps=-1 used to train one step and exit 0)

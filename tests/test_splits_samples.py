@@ -297,6 +297,29 @@ def test_prepare_with_source_tasks_keeps_val_and_test(tmp_path: Path) -> None:
         load_config(Path(__file__).resolve().parents[1] / "configs/tiny.yaml", ["data.source_tasks=-1"])
 
 
+def test_prepare_with_keep_per_task_cuts_the_test_and_keeps_the_splits(tmp_path: Path) -> None:
+    """data.keep_per_task: the built test (here topped up) is cut to the first questions of each task, the splits
+    are those of the whole test (val and test unchanged, the cut-away questions not back in train), saved with the
+    cut test's fingerprint; a lost splits file is recovered by rebuilding."""
+    from conftest import make_synthetic_table
+    from modelsat.data.prepare import prepare
+    from modelsat.data.splits import load_splits
+
+    src = make_synthetic_table(tmp_path / "src")
+    whole = prepare(small_data_config(tmp_path, src, "whole", top_up=3), log=lambda s: None)
+    cut = prepare(small_data_config(tmp_path, src, "cut", top_up=3, keep_per_task=2), log=lambda s: None)
+    assert cut.aptitude.per_task == 2 and cut.aptitude.num_tasks == whole.aptitude.num_tasks
+    assert cut.aptitude.fingerprint == whole.aptitude.head(whole.aptitude.num_tasks, 2).fingerprint
+    assert cut.splits == whole.splits
+    assert load_splits(tmp_path / "cut-splits.json", aptitude=cut.aptitude) == whole.splits
+    (tmp_path / "cut-splits.json").unlink()
+    assert prepare(small_data_config(tmp_path, src, "cut", top_up=3, keep_per_task=2),
+                   log=lambda s: None).splits == whole.splits
+    plain = prepare(small_data_config(tmp_path, src, "plain"), log=lambda s: None)      # no top_up: the same rule
+    short = prepare(small_data_config(tmp_path, src, "short", keep_per_task=1), log=lambda s: None)
+    assert short.splits == plain.splits and short.aptitude.per_task == 1
+
+
 def test_prepare_with_top_up_keeps_val_and_test(tmp_path: Path) -> None:
     """data.top_up: each task gains questions of the same task from the train split only (discriminative ones,
     answered by every training model); val and test are those of the plain test; a task without enough such

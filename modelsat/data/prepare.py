@@ -69,7 +69,7 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
                 log(f"splitting by source file (train files -> train/val {cfg.val}; other files -> test) -> "
                     f"{splits_path}")
                 splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
-            elif cfg.top_up:
+            elif cfg.top_up or cfg.keep_per_task:
                 splits = built_splits or _rebuilt_top_up_splits(cfg, table, aptitude, encoder_name, log)
             else:
                 log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
@@ -108,9 +108,15 @@ def _build_aptitude(cfg: DataConfig, table: RoutingTable, encoder_name: str,
                               seed=cfg.seed, embed=embed)
     if cfg.source_tasks:
         aptitude = _with_source_tasks(cfg, table, aptitude, log)
+    splits = None
     if cfg.top_up:
-        return _topped_up(cfg, table, aptitude, log)
-    return aptitude, None
+        aptitude, splits = _topped_up(cfg, table, aptitude, log)
+    if cfg.keep_per_task:
+        log(f"keeping the first {cfg.keep_per_task} questions of each of the {aptitude.num_tasks} tasks")
+        if splits is None:   # made around the whole test, as with top_up: val and test do not depend on the cut
+            splits = _random_splits(cfg, table, aptitude) if cfg.split_by == "random" else None
+        aptitude = aptitude.head(aptitude.num_tasks, cfg.keep_per_task)
+    return aptitude, splits
 
 
 def _random_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude) -> dict[str, list[str]]:
@@ -153,12 +159,12 @@ def _topped_up(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, log) ->
 
 def _rebuilt_top_up_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, encoder_name: str,
                            log) -> dict[str, list[str]]:
-    """The splits of a topped-up test whose splits file is missing: the test is rebuilt from `cfg` (deterministic)
-    and must be the one on disk."""
-    log("rebuilding the topped-up aptitude test to recover the splits made around it")
+    """The splits of a topped-up or cut test whose splits file is missing: the test is rebuilt from `cfg`
+    (deterministic) and must be the one on disk."""
+    log("rebuilding the aptitude test (topped up or cut) to recover the splits made around it")
     rebuilt, splits = _build_aptitude(cfg, table, encoder_name, log)
     if rebuilt.fingerprint != aptitude.fingerprint:
-        raise ConfigError(f"data.splits {cfg.splits} is missing and the topped-up aptitude test {cfg.aptitude} is not "
+        raise ConfigError(f"data.splits {cfg.splits} is missing and the aptitude test {cfg.aptitude} is not "
                           "the one this data config builds, so its splits cannot be recovered; restore the splits "
                           "file, or remove the aptitude file to rebuild both")
     return splits

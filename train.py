@@ -461,9 +461,16 @@ def main(argv: list[str] | None = None) -> dict:
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
                         data.train_models, aptitude_embeddings=keys, category_classifier=classifier)
         log(f"wrote {out_dir / 'final'}")
-    # The ranks leave together: a rank that tears down gloo while the main one still validates and saves can wait
-    # forever in the process group's destructor (seen here about one run in three on 2 CPU processes).
+    # Leaving the process group. The ranks meet first (a rank that tore gloo down while the main one still validated
+    # and saved hung, about one run in three). Then the DDP wrapper, whose reducer holds a reference to the group, is
+    # released while the group still lives, and the ranks wait half a second without the GIL: gloo's worker thread
+    # drops the last collectives' tensors after they complete, which needs the GIL, so a group destroyed in that
+    # window deadlocks (the main thread joins the worker holding the GIL, the worker waits for it; seen here in the
+    # reducer's dealloc when main() returned, about one two-process run in twenty; pytorch/pytorch#75097).
     accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        model, optimizer = accelerator.free_memory(model, optimizer)
+        time.sleep(0.5)
     accelerator.end_training()
     return metrics
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 
 from modelsat import Router
+from modelsat.checkpoint import CheckpointError
 
 INSTRUCTIONS = [
     "Write a haiku about autumn leaves.",
@@ -42,7 +44,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/modelsat-smollm2-mmlupro")
     args = p.parse_args()
-    router = Router.from_checkpoint(args.checkpoint)
+    try:
+        router = Router.from_checkpoint(args.checkpoint)
+    except (CheckpointError, OSError, ValueError) as e:     # a missing or foreign folder: one line, exit 2
+        print(f"varied_instructions.py: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
     rows = []
     for text in INSTRUCTIONS:
         first, second = router.rank(text, top_k=2)

@@ -175,8 +175,9 @@ def load_category_classifier(directory: str | Path, aptitude: "Aptitude", encode
     from modelsat.category import CategoryClassifier
 
     file = Path(directory) / CATEGORY_CLASSIFIER
-    fix = (f"; retrain to rewrite it (train.py writes {file.name} when route.category_prior > 0), or delete it and "
-           "set route.category_prior: 0 in config.yaml to route without the category term")
+    fix = (f"; retrain to rewrite it (train.py writes {file.name} when model.evidence is true or "
+           "route.category_prior > 0); a router whose config.yaml has model.evidence: false and route.category_prior: 0 "
+           "routes without it once the file is deleted")
     read = _read_stamped(file, ("weight", "bias", "aptitude_category"), aptitude, encoder, "category-classifier", fix)
     if read is None:
         return None

@@ -92,9 +92,10 @@ class DataConfig:
     same task's train-split questions, so that val and test stay those of the plain test; tasks with fewer such
     questions are dropped. Needs split_by=random and tasks named by the table (not `cluster`)."""
     keep_per_task: int = 0
-    """Cut the built test to the first `keep_per_task` questions of each task (0: keep all), after `source_tasks`
-    and `top_up`; the splits stay those made around the whole test. A smaller test is a cheaper one for a new model
-    to join by (issue 19, ablation f: 49 tasks x 10 route as well as 49 x 40 on train's cross-validation)."""
+    """Cut the built test to the first `keep_per_task` questions of each task in question-id order (0: keep all),
+    after `source_tasks` and `top_up`; the splits stay those made around the whole test. Needs split_by=random. A
+    smaller test is a cheaper one for a new model to join by (issue 19, ablation f: 49 tasks x 40 beats 49 x 10 on
+    train's cross-validation by less than the margin a larger test needed, and trails it on val; dev/LOG.md)."""
     val: float = 0.1
     """Fraction of the non-aptitude questions held out for validation."""
     test: float = 0.2
@@ -125,6 +126,8 @@ class DataConfig:
         _check(self.keep_per_task <= self.per_task + self.top_up,
                f"data.keep_per_task={self.keep_per_task} is more than the test's {self.per_task + self.top_up} "
                "questions per task (per_task + top_up); lower it, or 0 to keep them all")
+        _check(not self.keep_per_task or self.split_by == "random",
+               "data.keep_per_task needs data.split_by=random (source splits are made around the test itself)")
         _check(self.seed <= SEED_MAX, f"data.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
         _check(not self.source_tasks or self.split_by == "random",
                "data.source_tasks needs data.split_by=random (with split_by=source the test is drawn from the train "

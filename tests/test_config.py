@@ -58,6 +58,7 @@ def test_overrides_apply_and_types_convert() -> None:
     (["data.top_up=-1"], "data.top_up"),
     (["data.keep_per_task=-1"], "data.keep_per_task"),
     (["data.keep_per_task=5", "data.per_task=4"], r"data.keep_per_task=5 is more than the test's 4 questions"),
+    (["data.keep_per_task=2", "data.split_by=source"], "data.keep_per_task needs data.split_by=random"),
     (["train.zoo_groups=0.5", "train.grouping=model"], "train.zoo_groups needs train.grouping=instruction"),
     (["lr"], "key.sub=value"),
     # issue 21: every field is range-checked at load (max_steps=-1 used to train one step and exit 0)

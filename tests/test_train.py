@@ -190,18 +190,22 @@ def _launch(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess
     that it did. (torchrun starts its workers in sessions of their own: they are found as the launcher's children.)"""
     import contextlib
     import os
+    import resource
     import signal
 
     import psutil    # accelerate's own dependency
 
+    def no_core_files() -> None:                 # SIGABRT must not leave core dumps in the repository
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "PYTHONFAULTHANDLER": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=no_core_files)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         launcher = psutil.Process(proc.pid)
-        workers = launcher.children(recursive=True)
         launcher.suspend()                       # so that it does not stop the others when the first one aborts
+        workers = launcher.children(recursive=True)
         for p in workers:                        # one at a time: their stacks do not interleave
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.send_signal(signal.SIGABRT)
@@ -209,7 +213,10 @@ def _launch(cmd: list[str], timeout: float = 240) -> subprocess.CompletedProcess
         for p in [*workers, launcher]:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-        out, err = proc.communicate()
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:        # something outside the snapshot still holds the pipes
+            out, err = "", "(the pipes stayed open after the kill)"
         err = "\n".join(line for line in err.splitlines() if not line.startswith("Extension modules:"))
         pytest.fail(f"accelerate launch still ran after {timeout} s; its workers' stacks on SIGABRT:\n"
                     f"--- stdout ---\n{out[-3000:]}\n--- stderr ---\n{err[-12000:]}")

@@ -114,7 +114,7 @@ def _build_aptitude(cfg: DataConfig, table: RoutingTable, encoder_name: str,
     if cfg.keep_per_task:
         log(f"keeping the first {cfg.keep_per_task} questions of each of the {aptitude.num_tasks} tasks")
         if splits is None:   # made around the whole test, as with top_up: val and test do not depend on the cut
-            splits = _random_splits(cfg, table, aptitude) if cfg.split_by == "random" else None
+            splits = _random_splits(cfg, table, aptitude)
         aptitude = aptitude.head(aptitude.num_tasks, cfg.keep_per_task)
     return aptitude, splits
 

@@ -70,7 +70,7 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
                     f"{splits_path}")
                 splits = source_splits(table, aptitude, val=cfg.val, seed=cfg.seed)
             elif cfg.top_up or cfg.keep_per_task:
-                splits = built_splits or _rebuilt_top_up_splits(cfg, table, aptitude, encoder_name, log)
+                splits = built_splits or _rebuilt_splits(cfg, table, aptitude, encoder_name, log)
             else:
                 log(f"splitting the questions (val {cfg.val}, test {cfg.test}) -> {splits_path}")
                 splits = _random_splits(cfg, table, aptitude)
@@ -157,8 +157,8 @@ def _topped_up(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, log) ->
     return bigger, _without(splits, bigger)
 
 
-def _rebuilt_top_up_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, encoder_name: str,
-                           log) -> dict[str, list[str]]:
+def _rebuilt_splits(cfg: DataConfig, table: RoutingTable, aptitude: Aptitude, encoder_name: str,
+                    log) -> dict[str, list[str]]:
     """The splits of a topped-up or cut test whose splits file is missing: the test is rebuilt from `cfg`
     (deterministic) and must be the one on disk."""
     log("rebuilding the aptitude test (topped up or cut) to recover the splits made around it")

@@ -42,7 +42,6 @@ from modelsat.checkpoint import CheckpointError, save_checkpoint
 from modelsat.io_utils import blocking_file
 from modelsat.quiet import quiet_libraries
 from modelsat.category import CategoryClassifier
-from modelsat.router import aptitude_keys, unit_embeddings
 from modelsat.states import StateCache, prefix_key
 from modelsat.model import RouterModel, build_router_model
 
@@ -146,24 +145,6 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
     total = group_loss(z, y, mask, weights, cfg.train.pointwise_weight, cfg.train.listwise_weight,
                        cfg.train.pairwise_weight)
     return total / max(float(weights.sum()) if norm is None else norm, 1e-8)
-
-
-def route_inputs(cfg: Config, data: Prepared, model: RouterModel, evidence: EvidenceTable | None,
-                 log) -> tuple[torch.Tensor | None, CategoryClassifier | None]:
-    """What the evidence and the route's priors read, stored with every checkpoint (step folders and final/) so that
-    each one loads as a router: the aptitude questions' unit embeddings (A, D) and the category classifier fitted on
-    the train split (those of the evidence table where there is one). (None, None) where nothing reads them."""
-    if evidence is not None:
-        return evidence.keys, evidence.classifier
-    keys = classifier = None
-    if cfg.route.prior_neighbours and model.sentence_encoder is not None:
-        keys = aptitude_keys(model.sentence_encoder, data.aptitude)
-    if cfg.route.category_prior and model.sentence_encoder is not None:
-        ids = list(data.splits["train"])
-        log(f"fitting the category prior's classifier on {len(ids)} train-split questions")
-        classifier = CategoryClassifier.fit(unit_embeddings(model.sentence_encoder, data.table.texts(ids)),
-                                            data.table.categories(ids), data.table.categories(data.aptitude.question_ids))
-    return keys, classifier
 
 
 def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepared, cfg: Config, log) -> dict:
@@ -327,7 +308,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
     evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
-    keys, classifier = route_inputs(cfg, data, model, evidence, log) if accelerator.is_main_process else (None, None)
+    # what the evidence reads, stored with every checkpoint (step folders and final/) so that each loads as a router
+    keys, classifier = ((evidence.keys, evidence.classifier) if evidence is not None and accelerator.is_main_process
+                        else (None, None))
     stage0 = None
     if cfg.train.evidence_fit_epochs:
         if cfg.train.resume and last_step_dir(out_dir) is not None:

@@ -10,15 +10,15 @@ split, after removing each model's and each category's mean (the model × catego
 can use; a main effect alone routes every question to one model). With `--predictions` (the scores
 `eval_modelsat.py --split val` caches), the gain over the best single model in points when the router's utility
 adds, to p_correct, `lam ×` one of three aptitude-only priors:
-  - `global`: the candidate's aptitude accuracy (`route.aptitude_prior`);
+  - `global`: the candidate's aptitude accuracy;
   - `local`: its accuracy on the k aptitude questions nearest the instruction (MiniLM cosine);
   - `category`: its aptitude accuracy per category, weighted by a logistic-regression guess of the instruction's
     category from its MiniLM embedding (fitted on the train split's categories; no model labels);
   - `category-apt`: the same with the guess fitted on the aptitude questions' own categories only (what a
     checkpoint could ship without the train split);
   - `kernel-τ`: its scores on every aptitude question, weighted by softmax(cosine / τ) (a soft neighbourhood);
-  - `combined`: `a ×` local-k plus `b ×` category (`route.aptitude_prior=a`, `route.aptitude_neighbours=k`,
-    `route.category_prior=b`), for the k, a, b of RESULTS §13.
+  - `combined`: `a ×` local-k plus `b ×` category, for the k, a, b of RESULTS §13's hand-weighted route (the route
+    priors are gone from modelsat: this analysis is what motivated the aptitude evidence, `model.evidence`).
 Prints one JSON object. Use it on val only.
 """
 from __future__ import annotations

@@ -17,10 +17,10 @@ prealgebra, C-Eval, JavaScript and MBPP, which have no train file). Costs: the t
 mean US dollars per query), so the cost–quality curve is in dollars.
 `--split val` measures on the val split (questions of the train files held out of training) instead, to choose
 Model-SAT's settings (the baselines still fit on train; the MLP also stops early on val, so its val figure is
-optimistic). Model-SAT routes by its checkpoint's `route` section; `route.*` overrides on the command line replace it:
+optimistic). Model-SAT routes by p_correct alone, as every router does (`modelsat/choice.py`):
 
-    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-val-n100 --split val \
-        --checkpoint checkpoints/modelsat-smollm2-routerdc route.aptitude_prior=2 route.aptitude_neighbours=100
+    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-val --split val \
+        --checkpoint checkpoints/modelsat-smollm2-routerdc
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def main() -> None:
                    help="at most N test instructions per test file, drawn with the config's seed (0: all); every "
                         "router, baselines included, is then measured on that same sample")
     p.add_argument("--split", choices=("test", "val"), default="test")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config (route.*: of Model-SAT's route)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
     args = p.parse_args()
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
@@ -98,8 +98,6 @@ def main() -> None:
         router = Router.from_checkpoint(args.checkpoint)
         if router.aptitude.fingerprint != aptitude.fingerprint:
             sys.exit(f"{args.checkpoint}: its aptitude test differs from the config's ({cfg.data.aptitude})")
-        if any(o.startswith("route.") for o in args.overrides):
-            router.config.route = cfg.route
         join_zoo(router, table, models)
         texts = table.texts(splits["test"])
         cache = out / (f"predictions-{args.split}-per-source-{args.max_per_source}.npz" if args.max_per_source > 0
@@ -113,7 +111,7 @@ def main() -> None:
     if unseen:
         runs.append((f"{whole}-unseen", splits["test"], unseen))
     summary: dict = {"config": args.config, "checkpoint": args.checkpoint, "split": args.split,
-                     "route": vars(extra[0].config.route) if extra else None, "max_per_source": args.max_per_source,
+                     "max_per_source": args.max_per_source,
                      "models": models, "unseen": unseen,
                      "aptitude": {"tasks": aptitude.num_tasks, "per_task": aptitude.per_task,
                                   "fingerprint": aptitude.fingerprint},

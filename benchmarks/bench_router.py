@@ -6,8 +6,8 @@
 Steps, each timed once with wall clock, in this order:
   - `load_s`: `Router.from_checkpoint` (backbone, adapter, connector, zoo and, where stored, the aptitude questions'
     embeddings);
-  - `warm_up_s`: `Router.warm_up()` (every zoo model's capability features and, where the route's prior reads the
-    nearest aptitude questions and the checkpoint stores no embeddings, encoding the aptitude questions);
+  - `warm_up_s`: `Router.warm_up()` (every zoo model's capability features and, where the model reads the aptitude
+    evidence and the checkpoint stores no embeddings, encoding the aptitude questions);
   - `rank_ms`: `Router.rank` on one instruction at a time over the whole zoo (median and 90th percentile);
   - `rank_many_per_s`: `Router.rank_many` on all of them at once (instructions per second).
 `start_to_first_ranking_s` = load + warm-up + the first ranking: what `infer.py` waits for one instruction.
@@ -63,7 +63,7 @@ def main() -> None:
 
     print(json.dumps({
         "checkpoint": args.checkpoint, "models": len(router.models), "aptitude_questions": len(router.aptitude.question_ids),
-        "prior_neighbours": router.prior_neighbours, "category_prior": router.config.route.category_prior,
+        "evidence": router.reads_evidence,
         "embeddings_stored": stored,
         "embeddings_used": stored and not args.recompute_embeddings,
         "load_s": round(load_s, 2), "warm_up_s": round(warm_up_s, 2),

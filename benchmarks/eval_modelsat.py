@@ -38,7 +38,6 @@ class MatrixRouter:
         self.row = {t: i for i, t in enumerate(texts)}
         self.col = {m: j for j, m in enumerate(models)}
         self.matrix = matrix
-        self.inputs = router.prior_inputs(texts) if router.prior_reads_instructions else None  # once for every slice
 
     def add_model(self, name: str, results, **meta) -> None:   # meta: cost, params_b, cost_unit (unused here)
         if name not in self.col:
@@ -49,11 +48,6 @@ class MatrixRouter:
 
     def predict_matrix(self, instructions: list[str], models: list[str], progress: bool = False) -> np.ndarray:
         return self.matrix[np.ix_([self.row[t] for t in instructions], [self.col[m] for m in models])]
-
-    def prior(self, models: list[str], instructions: list[str]) -> np.ndarray:
-        if self.inputs is None:
-            return self.router.prior(models)
-        return self.router.prior(models, inputs=self.inputs.take([self.row[t] for t in instructions]))
 
 
 def join_zoo(router: Router, table: RoutingTable, models: list[str]) -> None:

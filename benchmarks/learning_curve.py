@@ -6,8 +6,7 @@ Reads `<run>/step-NNNNNN/` (written every `train.save_every` steps) and `<run>/f
 `--max-instructions` instructions of the split that have a result of every model of the requested zoos with each
 checkpoint (the same instructions for every checkpoint, every model of
 the requested zoos, unseen models joining through their aptitude results), and reports per zoo the gain of the
-router's choice over the best single model (points; the utility is p_correct plus the route's priors, so with priors
-at 0 it is p_correct alone), its 95% paired bootstrap CI, and p_correct's interaction AUC and Brier. The
+router's choice over the best single model (points; the utility is p_correct), its 95% paired bootstrap CI, and p_correct's interaction AUC and Brier. The
 predictions of each checkpoint are cached in `--out` (a rerun only scores new checkpoints). Prints one JSON object
 and draws `<out>/learning_curve.png` (gain and interaction AUC against step).
 """
@@ -48,15 +47,14 @@ def stamp(folder: Path) -> str:
     return json.dumps([str(folder.resolve())] + [[f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()])
 
 
-def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str],
-           cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(Q, M) utility before cost (p_correct + the route's priors) and (Q, M) p_correct of one checkpoint, cached
-    in `cache` for these instructions, models and weights (`stamp`)."""
+def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str], cache: Path) -> np.ndarray:
+    """(Q, M) p_correct of one checkpoint (its utility before cost), cached in `cache` for these instructions,
+    models and weights (`stamp`)."""
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             if (z["question_ids"].tolist() == ids and z["models"].tolist() == models
                     and "stamp" in z.files and str(z["stamp"]) == stamp(folder)):
-                return z["utility"], z["p"]
+                return z["p"]
     router = Router.from_checkpoint(folder)
     res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
     for m in models:
@@ -64,12 +62,10 @@ def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str],
             router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
     texts = table.texts(ids)
     p = router.predict_matrix(texts, models, progress=True)
-    prior = router.prior(models, texts) if router.prior_reads_instructions else router.prior(models)
-    utility = p + prior
     tmp = cache.with_name(cache.stem + ".tmp.npz")
-    np.savez(tmp, utility=utility, p=p, models=np.array(models), question_ids=np.array(ids), stamp=np.array(stamp(folder)))
+    np.savez(tmp, p=p, models=np.array(models), question_ids=np.array(ids), stamp=np.array(stamp(folder)))
     tmp.replace(cache)
-    return utility, p
+    return p
 
 
 def fail(message: str) -> None:
@@ -109,13 +105,13 @@ def main() -> None:
 
     curve = []
     for step, folder in points:
-        utility, p = scored(folder, table, ids, models, out / f"predictions-{step:06d}.npz")
+        p = scored(folder, table, ids, models, out / f"predictions-{step:06d}.npz")
         row = {"step": step, "checkpoint": str(folder)}
         for z, zm in zoos.items():
             c = [col[m] for m in zm]
-            y, u, pz = y_all[:, c], utility[:, c], p[:, c]
+            y, pz = y_all[:, c], p[:, c]
             best = int(np.nanargmax(np.nanmean(ytr[:, c], axis=0)))
-            diff = routed_scores(u, y, normalised_costs(table.costs(zm))) - y[:, best]
+            diff = routed_scores(pz, y, normalised_costs(table.costs(zm))) - y[:, best]
             lo, hi = bootstrap_ci(diff)
             row[z] = {"gain": round(100 * float(diff.mean()), 2), "gain_ci": [round(100 * lo, 2), round(100 * hi, 2)],
                       "interaction_auc": round(interaction_auc(pz, y), 4),

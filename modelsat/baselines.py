@@ -130,20 +130,15 @@ class BaseRouter:
 
     def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
              top_k: int | None = None, question_id: str = "") -> list[Ranked]:
-        """The candidates for one instruction, best first, by score + utility_offset − cost_weight · normalised cost."""
+        """The candidates for one instruction, best first, by score − cost_weight · normalised cost
+        (`modelsat/choice.py`)."""
         if not math.isfinite(cost_weight) or cost_weight < 0:
             raise RoutingError(f"cost_weight must be a finite number >= 0, got {cost_weight!r}")
         models = list(models) if models is not None else list(self.models_)
         score = self.predict([question_id], [instruction], models)[0]
         cost = np.array([self.costs_.get(m, math.nan) for m in models])
-        offset = self.utility_offset(models, [instruction])
-        utility = utilities(score[None, :], cost, cost_weight, offset)[0]
+        utility = utilities(score[None, :], cost, cost_weight)[0]
         return ranking(models, score, cost, utility, top_k)
-
-    def utility_offset(self, models: Sequence[str], instructions: Sequence[str]) -> np.ndarray | None:
-        """(M,) or (Q, M) added to the scores of `instructions` when choosing (not when scoring p_correct);
-        None: nothing."""
-        return None
 
     def _fit(self, data: RoutingData, models: list[str]) -> list[str]:
         raise NotImplementedError
@@ -462,13 +457,6 @@ class ModelSATRouter(BaseRouter):
 
     def _predict(self, question_ids: list[str], instructions: list[str]) -> np.ndarray:
         return np.asarray(self.router.predict_matrix(instructions, self.models_, progress=len(instructions) > 64))
-
-    def utility_offset(self, models: Sequence[str], instructions: Sequence[str]) -> np.ndarray | None:
-        """The checkpoint's aptitude and category priors, as `Router.rank` adds them (`Router.prior`)."""
-        route = self.router.config.route
-        if not (route.aptitude_prior or route.category_prior):
-            return None
-        return self.router.prior(models, instructions)
 
 
 def default_routers(seed: int = 0, checkpoint: str | Path | None = None) -> list[BaseRouter]:

@@ -1,12 +1,13 @@
-"""The category prior: a guess of the instruction's category, times each candidate's aptitude accuracy per category.
+"""A guess of the instruction's category, for the aptitude evidence's `category` value: each candidate's aptitude
+accuracy per category, weighted by the guess (`modelsat/evidence.py`).
 
     classifier = CategoryClassifier.fit(train_embeddings, train_categories, aptitude_categories)
-    prior = classifier.proba(instruction_embeddings) @ classifier.per_category(outcomes)     # (Q, M)
+    category = classifier.proba(instruction_embeddings) @ classifier.per_category(outcomes)     # (Q, M)
 
 The classifier is a logistic regression (scikit-learn) over unit sentence embeddings, fitted by `train.py` on the
 train split's questions and their dataset categories (no model results). It is stored in the checkpoint as
-`category_classifier.safetensors` with the aptitude questions' categories, so the prior is built from aptitude
-results alone and a model added through the zoo gets it too (RESULTS §13).
+`category_classifier.safetensors` with the aptitude questions' categories, so the value is built from aptitude
+results alone and a model added through the zoo gets it too.
 """
 from __future__ import annotations
 

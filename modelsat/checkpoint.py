@@ -6,10 +6,9 @@
     <dir>/aptitude.json, splits.json, metrics.json
     <dir>/zoo/                                             one entry per candidate model
     <dir>/aptitude_embeddings.safetensors                  the aptitude questions' sentence embeddings, where the
-                                                           route's prior reads the nearest ones (optional: else
+                                                           model reads the aptitude evidence (optional: else
                                                            computed on load, ~1 min on a CPU)
-    <dir>/category_classifier.safetensors                  the category prior's classifier, where the route has
-                                                           one (`route.category_prior`; RESULTS §13)
+    <dir>/category_classifier.safetensors                  the evidence's category classifier (`model.evidence`)
     <dir>/training_state.pt                                optimizer, scheduler and step; step folders only (resume)
 """
 from __future__ import annotations
@@ -159,7 +158,7 @@ def load_aptitude_embeddings(directory: str | Path, aptitude: "Aptitude", encode
 
 def save_category_classifier(directory: str | Path, classifier: "CategoryClassifier", aptitude: "Aptitude",
                              encoder: str) -> None:
-    """Write the category prior's classifier to `directory`, stamped with the aptitude test and the encoder."""
+    """Write the aptitude evidence's category classifier to `directory`, stamped with the aptitude test and the encoder."""
     if len(classifier.aptitude_category) != len(aptitude.question_ids):
         raise ValueError(f"the classifier has categories for {len(classifier.aptitude_category)} aptitude questions, "
                          f"the aptitude test has {len(aptitude.question_ids)}")
@@ -175,9 +174,8 @@ def load_category_classifier(directory: str | Path, aptitude: "Aptitude", encode
     from modelsat.category import CategoryClassifier
 
     file = Path(directory) / CATEGORY_CLASSIFIER
-    fix = (f"; retrain to rewrite it (train.py writes {file.name} when model.evidence is true or "
-           "route.category_prior > 0); a router whose config.yaml has model.evidence: false and route.category_prior: 0 "
-           "routes without it once the file is deleted")
+    fix = (f"; retrain to rewrite it (train.py writes {file.name} when model.evidence is true); a router whose "
+           "config.yaml has model.evidence: false routes without it once the file is deleted")
     read = _read_stamped(file, ("weight", "bias", "aptitude_category"), aptitude, encoder, "category-classifier", fix)
     if read is None:
         return None

@@ -1,11 +1,10 @@
 """The choice rule every router shares: Model-SAT's `Router.rank`, the baselines' `rank`, `modelsat evaluate`,
 `modelsat serve` and the gateway all choose with these functions.
 
-    utility = score + offset − cost_weight · cost / max_cost
+    utility = score − cost_weight · cost / max_cost
 
 `score` is the router's prediction for each (instruction, candidate): p_correct for Model-SAT and the probabilistic
-baselines. `offset` is what a router adds to choose but not to predict (Model-SAT's route priors, where the
-checkpoint has them: `Router.prior`; None elsewhere). Costs are divided by the largest known cost among the
+baselines. Nothing else enters: no router adds a term of its own when choosing. Costs are divided by the largest known cost among the
 candidates ranked, and a candidate of unknown cost counts as the most expensive, so `cost_weight` reads as
 "probability given up per unit of the most expensive candidate's cost" (RouteLLM's threshold plays the same role
 for two models). A ranking orders by utility, ties by name; an evaluation splits a tie evenly between the tied
@@ -39,13 +38,10 @@ def normalised_costs(costs: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(costs), costs, known.max()) / known.max()
 
 
-def utilities(scores: np.ndarray, costs: np.ndarray, cost_weight: float = 0.0,
-              offset: np.ndarray | None = None) -> np.ndarray:
-    """(Q, M) utility of M candidates for Q instructions from (Q, M) scores, (M,) raw costs (NaN: unknown) and an
-    optional (M,) or (Q, M) offset."""
+def utilities(scores: np.ndarray, costs: np.ndarray, cost_weight: float = 0.0) -> np.ndarray:
+    """(Q, M) utility of M candidates for Q instructions from (Q, M) scores and (M,) raw costs (NaN: unknown)."""
     scores = np.asarray(scores, dtype=np.float64)
-    u = scores if offset is None else scores + np.asarray(offset, dtype=np.float64)
-    return u - cost_weight * normalised_costs(costs)[None, :]
+    return scores - cost_weight * normalised_costs(costs)[None, :]
 
 
 def ranking(models: Sequence[str], scores: np.ndarray, costs: np.ndarray, utility: np.ndarray,

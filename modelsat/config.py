@@ -312,42 +312,10 @@ class TrainConfig:
 
 
 @dataclass
-class RouteConfig:
-    aptitude_prior: float = 0.0
-    """Ranking adds `aptitude_prior × the candidate's aptitude-test accuracy` to its utility (p_correct itself is
-    unchanged): the router leaves the model that does best on the test only when p_correct says so by more than
-    the accuracy gap allows. 0 ranks by p_correct alone."""
-    aptitude_neighbours: int = 0
-    """0: the prior's accuracy is over the whole aptitude test. k > 0: over the k aptitude questions nearest the
-    instruction (cosine of their sentence embeddings), so the prior follows the instruction's domain. Either way
-    it reads only aptitude results, so models added to the zoo afterwards get it too."""
-    category_prior: float = 0.0
-    """Ranking also adds `category_prior × the candidate's aptitude accuracy in the instruction's category`, the
-    category guessed by a classifier that `train.py` fits on the train split's categories and stores in the
-    checkpoint (`modelsat/category.py`). It too reads only aptitude results. 0: no category term."""
-
-    def __post_init__(self) -> None:
-        _check(math.isfinite(self.aptitude_prior) and self.aptitude_prior >= 0,
-               f"route.aptitude_prior must be a finite number >= 0, got {self.aptitude_prior}")
-        _check(isinstance(self.aptitude_neighbours, int) and self.aptitude_neighbours >= 0,
-               f"route.aptitude_neighbours must be an integer >= 0, got {self.aptitude_neighbours!r}")
-        _at_most(self, "route", 10**6, "aptitude_neighbours")
-        _check(math.isfinite(self.category_prior) and self.category_prior >= 0,
-               f"route.category_prior must be a finite number >= 0, got {self.category_prior}")
-
-    @property
-    def prior_neighbours(self) -> int:
-        """k where the prior reads the k aptitude questions nearest the instruction; 0 where it reads the whole
-        test or there is no prior."""
-        return self.aptitude_neighbours if self.aptitude_prior else 0
-
-
-@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    route: RouteConfig = field(default_factory=RouteConfig)
 
     def __post_init__(self) -> None:
         _check(not self.train.evidence_fit_epochs or self.model.evidence,
@@ -499,6 +467,29 @@ def _origin(message: str, path: Path | None, overridden: dict[str, str]) -> str:
     return f"{path}: {message}" if path is not None else message
 
 
+ROUTE_GONE = ("hand-weighted route priors are no longer supported (routing is p_correct − cost_weight · cost / "
+              "max_cost; the aptitude evidence is the model's input, model.evidence)")
+
+
+def _drop_route_priors(tree: dict[str, Any], path: Path) -> None:
+    """Remove the `route:` section that configs and checkpoints written before the learned score carry: all 0, it
+    changes nothing; a hand-weighted prior > 0 (`route.aptitude_prior`, `route.category_prior`) is refused, since
+    the utility is p_correct − cost_weight · cost / max_cost alone and the aptitude evidence is the model's input
+    (`model.evidence`)."""
+    route = tree.pop("route", None)
+    if route is None:
+        return
+    _check(isinstance(route, dict), f"{path}: route: expected a mapping, got {_shown(route)}")
+    weights = {k: v for k, v in route.items() if k in ("aptitude_prior", "category_prior")}
+    unknown = sorted(set(route) - {"aptitude_prior", "aptitude_neighbours", "category_prior"}, key=str)
+    _check(not unknown, f"{path}: unknown key(s) {', '.join(f'route.{k}' for k in unknown)}; the route section is "
+                        "gone (routing is p_correct − cost_weight · cost / max_cost): remove it")
+    for key, value in weights.items():
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0,
+               f"{path}: route.{key}={_shown(value)}: {ROUTE_GONE}: retrain with model.evidence=true, or set it to 0 "
+               "to rank by p_correct alone")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults ← YAML file at `path` ← `key.sub=value` overrides (values parsed as YAML scalars).
 
@@ -514,13 +505,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {e}") from e
         tree = _parse_yaml(text, str(path)) or {}
-        _check(isinstance(tree, dict), f"{path}: the top level must be a mapping of sections (data, model, train, "
-                                       f"route), got {type(tree).__name__}")
+        _check(isinstance(tree, dict), f"{path}: the top level must be a mapping of sections (data, model, train), "
+                                       f"got {type(tree).__name__}")
+        _drop_route_priors(tree, path)
     overridden: dict[str, str] = {}
     for item in overrides or []:
         _check("=" in item, f"override {item!r} must look like key.sub=value")
         key, raw = (part.strip() for part in item.split("=", 1))
         _check(bool(key) and all(key.split(".")), f"override {item!r}: {key!r} is not a key like train.lr")
+        _check(key.split(".")[0] != "route", f"override {item!r}: {ROUTE_GONE}")
         value = _parse_yaml(raw, f"override {item!r}") if raw else ""
         if _field_type(key, item) is str and not isinstance(value, str):
             value = raw                  # a string field takes the text as typed: `no`, `null`, `0755` stay text

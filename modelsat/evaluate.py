@@ -134,9 +134,9 @@ def choice_weights(pred: np.ndarray, norm_cost: np.ndarray, cost_weight: float =
     return choice.choice_weights(choice.utilities(pred, norm_cost, cost_weight))
 
 
-def routed_scores(utility: np.ndarray, y: np.ndarray, norm_cost: np.ndarray) -> np.ndarray:
-    """(Q,) score of the model(s) a router chooses by `utility` (before cost) for each instruction."""
-    return (choice_weights(utility, norm_cost) * y).sum(axis=1)
+def routed_scores(pred: np.ndarray, y: np.ndarray, norm_cost: np.ndarray) -> np.ndarray:
+    """(Q,) score of the model(s) a router chooses by its (Q, M) predictions `pred` (before cost) per instruction."""
+    return (choice_weights(pred, norm_cost) * y).sum(axis=1)
 
 
 def bootstrap_ci(diff: np.ndarray, n: int = N_BOOT, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
@@ -228,12 +228,11 @@ def reliability(pred: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:
 
 
 def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray, models: list[str],
-                   norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool, seed: int,
-                   offset: np.ndarray | None = None) -> dict:
-    """Every metric of one router's (Q, M) predictions against the (Q, M) scores `y`; the router chooses by
-    `pred + offset` (its utility before cost; offset (M,) or (Q, M)), while Brier and AUC score `pred`."""
-    utility = pred if offset is None else pred + np.asarray(offset)
-    c = choice_weights(utility, norm_cost)
+                   norm_cost: np.ndarray, raw_cost: np.ndarray, oracle: float, probabilistic: bool,
+                   seed: int) -> dict:
+    """Every metric of one router's (Q, M) predictions `pred` against the (Q, M) scores `y`: the router chooses by
+    `pred` (`modelsat/choice.py`), and Brier and AUC score it."""
+    c = choice_weights(pred, norm_cost)
     per = (c * y).sum(axis=1)                                              # (Q,) score of the routed choice
     acc, base = float(per.mean()), float(y[:, best].mean())
     lo, hi = bootstrap_ci(per - y[:, best], seed=seed)
@@ -247,7 +246,7 @@ def router_metrics(pred: np.ndarray, y: np.ndarray, best: int, cats: np.ndarray,
     out["per_category"] = {k: float(per[cats == k].mean()) for k in sorted(set(cats))}
     out["picks_per_category"] = {k: dict(zip(models, c[cats == k].mean(axis=0).round(6).tolist()))
                                  for k in sorted(set(cats))}
-    out["cost_curve"] = cost_curve(utility, y, norm_cost, raw_cost, base)
+    out["cost_curve"] = cost_curve(pred, y, norm_cost, raw_cost, base)
     return out
 
 
@@ -325,10 +324,8 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
             log(f"[{zoo}] warning: {results[r.name]['reason']}")
             continue
         pred = r.predict(ids, texts, models)
-        offset = r.utility_offset(models, texts)
-        m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed,
-                           offset=offset)
-        scores[r.name] = routed_scores(pred if offset is None else pred + np.asarray(offset), y, norm)
+        m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed)
+        scores[r.name] = routed_scores(pred, y, norm)
         results[r.name] = {**m, "uses": r.uses, "params": r.params()}
         if getattr(r, "notes", None):
             results[r.name]["notes"] = r.notes

@@ -8,14 +8,11 @@
 Scores come from the packed forward pass: all candidates of an instruction share one sequence
 (large zoos are split into chunks of `chunk_size` candidates).
 
-Utility: `p_correct + aptitude_prior * aptitude_accuracy + category_prior * category_accuracy
-- cost_weight * cost / max_cost`, where `aptitude_prior` and `category_prior` are the checkpoint's
-`route.aptitude_prior` and `route.category_prior` (0 unless set), `aptitude_accuracy` the candidate's mean score on
-the aptitude test (with `route.aptitude_neighbours` k > 0: on the k aptitude questions nearest the instruction),
-`category_accuracy` its aptitude accuracy per category weighted by the checkpoint's guess of the instruction's
-category (`modelsat/category.py`), and `max_cost` the largest known cost among the candidates being ranked (so
-`cost_weight` is in units of probability per "the most expensive candidate"); a model of unknown cost counts
-as the most expensive. The rule is `modelsat/choice.py`, shared with the baselines, `modelsat evaluate`, the
+Utility: `p_correct - cost_weight * cost / max_cost`, nothing else (`modelsat/choice.py`): what a candidate did
+on the aptitude questions like the instruction and in its guessed category is an input of the model
+(`model.evidence`, `modelsat/evidence.py`), not a term added here. `max_cost` is the largest known cost among the
+candidates being ranked (so `cost_weight` is in units of probability per "the most expensive candidate"); a
+model of unknown cost counts as the most expensive. The rule is shared with the baselines, `modelsat evaluate`, the
 service and the gateway.
 """
 from __future__ import annotations
@@ -25,7 +22,7 @@ import math
 import numbers
 import unicodedata
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -51,7 +48,7 @@ def unit_embeddings(encoder, texts: list[str]) -> torch.Tensor:
 
 
 def aptitude_keys(encoder, aptitude: Aptitude) -> torch.Tensor:
-    """(A, D) unit embeddings of the aptitude questions, in `aptitude.question_ids` order: what the prior's
+    """(A, D) unit embeddings of the aptitude questions, in `aptitude.question_ids` order: what the aptitude evidence's
     nearest-question search compares an instruction with."""
     return unit_embeddings(encoder, [aptitude.texts[q] for q in aptitude.question_ids])
 
@@ -143,16 +140,6 @@ def read_instructions(path: str | Path) -> list[str]:
     return out
 
 
-class PriorInputs(NamedTuple):
-    """What the prior reads of each instruction, from one sentence encoding of it (None: not read)."""
-    nearest: np.ndarray | None     # (Q, k) positions in `aptitude.question_ids` of the k nearest aptitude questions
-    category: np.ndarray | None    # (Q, C) the category classifier's probabilities
-
-    def take(self, rows) -> "PriorInputs":
-        """The inputs of the instructions at `rows`."""
-        return PriorInputs(*(None if x is None else x[rows] for x in self))
-
-
 class Router:
     """Ranks the zoo's candidate models for instructions."""
 
@@ -166,7 +153,7 @@ class Router:
         self.batch_size = batch_size
         self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
-        self.category_classifier: CategoryClassifier | None = None   # the category prior's (from the checkpoint)
+        self.category_classifier: CategoryClassifier | None = None   # the evidence's (from the checkpoint)
         self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
 
     @classmethod
@@ -205,10 +192,6 @@ class Router:
         if config.model.evidence and router.category_classifier is None:
             raise CheckpointError(f"{path} has model.evidence=true but no {CATEGORY_CLASSIFIER} (train.py writes it "
                                   "with the evidence); re-copy the checkpoint folder, or retrain it with train.py")
-        if config.route.category_prior and router.category_classifier is None:
-            raise CheckpointError(f"{path} has route.category_prior={config.route.category_prior} but no "
-                                  f"{CATEGORY_CLASSIFIER} (train.py writes it); set route.category_prior: 0 in its "
-                                  "config.yaml to route without the category term")
         return router
 
     # ----- the zoo -------------------------------------------------------------------------------
@@ -252,63 +235,9 @@ class Router:
                 self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
         return self._features[name]
 
-    @property
-    def prior_neighbours(self) -> int:
-        """`route.prior_neighbours` of the router's config (0: the prior does not read the nearest questions)."""
-        return self.config.route.prior_neighbours
-
-    @property
-    def prior_reads_instructions(self) -> bool:
-        """Whether the prior depends on the instruction (nearest aptitude questions or a category term)."""
-        return bool(self.prior_neighbours or self.config.route.category_prior)
-
-    def prior_inputs(self, instructions: Sequence[str]) -> PriorInputs:
-        """What the prior reads of `instructions`, from one sentence encoding of them."""
-        route = self.config.route
-        emb = unit_embeddings(self._encoder(), list(instructions))                        # (Q, D)
-        nearest = category = None
-        if self.prior_neighbours:
-            keys = self.aptitude_embeddings()
-            nearest = (emb @ keys.T).topk(min(self.prior_neighbours, keys.shape[0]), dim=1).indices.numpy()  # nearest first
-        if route.category_prior:
-            if self.category_classifier is None:
-                raise RouterError("route.category_prior > 0 needs a category classifier (the checkpoint's "
-                                  f"{CATEGORY_CLASSIFIER}, written by train.py)")
-            category = self.category_classifier.proba(emb)
-        return PriorInputs(nearest, category)
-
-    def prior(self, models: Sequence[str], instructions: Sequence[str] | None = None,
-              inputs: PriorInputs | None = None) -> np.ndarray:
-        """The utility's prior term: (M,) where it does not depend on the instruction, else (Q, M) for
-        `instructions` (or their `inputs`, if already found by `prior_inputs`, which skips the encoding).
-
-        `route.aptitude_prior` × each model's aptitude-test accuracy (with `route.aptitude_neighbours` k > 0: on
-        the k aptitude questions nearest each instruction), plus `route.category_prior` × its aptitude accuracy per
-        category weighted by the classifier's guess of the instruction's category."""
-        route = self.config.route
-        if not self.prior_reads_instructions:
-            return np.array([route.aptitude_prior * self.zoo.get(m).accuracy if route.aptitude_prior else 0.0
-                             for m in models])
-        if inputs is None:
-            if instructions is None:
-                raise RouterError("the prior reads the instructions (route.aptitude_neighbours or "
-                                  "route.category_prior > 0); pass them")
-            inputs = self.prior_inputs(instructions)
-        outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
-        rows = len(inputs.nearest if inputs.nearest is not None else inputs.category)
-        out = np.zeros((rows, len(models)))
-        if inputs.nearest is not None:
-            out += route.aptitude_prior * outcomes[inputs.nearest].mean(axis=1)
-        elif route.aptitude_prior:
-            out += route.aptitude_prior * outcomes.mean(axis=0)
-        if inputs.category is not None:
-            out += route.category_prior * inputs.category @ self.category_classifier.per_category(outcomes)
-        return out
-
     def _encoder(self):
         if self.model.sentence_encoder is None:
-            raise RouterError("a prior that reads the instruction (route.aptitude_neighbours or route.category_prior "
-                              "> 0) needs the router's sentence encoder")
+            raise RouterError("the aptitude evidence (model.evidence) needs the router's sentence encoder")
         return self.model.sentence_encoder
 
     @property
@@ -331,11 +260,11 @@ class Router:
         return self._aptitude_emb
 
     def warm_up(self) -> None:
-        """Compute now what the first ranking would: every zoo model's capability features and, where the prior
-        reads the nearest aptitude questions, their embeddings (a service calls this before it serves)."""
+        """Compute now what the first ranking would: every zoo model's capability features and, where the model
+        reads the aptitude evidence, the aptitude questions' embeddings (a service calls this before it serves)."""
         for name in self.models:
             self.features(name)
-        if self.prior_neighbours or self.reads_evidence:
+        if self.reads_evidence:
             self.aptitude_embeddings()
 
     # ----- ranking -------------------------------------------------------------------------------
@@ -367,9 +296,9 @@ class Router:
 
     def shortened(self, instructions: Sequence[str]) -> list[bool]:
         """Whether each instruction is longer than a window that reads it (the router LLM's, or the sentence
-        encoder's where the model or the prior reads it), so read as its first third + its end."""
+        encoder's where the model reads the aptitude evidence), so read as its first third + its end."""
         cut = self.model.shortened(list(instructions))
-        if (self.prior_reads_instructions or self.reads_evidence) and self.model.sentence_encoder is not None:
+        if self.reads_evidence and self.model.sentence_encoder is not None:
             cut = [a or b for a, b in zip(cut, self.model.sentence_encoder.shortened(list(instructions)))]
         return cut
 
@@ -403,7 +332,7 @@ class Router:
         models = self._check_models(models)
         p = self.predict_matrix(instructions, models)                      # (Q, M) p_correct
         costs = self.zoo.costs(models)
-        utility = utilities(p, costs, cost_weight, self.prior(models, instructions))   # modelsat/choice.py
+        utility = utilities(p, costs, cost_weight)                         # modelsat/choice.py
         return [ranking(models, row, costs, u, top_k, cut)
                 for row, u, cut in zip(p, utility, self.shortened(instructions))]
 

@@ -65,8 +65,7 @@ class RankRequest(BaseModel):
     models: list[ModelName] | None = Field(default=None, min_length=1, max_length=MAX_MODELS,
                                            description="candidates (default: the whole zoo)")
     cost_weight: float = Field(default=0.0, ge=0.0, le=1e6, allow_inf_nan=False, strict=True, description=(
-        "utility = p_correct + the checkpoint's aptitude priors (route.aptitude_prior, route.category_prior) "
-        "- cost_weight * cost / max cost"))
+        "utility = p_correct - cost_weight * cost / max cost"))
     top_k: int | None = Field(default=None, ge=1, le=MAX_MODELS, strict=True, description="return only the best k")
 
 

@@ -1,5 +1,5 @@
 """One choice rule (modelsat/choice.py) for Model-SAT's Router, the baselines and the evaluation: the utility is
-p_correct + the route's prior − cost_weight · cost / max cost, computed here by hand, with no other term."""
+p_correct − cost_weight · cost / max cost, computed here by hand, with no other term."""
 from __future__ import annotations
 
 import shutil
@@ -11,24 +11,28 @@ import yaml
 
 from modelsat import Router
 from modelsat.baselines import BestSingleRouter, RoutingData, hashing_embed
+from modelsat.checkpoint import CheckpointError
 from modelsat.choice import Ranked, choice_weights, normalised_costs, ranking, utilities
 from modelsat.evaluate import choice_weights as evaluation_choice
 
 INSTRUCTIONS = ["What is 2+2?\nA. 3\nB. 4", "Name the law of torts that covers negligence.", "A cell divides."]
 
 
-def _router(tiny_checkpoint: Path, tmp_path: Path, **route) -> Router:
+def _with_route(tiny_checkpoint: Path, tmp_path: Path, **route) -> Path:
+    """A copy of the checkpoint whose config.yaml carries the `route:` section of checkpoints written before the
+    route priors were removed."""
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
     cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
-    cfg["route"].update(route)
+    assert "route" not in cfg                                        # today's checkpoints have no route section
+    cfg["route"] = route
     (ckpt / "config.yaml").write_text(yaml.safe_dump(cfg))
-    return Router.from_checkpoint(ckpt)
+    return ckpt
 
 
 @pytest.mark.parametrize("cost_weight", [0.0, 0.7])
-def test_router_utility_is_p_correct_less_the_cost_term_and_nothing_else(tiny_checkpoint, tmp_path, cost_weight):
-    router = _router(tiny_checkpoint, tmp_path, aptitude_prior=0.0, aptitude_neighbours=0, category_prior=0.0)
+def test_router_utility_is_p_correct_less_the_cost_term_and_nothing_else(tiny_checkpoint, cost_weight):
+    router = Router.from_checkpoint(tiny_checkpoint)
     models = router.models
     p = router.predict_matrix(INSTRUCTIONS, models)                                     # (Q, M)
     costs = np.array([router.zoo.get(m).cost for m in models], dtype=float)
@@ -41,14 +45,20 @@ def test_router_utility_is_p_correct_less_the_cost_term_and_nothing_else(tiny_ch
         assert {r.model: r.p_correct for r in ranked} == pytest.approx(dict(zip(models, p[q])))
 
 
-def test_router_prior_is_the_only_other_term(tiny_checkpoint, tmp_path):
-    router = _router(tiny_checkpoint, tmp_path, aptitude_prior=1.5, aptitude_neighbours=0, category_prior=0.0)
-    models = router.models
-    p = router.predict_matrix(INSTRUCTIONS, models)
-    accuracy = np.array([router.zoo.get(m).accuracy for m in models])
-    ranked = router.rank(INSTRUCTIONS[0], cost_weight=0.0)
-    got = {r.model: r.utility for r in ranked}
-    np.testing.assert_allclose([got[m] for m in models], p[0] + 1.5 * accuracy, atol=1e-12, rtol=0)
+def test_an_older_checkpoints_zero_route_priors_load_and_change_nothing(tiny_checkpoint, tmp_path):
+    old = Router.from_checkpoint(_with_route(tiny_checkpoint, tmp_path, aptitude_prior=0.0, aptitude_neighbours=100,
+                                             category_prior=0))
+    assert old.rank_many(INSTRUCTIONS, cost_weight=0.3) == Router.from_checkpoint(tiny_checkpoint).rank_many(
+        INSTRUCTIONS, cost_weight=0.3)
+
+
+@pytest.mark.parametrize("key", ["aptitude_prior", "category_prior"])
+def test_an_older_checkpoints_hand_weighted_prior_is_refused_in_one_line(tiny_checkpoint, tmp_path, key):
+    ckpt = _with_route(tiny_checkpoint, tmp_path, **{key: 2.0})
+    with pytest.raises(CheckpointError, match=rf"config.yaml: route.{key}=2.0: hand-weighted route priors are no "
+                                              r"longer supported .*model.evidence=true") as e:
+        Router.from_checkpoint(ckpt)
+    assert "\n" not in str(e.value)
 
 
 def test_baselines_and_the_evaluation_choose_by_the_same_rule() -> None:

@@ -48,11 +48,7 @@ def test_overrides_apply_and_types_convert() -> None:
     (["train.epochs=0"], "train.epochs"),
     (["train.batch_size=two"], "train.batch_size"),
     (["data.val=0.7", "data.test=0.5"], "data.val"),
-    (["route.aptitude_prior=-0.1"], "route.aptitude_prior"),
-    (["route.aptitude_neighbours=-1"], "route.aptitude_neighbours"),
-    (["route.aptitude_neighbours=1.5"], "route.aptitude_neighbours"),
-    (["route.category_prior=-1"], "route.category_prior"),
-    (["route.category_prior=inf"], "route.category_prior"),
+    (["route.aptitude_prior=2"], r"override 'route.aptitude_prior=2': hand-weighted route priors are no longer"),
     (["data.source_tasks=-1"], "data.source_tasks"),
     (["train.zoo_groups=1.5"], "train.zoo_groups"),
     (["data.top_up=-1"], "data.top_up"),
@@ -150,10 +146,30 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
         load_config(tmp_path)
 
 
+@pytest.mark.parametrize("route, message", [
+    ({"aptitude_prior": 0, "aptitude_neighbours": 100, "category_prior": 0.0}, None),      # all 0: dropped
+    ({"aptitude_prior": 2.0, "aptitude_neighbours": 100}, r"route.aptitude_prior=2.0: hand-weighted route priors"),
+    ({"category_prior": "yes"}, r"route.category_prior='yes': hand-weighted route priors"),
+    ({"cost_weight": 0.1}, r"unknown key\(s\) route.cost_weight; the route section is gone"),
+    ([1, 2], r"route: expected a mapping"),
+])
+def test_the_route_section_of_older_configs(tmp_path, route, message) -> None:
+    """Configs and checkpoints written before the route priors left carry a `route:` section: all 0 it loads as
+    today's config; a prior > 0 (or a key it never had) is one line naming the file and the key."""
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": 1e-4}, "route": route}))
+    if message is None:
+        cfg = load_config(path)
+        assert cfg.train.lr == 1e-4 and "route" not in cfg.to_dict()
+        return
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("override, bound", [
     ("model.max_instruction_tokens=32769", "model.max_instruction_tokens must be an integer <= 32,768"),
     ("train.max_steps=1000000001", "train.max_steps must be an integer <= 1,000,000,000"),
-    ("route.aptitude_neighbours=1000001", "route.aptitude_neighbours must be an integer <= 1,000,000"),
     ("train.batch_size=" + "9" * 400, "train.batch_size must be an integer <= 1,000,000, got 999"),
     ("data.per_task=10000000", "data.per_task must be an integer <= 1,000,000"),
     ("train.lr=1" + "0" * 400, "train.lr: expected a finite number"),          # an integer beyond float range

@@ -225,18 +225,17 @@ def test_cli_runs_on_the_raw_mmlu_pro_folder(shared_data, tmp_path):
     assert {"metrics.json", "report.md", "cost_quality.png", "aptitude.json", "splits.json"} <= {p.name for p in out.iterdir()}
 
 
-def test_router_metrics_choose_by_pred_plus_offset_and_score_pred():
-    """An offset (Model-SAT's aptitude prior) moves the choices and the cost curve, not Brier or AUC."""
+def test_router_metrics_choose_by_pred_and_score_it():
+    """The router chooses by its predictions (ties split evenly), and Brier scores the same predictions."""
     from modelsat.evaluate import router_metrics
 
-    pred = np.array([[0.6, 0.55], [0.6, 0.55], [0.4, 0.5]])
-    y = np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 1.0]])
+    pred = np.array([[0.6, 0.55], [0.6, 0.6], [0.4, 0.5]])
+    y = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     args = (y, 0, np.array(["a", "a", "b"]), ["m0", "m1"], np.array([0.0, 1.0]), np.array([1.0, 2.0]), 1.0, True, 0)
-    plain, shifted = router_metrics(pred, *args), router_metrics(pred, *args, offset=np.array([0.0, 0.1]))
-    assert plain["accuracy"] == pytest.approx(2 / 3) and shifted["accuracy"] == pytest.approx(1.0)
-    assert shifted["picks"] == {"m0": 0.0, "m1": 1.0}
-    assert shifted["brier"] == plain["brier"] and shifted["interaction_auc"] == plain["interaction_auc"]
-    assert shifted["cost_curve"]["points"][0]["mean_cost"] == pytest.approx(2.0)
+    m = router_metrics(pred, *args)
+    assert m["accuracy"] == pytest.approx((0 + 0.5 + 1) / 3)
+    assert m["picks"] == pytest.approx({"m0": 1.5 / 3, "m1": 1.5 / 3})
+    assert m["brier"] == pytest.approx(np.mean((pred - y) ** 2))
 
 
 def test_the_reliability_diagram_and_its_ece_by_hand() -> None:

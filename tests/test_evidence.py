@@ -122,16 +122,25 @@ def test_linear_evidence_offset_is_one_weight_per_evidence_value(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def evidence_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A router trained for a few steps with model.evidence=true and no route prior."""
+    """A router trained for a few steps with model.evidence=true."""
     return train_tiny(tmp_path_factory.mktemp("evidence-run"),
-                      **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
-                         "route.aptitude_prior": 0, "route.category_prior": 0})
+                      **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true"})
 
 
 def test_train_stores_what_the_evidence_reads(evidence_run: Path) -> None:
     for folder in ("final", "step-000002", "step-000004"):
         assert (evidence_run / folder / APTITUDE_EMBEDDINGS).is_file(), folder
         assert (evidence_run / folder / CATEGORY_CLASSIFIER).is_file(), folder
+
+
+def test_warm_up_reads_the_stored_aptitude_embeddings(evidence_run: Path) -> None:
+    from modelsat import Router
+
+    router = Router.from_checkpoint(evidence_run / "final")
+    stored = router._aptitude_emb
+    assert stored is not None and stored.shape[0] == len(router.aptitude.question_ids)
+    router.warm_up()
+    assert set(router._features) == set(router.models) and router.aptitude_embeddings() is stored
 
 
 def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms(evidence_run: Path,

@@ -21,7 +21,7 @@ def run_script(*args: str) -> None:
 
 
 def test_learning_curve_scores_every_checkpoint_and_reuses_predictions(tmp_path: Path, capsys) -> None:
-    run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2, "route.category_prior": 1})
+    run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true"})
     out = tmp_path / "curve"
     run_script("--run", str(run), "--out", str(out), "--zoos", "all", "--max-instructions", "12")
     curve = json.loads((out / "curve.json").read_text())

@@ -69,49 +69,11 @@ def test_cost_weight_trades_quality_for_cost(router: Router) -> None:
         assert r.utility == pytest.approx(r.p_correct - 1e3 * r.cost / top)
 
 
-def test_aptitude_prior_adds_aptitude_accuracy_to_the_utility(tiny_checkpoint: Path) -> None:
-    r = Router.from_checkpoint(tiny_checkpoint)
-    plain = {x.model: x.p_correct for x in r.rank(INSTRUCTION)}
-    accuracy = {m: float(r.zoo.outcomes(m).mean()) for m in r.models}
-    assert len(set(accuracy.values())) > 1
-    r.config.route.aptitude_prior = 1e3                                      # a huge prior ranks by aptitude alone
-    ranked = r.rank(INSTRUCTION)
-    assert [x.model for x in ranked] == sorted(r.models, key=lambda m: (-accuracy[m], m))
-    for x in ranked:
-        assert x.p_correct == pytest.approx(plain[x.model], abs=1e-6)        # p_correct itself is unchanged
-        assert x.utility == pytest.approx(x.p_correct + 1e3 * accuracy[x.model], abs=1e-4)  # outcomes are float32
-    assert r.prior(r.models) == pytest.approx([1e3 * accuracy[m] for m in r.models])
-
-
-def test_neighbour_prior_reads_the_aptitude_questions_nearest_the_instruction(tiny_checkpoint: Path) -> None:
-    r = Router.from_checkpoint(tiny_checkpoint)
-    r.config.route.aptitude_prior = 1e3
-    outcomes = {m: r.zoo.outcomes(m).ravel() for m in r.models}                # task-major, as question_ids
-    ids = r.aptitude.question_ids
-    # An aptitude question's own text is its nearest question: with k=1 the prior is each model's score on it.
-    i = next(j for j in range(len(ids)) if len({float(outcomes[m][j]) for m in r.models}) > 1)
-    r.config.route.aptitude_neighbours = 1
-    text = r.aptitude.texts[ids[i]]
-    assert r.prior(r.models, [text]) == pytest.approx(np.array([[1e3 * outcomes[m][i] for m in r.models]]))
-    ranked = r.rank(text)
-    assert outcomes[ranked[0].model][i] == max(outcomes[m][i] for m in r.models)
-    for x in ranked:
-        assert x.utility == pytest.approx(x.p_correct + 1e3 * outcomes[x.model][i], abs=1e-4)
-    # Every question a neighbour: the prior is the whole test's accuracy again, one row per instruction.
-    r.config.route.aptitude_neighbours = len(ids)
-    whole = [1e3 * float(outcomes[m].mean()) for m in r.models]
-    assert r.prior(r.models, [text, INSTRUCTION]) == pytest.approx(np.array([whole, whole]), abs=1e-3)
-    with pytest.raises(RouterError, match="pass them"):
-        r.prior(r.models)
-
-
 def test_warm_up_computes_what_the_first_ranking_needs(tiny_checkpoint: Path) -> None:
     r = Router.from_checkpoint(tiny_checkpoint)
-    r.config.route.aptitude_prior, r.config.route.aptitude_neighbours = 1.0, 3
     r.warm_up()
     assert set(r._features) == set(r.models)
-    assert r._aptitude_emb is not None and r._aptitude_emb.shape[0] == len(r.aptitude.question_ids)
-    assert r.aptitude_embeddings() is r._aptitude_emb                          # computed once
+    assert r._aptitude_emb is None                         # no aptitude evidence read: no embeddings (test_evidence.py)
 
 
 def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -127,9 +89,7 @@ def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path
     assert torch.equal(stored.aptitude_embeddings(), keys * 2)
     save_aptitude_embeddings(ckpt, keys, fresh.aptitude, encoder)
     loaded = Router.from_checkpoint(ckpt)
-    for r in (fresh, loaded):
-        r.config.route.aptitude_prior, r.config.route.aptitude_neighbours = 1.0, 3
-    assert loaded.prior(loaded.models, [INSTRUCTION]) == pytest.approx(fresh.prior(fresh.models, [INSTRUCTION]))
+    assert torch.equal(loaded.aptitude_embeddings(), keys)
     with pytest.raises(ValueError, match="do not match"):
         save_aptitude_embeddings(ckpt, keys[:-1], fresh.aptitude, encoder)
     assert Router.from_checkpoint(ckpt)._aptitude_emb.shape == keys.shape     # the failed write lost nothing
@@ -182,7 +142,7 @@ def test_category_classifier_matches_scikit_learn_and_averages_per_category() ->
         CategoryClassifier.fit(x, ["a"] * 60, ["a"])
 
 
-def test_category_prior_adds_the_guessed_category_s_aptitude_accuracy(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_stored_category_classifier_is_loaded_and_checked(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from modelsat.category import CategoryClassifier
     from modelsat.checkpoint import CATEGORY_CLASSIFIER, save_category_classifier
 
@@ -195,32 +155,8 @@ def test_category_prior_adds_the_guessed_category_s_aptitude_accuracy(tiny_check
     save_category_classifier(ckpt, clf, plain.aptitude, encoder)
     r = Router.from_checkpoint(ckpt)
     assert torch.equal(r.category_classifier.weight, clf.weight) and r.category_classifier.classes == clf.classes
-    r.config.route.category_prior = 1e3                                    # a huge prior ranks by it alone
-    texts = [INSTRUCTION, "A law question about torts number 1?\nA. x\nB. y"]
-    r.add_model("newcomer", unseen_results(r))                             # added afterwards: it gets the prior too
-    outcomes = np.stack([r.zoo.outcomes(m).ravel() for m in r.models], axis=1)          # (A, M)
-    category = clf.proba(torch.nn.functional.normalize(r.model.sentence_encoder.encode(texts).float(), dim=-1))
-    per_cat = np.stack([outcomes[np.array(cats) == c].mean(axis=0) for c in clf.classes])
-    expected = 1e3 * category @ per_cat
-    prior = r.prior(r.models, texts)
-    assert prior.shape == (2, len(r.models)) and prior == pytest.approx(expected)
-    assert r.prior(r.models, inputs=r.prior_inputs(texts).take([1])) == pytest.approx(expected[[1]])
-    for text, row in zip(texts, expected):
-        ranked = r.rank(text)
-        assert ranked[0].model == r.models[int(row.argmax())]
-        assert all(x.utility == pytest.approx(x.p_correct + row[r.models.index(x.model)], abs=1e-3) for x in ranked)
-    # with the neighbour prior too, the two terms add
-    r.config.route.aptitude_prior, r.config.route.aptitude_neighbours = 1.0, 3
-    inputs = r.prior_inputs(texts)
-    assert r.prior(r.models, texts) == pytest.approx(expected + outcomes[inputs.nearest].mean(axis=1))
-    with pytest.raises(RouterError, match="pass them"):
-        r.prior(r.models)
-    # a route that asks for the category term needs the classifier; a mismatched or broken one is an error
-    (ckpt / CATEGORY_CLASSIFIER).unlink()
-    config = (ckpt / "config.yaml").read_text()
-    (ckpt / "config.yaml").write_text(config.replace("category_prior: 0.0", "category_prior: 2.0"))
-    with pytest.raises(CheckpointError, match=CATEGORY_CLASSIFIER):
-        Router.from_checkpoint(ckpt)
+    (ckpt / CATEGORY_CLASSIFIER).unlink()                                  # optional where nothing reads it
+    assert Router.from_checkpoint(ckpt).category_classifier is None
     with pytest.raises(ValueError, match="aptitude questions"):
         save_category_classifier(ckpt, CategoryClassifier.fit(plain.aptitude_embeddings()[:-1], cats[:-1], cats[:-1]),
                                  plain.aptitude, encoder)

@@ -24,13 +24,12 @@ CHECKPOINT_FILES = {"adapter_model.safetensors", "adapter_config.json", "connect
 
 def test_tiny_run_writes_the_checkpoint_and_loss_falls(tmp_path: Path) -> None:
     metrics = train.main(["--config", TINY, *tiny_overrides(tmp_path, **{"train.max_steps": 24, "train.save_every": 12,
-                                                                         "train.batch_size": 4, "route.aptitude_prior": 1.0,
-                                                                         "route.aptitude_neighbours": 3,
-                                                                         "route.category_prior": 1.0})])
+                                                                         "train.batch_size": 4,
+                                                                         "model.evidence": "true"})])
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir() if not p.name.startswith(".")} >= {"step-000012", "step-000024", "final"}
-    # the route's priors read the nearest aptitude questions and a category guess: what they need is stored with
-    # every checkpoint, so that a step folder loads as a router too
+    # the aptitude evidence reads the nearest aptitude questions and a category guess: what it needs is stored
+    # with every checkpoint, so that a step folder loads as a router too
     route_files = {"aptitude_embeddings.safetensors", "category_classifier.safetensors"}
     assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | route_files
     assert {p.name for p in (run / "step-000012").iterdir()} == CHECKPOINT_FILES | route_files | {"training_state.pt"}
@@ -234,7 +233,7 @@ def test_two_processes_on_gloo_train_as_one_at_the_same_global_batch(tmp_path: P
     pytest.importorskip("accelerate")
     common = {"model.lora_dropout": 0, "train.max_steps": 4, "train.save_every": 0, "model.num_layers": 2,
               "model.frozen_layers": 1, "model.evidence": "true", "model.evidence_offset": "linear",
-              "train.evidence_fit_epochs": 10, "route.aptitude_prior": 0, "route.category_prior": 0}
+              "train.evidence_fit_epochs": 10}
     train.main(["--config", TINY, *tiny_overrides(tmp_path, **common, **{"train.batch_size": 4})])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -290,8 +289,7 @@ def test_stage0_fits_the_evidence_offset_then_keeps_it_frozen(tmp_path: Path) ->
     from modelsat.config import ConfigError, load_config
 
     run = train_tiny(tmp_path, **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
-                                  "model.evidence_offset": "linear", "train.evidence_fit_epochs": 30,
-                                  "route.aptitude_prior": 0, "route.category_prior": 0})
+                                  "model.evidence_offset": "linear", "train.evidence_fit_epochs": 30})
     stage0 = json.loads((run / "final" / "metrics.json").read_text())["stage0"]
     assert stage0["epochs"] == 30 and stage0["loss_last"] < stage0["loss_first"]
     early, last = load_file(run / "step-000002" / "connector.safetensors"), load_file(run / "final" / "connector.safetensors")

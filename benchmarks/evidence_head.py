@@ -5,7 +5,7 @@
 The head is `EvidenceEncoder`'s logit offset alone (modelsat/encoder.py): the 9 evidence values of a candidate for
 an instruction (modelsat/evidence.py) → p_correct, trained with train.py's loss (pointwise BCE + listwise
 cross-entropy over all training models of an instruction) on the train split. Beside it: the hand-weighted route
-prior of the committed router (2 × accuracy on the 100 nearest aptitude questions + 2 × category accuracy, no
+prior of the router committed before issue 19 (RESULTS §13: 2 × accuracy on the 100 nearest aptitude questions + 2 × category accuracy, no
 p_correct), and the baselines. Prints JSON per zoo: gain over the best single model, interaction AUC, Brier.
 """
 from __future__ import annotations
@@ -95,7 +95,8 @@ class EvidenceHeadRouter(_EvidenceRouter):
 
 
 class HandPriorRouter(_EvidenceRouter):
-    """The committed router's hand-weighted prior alone: 2 × nn100 + 2 × category (RESULTS §13; no p_correct)."""
+    """The hand-weighted prior of the router before issue 19, alone: 2 × nn100 + 2 × category (RESULTS §13; no
+    p_correct)."""
 
     name, probabilistic = "hand-prior", False
 

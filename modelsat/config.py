@@ -479,10 +479,11 @@ def _drop_route_priors(tree: dict[str, Any], path: Path) -> None:
     route = tree.pop("route", None)
     if route is None:
         return
-    _check(isinstance(route, dict), f"{path}: route: expected a mapping, got {_shown(route)}")
+    _check(isinstance(route, dict), f"{path}: route: {_shown(route)}: the route section is gone (routing is "
+                                    "p_correct − cost_weight · cost / max_cost): remove it")
     weights = {k: v for k, v in route.items() if k in ("aptitude_prior", "category_prior")}
     unknown = sorted(set(route) - {"aptitude_prior", "aptitude_neighbours", "category_prior"}, key=str)
-    _check(not unknown, f"{path}: unknown key(s) {', '.join(f'route.{k}' for k in unknown)}; the route section is "
+    _check(not unknown, f"{path}: unknown key(s) {', '.join('route.' + (k if str(k).isidentifier() else _shown(k)) for k in unknown)}; the route section is "
                         "gone (routing is p_correct − cost_weight · cost / max_cost): remove it")
     for key, value in weights.items():
         _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0,
@@ -513,7 +514,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _check("=" in item, f"override {item!r} must look like key.sub=value")
         key, raw = (part.strip() for part in item.split("=", 1))
         _check(bool(key) and all(key.split(".")), f"override {item!r}: {key!r} is not a key like train.lr")
-        _check(key.split(".")[0] != "route", f"override {item!r}: {ROUTE_GONE}")
+        _check(key.split(".")[0] != "route", f"override {item!r}: {ROUTE_GONE}; remove the override")
         value = _parse_yaml(raw, f"override {item!r}") if raw else ""
         if _field_type(key, item) is str and not isinstance(value, str):
             value = raw                  # a string field takes the text as typed: `no`, `null`, `0755` stay text

@@ -48,8 +48,7 @@ def test_router_utility_is_p_correct_less_the_cost_term_and_nothing_else(tiny_ch
 def test_an_older_checkpoints_zero_route_priors_load_and_change_nothing(tiny_checkpoint, tmp_path):
     old = Router.from_checkpoint(_with_route(tiny_checkpoint, tmp_path, aptitude_prior=0.0, aptitude_neighbours=100,
                                              category_prior=0))
-    assert old.rank_many(INSTRUCTIONS, cost_weight=0.3) == Router.from_checkpoint(tiny_checkpoint).rank_many(
-        INSTRUCTIONS, cost_weight=0.3)
+    assert old.config == Router.from_checkpoint(tiny_checkpoint).config          # the section is simply dropped
 
 
 @pytest.mark.parametrize("key", ["aptitude_prior", "category_prior"])

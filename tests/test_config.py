@@ -49,6 +49,7 @@ def test_overrides_apply_and_types_convert() -> None:
     (["train.batch_size=two"], "train.batch_size"),
     (["data.val=0.7", "data.test=0.5"], "data.val"),
     (["route.aptitude_prior=2"], r"override 'route.aptitude_prior=2': hand-weighted route priors are no longer"),
+    (["route=1"], r"override 'route=1': hand-weighted route priors .*remove the override"),
     (["data.source_tasks=-1"], "data.source_tasks"),
     (["train.zoo_groups=1.5"], "train.zoo_groups"),
     (["data.top_up=-1"], "data.top_up"),
@@ -150,8 +151,11 @@ def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> Non
     ({"aptitude_prior": 0, "aptitude_neighbours": 100, "category_prior": 0.0}, None),      # all 0: dropped
     ({"aptitude_prior": 2.0, "aptitude_neighbours": 100}, r"route.aptitude_prior=2.0: hand-weighted route priors"),
     ({"category_prior": "yes"}, r"route.category_prior='yes': hand-weighted route priors"),
+    ({"aptitude_prior": True}, r"route.aptitude_prior=True: hand-weighted route priors"),
+    ({"aptitude_prior": float("nan")}, r"route.aptitude_prior=nan: hand-weighted route priors"),
+    (None, None),                                                                          # `route:` left empty
     ({"cost_weight": 0.1}, r"unknown key\(s\) route.cost_weight; the route section is gone"),
-    ([1, 2], r"route: expected a mapping"),
+    ([1, 2], r"route: \[1, 2\]: the route section is gone"),
 ])
 def test_the_route_section_of_older_configs(tmp_path, route, message) -> None:
     """Configs and checkpoints written before the route priors left carry a `route:` section: all 0 it loads as

@@ -236,7 +236,7 @@ def test_router_metrics_choose_by_pred_and_score_it():
     assert m["accuracy"] == pytest.approx((0 + 0.5 + 1) / 3)
     assert m["picks"] == pytest.approx({"m0": 1.5 / 3, "m1": 1.5 / 3})
     assert m["brier"] == pytest.approx(np.mean((pred - y) ** 2))
-
+    assert m["cost_curve"]["points"][0]["mean_cost"] == pytest.approx((1.0 + 1.5 + 2.0) / 3)   # at cost weight 0
 
 def test_the_reliability_diagram_and_its_ece_by_hand() -> None:
     from modelsat.evaluate import reliability

@@ -133,14 +133,20 @@ def test_train_stores_what_the_evidence_reads(evidence_run: Path) -> None:
         assert (evidence_run / folder / CATEGORY_CLASSIFIER).is_file(), folder
 
 
-def test_warm_up_reads_the_stored_aptitude_embeddings(evidence_run: Path) -> None:
+def test_warm_up_computes_what_the_evidence_reads(evidence_run: Path, tmp_path: Path) -> None:
     from modelsat import Router
 
-    router = Router.from_checkpoint(evidence_run / "final")
-    stored = router._aptitude_emb
-    assert stored is not None and stored.shape[0] == len(router.aptitude.question_ids)
+    trained = Router.from_checkpoint(evidence_run / "final")
+    stored = trained._aptitude_emb                                   # stored by train.py: loaded, not computed
+    assert stored is not None and stored.shape[0] == len(trained.aptitude.question_ids)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(evidence_run / "final", ckpt)
+    (ckpt / APTITUDE_EMBEDDINGS).unlink()                          # not stored: the warm-up computes them
+    router = Router.from_checkpoint(ckpt)
+    assert router._aptitude_emb is None
     router.warm_up()
-    assert set(router._features) == set(router.models) and router.aptitude_embeddings() is stored
+    assert set(router._features) == set(router.models)
+    torch.testing.assert_close(router._aptitude_emb, stored, atol=1e-5, rtol=0)
 
 
 def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms(evidence_run: Path,

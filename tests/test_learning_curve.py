@@ -1,5 +1,5 @@
 """benchmarks/learning_curve.py on a tiny run: one row per saved checkpoint (step folders load as routers, also with
-a category prior), cached predictions reused only for the same weights."""
+the aptitude evidence), cached predictions reused only for the same weights."""
 import json
 import os
 import runpy

@@ -30,9 +30,9 @@ def test_tiny_run_writes_the_checkpoint_and_loss_falls(tmp_path: Path) -> None:
     assert {p.name for p in run.iterdir() if not p.name.startswith(".")} >= {"step-000012", "step-000024", "final"}
     # the aptitude evidence reads the nearest aptitude questions and a category guess: what it needs is stored
     # with every checkpoint, so that a step folder loads as a router too
-    route_files = {"aptitude_embeddings.safetensors", "category_classifier.safetensors"}
-    assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | route_files
-    assert {p.name for p in (run / "step-000012").iterdir()} == CHECKPOINT_FILES | route_files | {"training_state.pt"}
+    evidence_files = {"aptitude_embeddings.safetensors", "category_classifier.safetensors"}
+    assert {p.name for p in (run / "final").iterdir()} == CHECKPOINT_FILES | evidence_files
+    assert {p.name for p in (run / "step-000012").iterdir()} == CHECKPOINT_FILES | evidence_files | {"training_state.pt"}
     zoo = sorted(json.loads(p.read_text())["name"] for p in (run / "final" / "zoo").glob("*.json"))
     assert zoo == ["m-bio", "m-law", "m-math", "m-weak"]          # the unseen model is not trained on
     losses = [h["loss"] for h in metrics["history"]]

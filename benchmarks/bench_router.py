@@ -9,7 +9,10 @@ Steps, each timed once with wall clock, in this order:
   - `warm_up_s`: `Router.warm_up()` (every zoo model's capability features and, where the model reads the aptitude
     evidence and the checkpoint stores no embeddings, encoding the aptitude questions);
   - `rank_ms`: `Router.rank` on one instruction at a time over the whole zoo (median and 90th percentile);
-  - `rank_many_per_s`: `Router.rank_many` on all of them at once (instructions per second).
+  - `rank_many_per_s`: `Router.rank_many` on all of them at once (instructions per second);
+  - with `--candidates 10,100`: `Router.rank` on one instruction at a time over that many candidates (median ms over
+    the first 20 instructions). Beyond the zoo's own models the candidates are copies of them added under new names
+    through `Router.add_model` (from their aptitude results, as any new model joins), so the count is what varies.
 `start_to_first_ranking_s` = load + warm-up + the first ranking: what `infer.py` waits for one instruction.
 The instructions are the first `--n` questions of the checkpoint's aptitude test (present in every checkpoint; the
 timing does not depend on which questions they are). Prints one JSON object.
@@ -37,6 +40,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints/modelsat-smollm2-mmlupro"))
     p.add_argument("--n", type=int, default=40, help="instructions to rank")
+    p.add_argument("--candidates", default="", help="comma-separated candidate counts to time, e.g. 10,100 "
+                                                    "(default: only the zoo as it is)")
     p.add_argument("--recompute-embeddings", action="store_true",
                    help="ignore the checkpoint's stored aptitude embeddings: warm_up encodes the questions")
     args = p.parse_args()
@@ -61,6 +66,24 @@ def main() -> None:
     router.rank_many(texts)
     many_s = time.perf_counter() - start
 
+    by_count = {}
+    for count in [int(c) for c in args.candidates.split(",") if c]:
+        names = list(router.models)
+        while len(names) < count:                       # copies of the zoo's models, joined by aptitude results
+            original = router.models[len(names) % len(router.models)]
+            name = f"{original} (copy {len(names)})"
+            scores = dict(zip(router.aptitude.question_ids, router.zoo.outcomes(original).ravel().tolist()))
+            entry = router.zoo.get(original)
+            router.add_model(name, scores, cost=entry.cost, params_b=entry.params_b,
+                             cost_unit=entry.cost_unit if entry.cost is not None else "")
+            names.append(name)
+        timed = []
+        for text in texts[:20]:
+            start = time.perf_counter()
+            router.rank(text, models=names[:count])
+            timed.append(time.perf_counter() - start)
+        by_count[count] = round(1000 * float(np.median(timed)), 1)
+
     print(json.dumps({
         "checkpoint": args.checkpoint, "models": len(router.models), "aptitude_questions": len(router.aptitude.question_ids),
         "evidence": router.reads_evidence,
@@ -71,6 +94,7 @@ def main() -> None:
         "rank_ms": {"median": round(1000 * float(np.median(times)), 1),
                     "p90": round(1000 * float(np.percentile(times, 90)), 1), "n": len(times)},
         "rank_many_per_s": round(len(texts) / many_s, 2), "batch_size": router.batch_size,
+        "rank_ms_by_candidates": by_count, "chunk_size": router.chunk_size,
         "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},

@@ -102,7 +102,8 @@ def main() -> None:
         texts = table.texts(splits["test"])
         cache = out / (f"predictions-{args.split}-per-source-{args.max_per_source}.npz" if args.max_per_source > 0
                        else f"predictions-{args.split}.npz")           # a sample run keeps the full run's scores
-        matrix, scored = cached_scores(router, texts, splits["test"], models, cache)
+        same = router.config.model.sentence_encoder == cfg.model.sentence_encoder     # `embed`'s encoder
+        matrix, scored = cached_scores(router, texts, splits["test"], models, cache, embed if same else None)
         extra = [MatrixRouter(router, texts, matrix, scored)]
 
     whole = args.split                                                    # the slice of the whole split

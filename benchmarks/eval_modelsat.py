@@ -58,10 +58,12 @@ def join_zoo(router: Router, table: RoutingTable, models: list[str]) -> None:
             router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
 
 
-def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list[str], cache: Path
-                  ) -> tuple[np.ndarray, list[str]]:
+def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list[str], cache: Path,
+                  embed=None) -> tuple[np.ndarray, list[str]]:
     """p(correct) of `wanted` models on `texts`, cached per model in `cache` (written atomically): a later run
-    for more models scores only those not yet scored. Returns (Q, M) scores and their M model names."""
+    for more models scores only those not yet scored. `embed`: the table's cached embedder by the router's own
+    sentence encoder, which spares the aptitude evidence encoding the texts again. Returns (Q, M) scores and their
+    M model names."""
     matrix, models = np.zeros((len(texts), 0)), []
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
@@ -70,7 +72,9 @@ def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list
     missing = [m for m in wanted if m not in models]
     if missing:
         start = time.time()
-        matrix = np.concatenate([matrix, router.predict_matrix(texts, missing, progress=True)], axis=1)
+        embeddings = embed(texts) if embed is not None and router.reads_evidence else None
+        matrix = np.concatenate([matrix, router.predict_matrix(texts, missing, progress=True, embeddings=embeddings)],
+                                axis=1)
         models = models + missing
         tmp = cache.with_name(cache.stem + ".tmp.npz")
         np.savez(tmp, p=matrix, models=np.array(models), question_ids=np.array(list(ids)))
@@ -106,7 +110,8 @@ def main() -> None:
     split = args.split
     qids = list(splits[split])[:args.max_test or None]
     texts = table.texts(qids)
-    matrix, models = cached_scores(router, texts, qids, needed, out / f"predictions-{split}.npz")
+    router_embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
+    matrix, models = cached_scores(router, texts, qids, needed, out / f"predictions-{split}.npz", router_embed)
     stand_in = MatrixRouter(router, texts, matrix, models)
 
     embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))

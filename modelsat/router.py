@@ -245,11 +245,22 @@ class Router:
         """Whether the router model reads each candidate's aptitude evidence for the instruction (model.evidence)."""
         return bool(self.model.capability.evidence_dim)
 
-    def evidence(self, instructions: Sequence[str], models: Sequence[str]) -> torch.Tensor:
+    def evidence(self, instructions: Sequence[str], models: Sequence[str],
+                 embeddings: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """(Q, M, E) aptitude evidence of `models` for `instructions` (`modelsat/evidence.py`), from the zoo entries'
-        aptitude results, the aptitude questions' embeddings and the checkpoint's category classifier."""
+        aptitude results, the aptitude questions' embeddings and the checkpoint's category classifier.
+        `embeddings`: (Q, D) the instructions' embeddings by the router's own sentence encoder
+        (`model.sentence_encoder`), where the caller has them cached (an evaluation over a table); None encodes
+        them here. Raises RouterError on a shape that does not fit."""
         outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
-        emb = unit_embeddings(self._encoder(), list(instructions))                        # (Q, D)
+        if embeddings is None:
+            emb = unit_embeddings(self._encoder(), list(instructions))                    # (Q, D)
+        else:
+            emb = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings)).float(), dim=-1)
+            keys = self.aptitude_embeddings()
+            if emb.shape != (len(instructions), keys.shape[1]):
+                raise RouterError(f"embeddings of shape {tuple(emb.shape)} for {len(instructions)} instructions; "
+                                  f"expected ({len(instructions)}, {keys.shape[1]}) from {self.config.model.sentence_encoder}")
         return Evidence(self.aptitude_embeddings(), self.category_classifier)(emb, outcomes)
 
     def aptitude_embeddings(self) -> torch.Tensor:
@@ -304,13 +315,15 @@ class Router:
 
     @torch.no_grad()
     def predict_matrix(self, instructions: Sequence[str], models: Sequence[str] | None = None,
-                       progress: bool = False) -> np.ndarray:
-        """p(correct) of every model on every instruction: (Q, M) float array."""
+                       progress: bool = False, embeddings: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """p(correct) of every model on every instruction: (Q, M) float array. `embeddings`: the instructions'
+        sentence embeddings where the caller has them cached (`evidence`); read only where the model reads the
+        aptitude evidence."""
         instructions = self._check_instructions(instructions)
         models = self._check_models(models)
         feats = [self.features(m) for m in models]
         stacked = torch.stack(feats)                                        # (M, N, F)
-        evidence = self.evidence(instructions, models) if self.reads_evidence else None     # (Q, M, E)
+        evidence = self.evidence(instructions, models, embeddings) if self.reads_evidence else None   # (Q, M, E)
         out = np.zeros((len(instructions), len(models)), dtype=np.float64)
         starts = range(0, len(instructions), self.batch_size)
         for s in tqdm(starts, desc="routing", disable=not progress, unit="batch"):

@@ -179,6 +179,20 @@ def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms
     assert {r.model: r.p_correct for r in ranked} == pytest.approx(dict(zip(router.models, p)), abs=1e-9)
 
 
+def test_predict_matrix_takes_the_instructions_cached_embeddings(evidence_run: Path) -> None:
+    """An evaluation passes the table's cached sentence embeddings: the same p_correct as encoding them again."""
+    from modelsat import Router
+    from modelsat.router import RouterError
+
+    router = Router.from_checkpoint(evidence_run / "final")
+    texts = ["A law question about torts number 7?\nA. x\nB. y", "What is 2+2?\nA. 3\nB. 4"]
+    raw = router.model.sentence_encoder.encode(texts).numpy() * 3.0              # not unit length: scaled inside
+    np.testing.assert_allclose(router.predict_matrix(texts, embeddings=raw), router.predict_matrix(texts),
+                               atol=1e-6, rtol=0)
+    with pytest.raises(RouterError, match=r"embeddings of shape \(1, \d+\) for 2 instructions"):
+        router.predict_matrix(texts, embeddings=raw[:1])
+
+
 def test_a_checkpoint_reading_evidence_needs_its_classifier(evidence_run: Path, tmp_path: Path) -> None:
     from modelsat import Router
 

@@ -45,6 +45,10 @@ def main() -> None:
     p.add_argument("--recompute-embeddings", action="store_true",
                    help="ignore the checkpoint's stored aptitude embeddings: warm_up encodes the questions")
     args = p.parse_args()
+    parts = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    if not all(c.isdigit() and int(c) >= 1 for c in parts):
+        p.error(f"--candidates: give counts of at least 1, e.g. 10,100; got {args.candidates!r}")
+    counts = [int(c) for c in parts]
 
     start = time.perf_counter()
     router = Router.from_checkpoint(args.checkpoint)
@@ -66,11 +70,12 @@ def main() -> None:
     router.rank_many(texts)
     many_s = time.perf_counter() - start
 
-    by_count = {}
-    for count in [int(c) for c in args.candidates.split(",") if c]:
-        names = list(router.models)
+    zoo_size = len(router.models)
+    by_count, originals = {}, list(router.models)
+    for count in counts:
+        names = list(originals) + [m for m in router.models if m not in originals]
         while len(names) < count:                       # copies of the zoo's models, joined by aptitude results
-            original = router.models[len(names) % len(router.models)]
+            original = originals[len(names) % len(originals)]
             name = f"{original} (copy {len(names)})"
             scores = dict(zip(router.aptitude.question_ids, router.zoo.outcomes(original).ravel().tolist()))
             entry = router.zoo.get(original)
@@ -85,7 +90,7 @@ def main() -> None:
         by_count[count] = round(1000 * float(np.median(timed)), 1)
 
     print(json.dumps({
-        "checkpoint": args.checkpoint, "models": len(router.models), "aptitude_questions": len(router.aptitude.question_ids),
+        "checkpoint": args.checkpoint, "models": zoo_size, "aptitude_questions": len(router.aptitude.question_ids),
         "evidence": router.reads_evidence,
         "embeddings_stored": stored,
         "embeddings_used": stored and not args.recompute_embeddings,

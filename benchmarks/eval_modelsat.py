@@ -110,11 +110,12 @@ def main() -> None:
     split = args.split
     qids = list(splits[split])[:args.max_test or None]
     texts = table.texts(qids)
-    router_embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
+    embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))        # the baselines' encoder
+    router_embed = (embed if cfg.model.sentence_encoder == "all-minilm-l6-v2"
+                    else cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir)))
     matrix, models = cached_scores(router, texts, qids, needed, out / f"predictions-{split}.npz", router_embed)
     stand_in = MatrixRouter(router, texts, matrix, models)
 
-    embed = cached_embedder(table, "all-minilm-l6-v2", Path(cfg.data.table_dir))
     sources = dict(zip(table.questions["question_id"], table.questions["source"]))
     slices = {split: qids,
               "in-domain": [q for q in qids if str(sources[q]).startswith("ori_mmlu")],

@@ -256,7 +256,7 @@ class Router:
         if embeddings is None:
             emb = unit_embeddings(self._encoder(), list(instructions))                    # (Q, D)
         else:
-            emb = torch.nn.functional.normalize(torch.as_tensor(np.asarray(embeddings)).float(), dim=-1)
+            emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().float().cpu(), dim=-1)
             keys = self.aptitude_embeddings()
             if emb.shape != (len(instructions), keys.shape[1]):
                 raise RouterError(f"embeddings of shape {tuple(emb.shape)} for {len(instructions)} instructions; "

@@ -479,12 +479,12 @@ def _drop_route_priors(tree: dict[str, Any], path: Path) -> None:
     route = tree.pop("route", None)
     if route is None:
         return
-    _check(isinstance(route, dict), f"{path}: route: {_shown(route)}: the route section is gone (routing is "
-                                    "p_correct − cost_weight · cost / max_cost): remove it")
+    gone = "the route section is gone (routing is p_correct − cost_weight · cost / max_cost): remove it"
+    _check(isinstance(route, dict), f"{path}: route: {_shown(route)}: {gone}")
     weights = {k: v for k, v in route.items() if k in ("aptitude_prior", "category_prior")}
-    unknown = sorted(set(route) - {"aptitude_prior", "aptitude_neighbours", "category_prior"}, key=str)
-    _check(not unknown, f"{path}: unknown key(s) {', '.join('route.' + (k if str(k).isidentifier() else _shown(k)) for k in unknown)}; the route section is "
-                        "gone (routing is p_correct − cost_weight · cost / max_cost): remove it")
+    unknown = sorted(set(route) - set(weights) - {"aptitude_neighbours"}, key=str)
+    named = ", ".join("route." + (k if str(k).isidentifier() else _shown(k)) for k in unknown)
+    _check(not unknown, f"{path}: unknown key(s) {named}; {gone}")
     for key, value in weights.items():
         _check(isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0,
                f"{path}: route.{key}={_shown(value)}: {ROUTE_GONE}: retrain with model.evidence=true, or set it to 0 "

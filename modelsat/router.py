@@ -253,15 +253,15 @@ class Router:
         (`model.sentence_encoder`), where the caller has them cached (an evaluation over a table); None encodes
         them here. Raises RouterError on a shape that does not fit."""
         outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
+        keys = self.aptitude_embeddings()                                                 # (A, D)
         if embeddings is None:
             emb = unit_embeddings(self._encoder(), list(instructions))                    # (Q, D)
         else:
             emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().float().cpu(), dim=-1)
-            keys = self.aptitude_embeddings()
             if emb.shape != (len(instructions), keys.shape[1]):
                 raise RouterError(f"embeddings of shape {tuple(emb.shape)} for {len(instructions)} instructions; "
                                   f"expected ({len(instructions)}, {keys.shape[1]}) from {self.config.model.sentence_encoder}")
-        return Evidence(self.aptitude_embeddings(), self.category_classifier)(emb, outcomes)
+        return Evidence(keys, self.category_classifier)(emb, outcomes)
 
     def aptitude_embeddings(self) -> torch.Tensor:
         """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order: the

@@ -230,11 +230,22 @@ class CapabilityEncoder(nn.Module):
                              f"{self.evidence_dim}) evidence of the candidates")
         return evidence
 
-    def forward(self, features: torch.Tensor, instruction: torch.Tensor | None = None,
-                evidence: torch.Tensor | None = None) -> torch.Tensor:
+    def row_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """The connector's token of each feature row, (M, N, F) → (M, N, H): they depend on the candidate alone,
+        so a router computes them once per candidate and passes them to `forward` as `rows`."""
         if features.ndim != 3 or features.shape[-1] != self.in_dim:
             raise ValueError(f"capability features must be (models, rows, {self.in_dim}), got {tuple(features.shape)}")
-        tokens = self.connector(features)                                          # (M, N, H)
+        return self.connector(features)
+
+    def forward(self, features: torch.Tensor, instruction: torch.Tensor | None = None,
+                evidence: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, N, F) features → (M, N_tok, H) soft tokens; `rows`: their `row_tokens` where already computed."""
+        if rows is None:
+            tokens = self.row_tokens(features)                                     # (M, N, H)
+        elif rows.shape != (*features.shape[:2], self.out_dim):
+            raise ValueError(f"row tokens must be {(*features.shape[:2], self.out_dim)}, got {tuple(rows.shape)}")
+        else:
+            tokens = rows
         out = self.pool(tokens) if self.pool is not None else tokens               # (M, N_tok, H)
         if self.evidence is not None:
             evidence = self._check_evidence(evidence)

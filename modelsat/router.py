@@ -141,17 +141,24 @@ def read_instructions(path: str | Path) -> list[str]:
 
 
 class Router:
-    """Ranks the zoo's candidate models for instructions."""
+    """Ranks the zoo's candidate models for instructions.
+
+    A router only infers: it folds the model's LoRA into the LLM's weights (`RouterModel.merge_lora`), so the
+    `model` given here can no longer be trained."""
 
     def __init__(self, model: RouterModel, aptitude: Aptitude, zoo: Zoo, config: Config,
                  chunk_size: int = 32, batch_size: int = 8) -> None:
         self.model = model.eval()
+        if not model.lora_merged:
+            model.merge_lora()                         # inference only: one matmul per projection
         self.aptitude = aptitude
         self.zoo = zoo
         self.config = config
         self.chunk_size = chunk_size
         self.batch_size = batch_size
         self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
+        self._outcomes: dict[str, np.ndarray] = {}     # model name -> (A,) aptitude outcomes, task-major
+        self._rows: dict[str, torch.Tensor] = {}       # model name -> (N, H) connector tokens of its features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
         self.category_classifier: CategoryClassifier | None = None   # the evidence's (from the checkpoint)
         self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
@@ -207,13 +214,13 @@ class Router:
         price_out); `persist=True` also writes it to the checkpoint's zoo."""
         self.zoo.add(name, results, cost=cost, params_b=params_b, cost_unit=cost_unit, persist=persist,
                      missing=missing, **endpoint)
-        self._features.pop(name, None)
+        self._forget(name)
 
     def remove_model(self, name: str, persist: bool = False) -> None:
         """Remove a model (its name compared without surrounding spaces, as in ranking)."""
         name = name.strip() if isinstance(name, str) else name
         self.zoo.remove(name, persist=persist)
-        self._features.pop(name, None)
+        self._forget(name)
 
     def sync_zoo(self) -> set[str]:
         """Re-read the zoo's folder where its files changed since the last read (`Zoo.signature`), e.g. by
@@ -225,8 +232,20 @@ class Router:
         changed = self.zoo.reload()
         self._zoo_signature = signature
         for name in changed:
-            self._features.pop(name, None)
+            self._forget(name)
         return changed
+
+    def _forget(self, name: str) -> None:
+        """Drop what is cached of a model (added, changed or removed)."""
+        self._features.pop(name, None)
+        self._outcomes.pop(name, None)
+        self._rows.pop(name, None)
+
+    def _aptitude_outcomes(self, name: str) -> np.ndarray:
+        """(A,) the model's aptitude outcomes, task-major (the rows of `aptitude_embeddings`), read once."""
+        if name not in self._outcomes:
+            self._outcomes[name] = self.zoo.outcomes(name).ravel()
+        return self._outcomes[name]
 
     def features(self, name: str) -> torch.Tensor:
         """Frozen capability features of a model, computed once and cached."""
@@ -234,6 +253,15 @@ class Router:
             self._features[name] = self.model.model_features(
                 self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
         return self._features[name]
+
+    @torch.no_grad()
+    def _row_tokens(self, name: str) -> torch.Tensor:
+        """(N, H) the connector's tokens of the model's features (`CapabilityEncoder.row_tokens`), computed once:
+        the router's weights never change."""
+        if name not in self._rows:
+            feats = self.features(name)[None].to(self.model.device, torch.float32)
+            self._rows[name] = self.model.capability.row_tokens(feats)[0]
+        return self._rows[name]
 
     def _encoder(self):
         if self.model.sentence_encoder is None:
@@ -252,16 +280,23 @@ class Router:
         `embeddings`: (Q, D) the instructions' embeddings by the router's own sentence encoder
         (`model.sentence_encoder`), where the caller has them cached (an evaluation over a table); None encodes
         them here. Raises RouterError on a shape that does not fit."""
-        outcomes = np.stack([self.zoo.outcomes(m).ravel() for m in models], axis=1)       # (A, M) task-major
-        keys = self.aptitude_embeddings()                                                 # (A, D)
+        outcomes = np.stack([self._aptitude_outcomes(m) for m in models], axis=1)           # (A, M) task-major
+        emb = self.instruction_embeddings(instructions, embeddings)                       # (Q, D)
+        return Evidence(self.aptitude_embeddings(), self.category_classifier)(emb, outcomes)
+
+    def instruction_embeddings(self, instructions: Sequence[str],
+                               embeddings: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """(Q, D) unit sentence embeddings of the instructions by the router's sentence encoder: `embeddings`
+        normalised where the caller has them cached, else encoded here. Raises RouterError on a shape that does
+        not fit."""
         if embeddings is None:
-            emb = unit_embeddings(self._encoder(), list(instructions))                    # (Q, D)
-        else:
-            emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().float().cpu(), dim=-1)
-            if emb.shape != (len(instructions), keys.shape[1]):
-                raise RouterError(f"embeddings of shape {tuple(emb.shape)} for {len(instructions)} instructions; "
-                                  f"expected ({len(instructions)}, {keys.shape[1]}) from {self.config.model.sentence_encoder}")
-        return Evidence(keys, self.category_classifier)(emb, outcomes)
+            return unit_embeddings(self._encoder(), list(instructions))
+        emb = torch.nn.functional.normalize(torch.as_tensor(embeddings).detach().float().cpu(), dim=-1)
+        dim = self._encoder().dim
+        if emb.shape != (len(instructions), dim):
+            raise RouterError(f"embeddings of shape {tuple(emb.shape)} for {len(instructions)} instructions; "
+                              f"expected ({len(instructions)}, {dim}) from {self.config.model.sentence_encoder}")
+        return emb
 
     def aptitude_embeddings(self) -> torch.Tensor:
         """(A, D) unit sentence embeddings of the aptitude questions, in `aptitude.question_ids` order: the
@@ -271,10 +306,11 @@ class Router:
         return self._aptitude_emb
 
     def warm_up(self) -> None:
-        """Compute now what the first ranking would: every zoo model's capability features and, where the model
-        reads the aptitude evidence, the aptitude questions' embeddings (a service calls this before it serves)."""
+        """Compute now what the first ranking would: every zoo model's capability features and their connector
+        tokens and, where the model reads the aptitude evidence, the aptitude questions' embeddings (a service
+        calls this before it serves)."""
         for name in self.models:
-            self.features(name)
+            self._row_tokens(name)
         if self.reads_evidence:
             self.aptitude_embeddings()
 
@@ -317,19 +353,26 @@ class Router:
     def predict_matrix(self, instructions: Sequence[str], models: Sequence[str] | None = None,
                        progress: bool = False, embeddings: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
         """p(correct) of every model on every instruction: (Q, M) float array. `embeddings`: the instructions'
-        sentence embeddings where the caller has them cached (`evidence`); read only where the model reads the
-        aptitude evidence."""
+        sentence embeddings where the caller has them cached (`instruction_embeddings`); read only where the
+        model reads the instruction's embedding (the aptitude evidence, the instruction-pooled tokens), which is
+        otherwise computed once here for both."""
         instructions = self._check_instructions(instructions)
         models = self._check_models(models)
         feats = [self.features(m) for m in models]
         stacked = torch.stack(feats)                                        # (M, N, F)
-        evidence = self.evidence(instructions, models, embeddings) if self.reads_evidence else None   # (Q, M, E)
+        rows = torch.stack([self._row_tokens(m) for m in models])           # (M, N, H)
+        emb = None
+        if self.reads_evidence or self.model.capability.instruction_tokens:
+            emb = self.instruction_embeddings(instructions, embeddings)     # (Q, D)
+        evidence = self.evidence(instructions, models, emb) if self.reads_evidence else None   # (Q, M, E)
         out = np.zeros((len(instructions), len(models)), dtype=np.float64)
         starts = range(0, len(instructions), self.batch_size)
         for s in tqdm(starts, desc="routing", disable=not progress, unit="batch"):
             batch = instructions[s:s + self.batch_size]
             ev = None if evidence is None else list(evidence[s:s + len(batch)])
-            logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size, evidence=ev)
+            logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size, evidence=ev,
+                                    instruction_embeddings=None if emb is None else emb[s:s + len(batch)],
+                                    rows=[rows] * len(batch))
             for i, lp in enumerate(logp):
                 out[s + i] = lp.exp().double().cpu().numpy()
         return out

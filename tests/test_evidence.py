@@ -122,9 +122,10 @@ def test_linear_evidence_offset_is_one_weight_per_evidence_value(tmp_path: Path)
 
 @pytest.fixture(scope="module")
 def evidence_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A router trained for a few steps with model.evidence=true."""
+    """A router trained for a few steps with model.evidence=true and instruction-pooled tokens (the default's)."""
     return train_tiny(tmp_path_factory.mktemp("evidence-run"),
-                      **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true"})
+                      **{"train.max_steps": 4, "train.save_every": 2, "model.evidence": "true",
+                         "model.instruction_tokens": 2})
 
 
 def test_train_stores_what_the_evidence_reads(evidence_run: Path) -> None:
@@ -169,6 +170,11 @@ def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms
     assert ev[0].item() == pytest.approx(o[order[:10], 0].mean(), abs=1e-6)
     assert ev[NAMES.index("overall")].item() == pytest.approx(o.mean(), abs=1e-6)
 
+    router.remove_model("m-new")                                     # re-joins with other results: read anew
+    router.add_model("m-new", {q: 1.0 - v for q, v in scores.items()})
+    torch.testing.assert_close(router.evidence([text], ["m-new"])[0, 0],
+                               Evidence(keys, router.category_classifier)(x, 1.0 - o)[0, 0])
+
     ranked = router.rank(text, cost_weight=0.3)
     costs = {r.model: r.cost for r in ranked}
     top = max(c for c in costs.values() if c is not None)
@@ -191,6 +197,43 @@ def test_predict_matrix_takes_the_instructions_cached_embeddings(evidence_run: P
                                atol=1e-6, rtol=0)
     with pytest.raises(RouterError, match=r"embeddings of shape \(1, \d+\) for 2 instructions"):
         router.predict_matrix(texts, embeddings=raw[:1])
+
+
+def test_router_encodes_each_instruction_once_and_scores_as_the_unmerged_model(evidence_run: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ranking embeds the instructions once for the evidence and the instruction-pooled tokens, and the router's
+    merged LoRA scores as the trained model does; the merged model refuses to train or to load another adapter."""
+    from modelsat import Router
+
+    router = Router.from_checkpoint(evidence_run / "final")
+    assert router.model.lora_merged and router.model.capability.instruction_tokens == 2
+    texts = ["A law question about torts number 7?\nA. x\nB. y", "What is 2+2?\nA. 3\nB. 4", "biology?"]
+    router.warm_up()                                                          # the task embeddings: once per test
+    encoder, calls = router.model.sentence_encoder, []
+    encode = encoder.encode
+    monkeypatch.setattr(encoder, "encode", lambda t, *a, **k: calls.append(list(t)) or encode(t, *a, **k))
+    p = router.predict_matrix(texts)                                          # (Q, M)
+    assert calls == [texts]
+    monkeypatch.undo()
+
+    trained = build_router_model(router.config.model, per_task=router.aptitude.per_task,
+                                 checkpoint=evidence_run / "final")
+    assert not trained.lora_merged
+    feats = torch.stack([router.features(m) for m in router.models])
+    evidence = list(router.evidence(texts, router.models))
+    with torch.no_grad():
+        logp = trained.score(texts, [feats] * len(texts), evidence=evidence)  # encodes the texts itself
+    np.testing.assert_allclose(p, torch.stack(logp).exp().numpy(), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"instruction_embeddings must be \(3, \d+\), got \(1, "):
+        trained.score(texts, [feats] * len(texts), evidence=evidence,
+                      instruction_embeddings=torch.zeros(1, encoder.dim))
+    assert set(router._rows) == set(router.models)                             # connector tokens: once per model
+    with pytest.raises(ValueError, match=r"row tokens must be \(%d, %d, %d\), got \(1, 1, 1\)" % (
+            *feats.shape[:2], router.model.capability.out_dim)):
+        trained.capability(feats, rows=torch.zeros(1, 1, 1))
+    for call in (lambda: router.model.set_stage("full"), lambda: router.model.load_trained(evidence_run / "final")):
+        with pytest.raises(ValueError, match="merged into the LLM"):
+            call()
 
 
 def test_a_checkpoint_reading_evidence_needs_its_classifier(evidence_run: Path, tmp_path: Path) -> None:

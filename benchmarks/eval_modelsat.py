@@ -62,8 +62,8 @@ def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list
                   embed=None) -> tuple[np.ndarray, list[str]]:
     """p(correct) of `wanted` models on `texts`, cached per model in `cache` (written atomically): a later run
     for more models scores only those not yet scored. `embed`: the table's cached embedder by the router's own
-    sentence encoder, which spares the aptitude evidence encoding the texts again. Returns (Q, M) scores and their
-    M model names."""
+    sentence encoder, which spares the router encoding the texts again. Returns (Q, M) scores and their M model
+    names."""
     matrix, models = np.zeros((len(texts), 0)), []
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
@@ -72,7 +72,7 @@ def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list
     missing = [m for m in wanted if m not in models]
     if missing:
         start = time.time()
-        embeddings = embed(texts) if embed is not None and router.reads_evidence else None
+        embeddings = embed(texts) if embed is not None and router.reads_instruction_embeddings else None
         matrix = np.concatenate([matrix, router.predict_matrix(texts, missing, progress=True, embeddings=embeddings)],
                                 axis=1)
         models = models + missing

@@ -23,7 +23,7 @@ import numpy as np
 from modelsat.choice import normalised_costs
 from modelsat.config import load_config
 from modelsat.data.table import RoutingTable
-from modelsat.evaluate import bootstrap_ci, interaction_auc, routed_scores
+from modelsat.evaluate import bootstrap_ci, cached_embedder, interaction_auc, routed_scores
 from modelsat.router import Router
 
 
@@ -47,9 +47,11 @@ def stamp(folder: Path) -> str:
     return json.dumps([str(folder.resolve())] + [[f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()])
 
 
-def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str], cache: Path) -> np.ndarray:
+def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str], cache: Path,
+           embed=None) -> np.ndarray:
     """(Q, M) p_correct of one checkpoint (its utility before cost), cached in `cache` for these instructions,
-    models and weights (`stamp`)."""
+    models and weights (`stamp`). `embed`: the table's cached sentence embeddings (`cached_embedder`) by the
+    checkpoint's own sentence encoder, read where the router reads them."""
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             if (z["question_ids"].tolist() == ids and z["models"].tolist() == models
@@ -61,7 +63,8 @@ def scored(folder: Path, table: RoutingTable, ids: list[str], models: list[str],
         if m not in router.models:
             router.add_model(m, res[res["model"] == m][["model", "question_id", "score"]])
     texts = table.texts(ids)
-    p = router.predict_matrix(texts, models, progress=True)
+    embeddings = embed(texts) if embed is not None and router.reads_instruction_embeddings else None
+    p = router.predict_matrix(texts, models, progress=True, embeddings=embeddings)
     tmp = cache.with_name(cache.stem + ".tmp.npz")
     np.savez(tmp, p=p, models=np.array(models), question_ids=np.array(ids), stamp=np.array(stamp(folder)))
     tmp.replace(cache)
@@ -103,9 +106,10 @@ def main() -> None:
     ytr = table.score_matrix(list(splits["train"]), models).astype(np.float64)
     col = {m: j for j, m in enumerate(models)}
 
+    embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))   # one run: one encoder
     curve = []
     for step, folder in points:
-        p = scored(folder, table, ids, models, out / f"predictions-{step:06d}.npz")
+        p = scored(folder, table, ids, models, out / f"predictions-{step:06d}.npz", embed)
         row = {"step": step, "checkpoint": str(folder)}
         for z, zm in zoos.items():
             c = [col[m] for m in zm]

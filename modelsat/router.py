@@ -273,6 +273,12 @@ class Router:
         """Whether the router model reads each candidate's aptitude evidence for the instruction (model.evidence)."""
         return bool(self.model.capability.evidence_dim)
 
+    @property
+    def reads_instruction_embeddings(self) -> bool:
+        """Whether ranking reads the instructions' sentence embeddings (the aptitude evidence, or the
+        instruction-pooled tokens): only then is `predict_matrix(embeddings=...)` read."""
+        return self.reads_evidence or bool(self.model.capability.instruction_tokens)
+
     def evidence(self, instructions: Sequence[str], models: Sequence[str],
                  embeddings: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
         """(Q, M, E) aptitude evidence of `models` for `instructions` (`modelsat/evidence.py`), from the zoo entries'
@@ -362,7 +368,7 @@ class Router:
         stacked = torch.stack(feats)                                        # (M, N, F)
         rows = torch.stack([self._row_tokens(m) for m in models])           # (M, N, H)
         emb = None
-        if self.reads_evidence or self.model.capability.instruction_tokens:
+        if self.reads_instruction_embeddings:
             emb = self.instruction_embeddings(instructions, embeddings)     # (Q, D)
         evidence = self.evidence(instructions, models, emb) if self.reads_evidence else None   # (Q, M, E)
         out = np.zeros((len(instructions), len(models)), dtype=np.float64)

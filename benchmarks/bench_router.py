@@ -6,8 +6,8 @@
 Steps, each timed once with wall clock, in this order:
   - `load_s`: `Router.from_checkpoint` (backbone, adapter, connector, zoo and, where stored, the aptitude questions'
     embeddings);
-  - `warm_up_s`: `Router.warm_up()` (every zoo model's capability features and, where the model reads the aptitude
-    evidence and the checkpoint stores no embeddings, encoding the aptitude questions);
+  - `warm_up_s`: `Router.warm_up()` (every zoo model's capability features and connector tokens and, where the
+    model reads the aptitude evidence and the checkpoint stores no embeddings, encoding the aptitude questions);
   - `rank_ms`: `Router.rank` on one instruction at a time over the whole zoo (median and 90th percentile);
   - `rank_many_per_s`: `Router.rank_many` on all of them at once (instructions per second);
   - with `--candidates 10,100`: `Router.rank` on one instruction at a time over that many candidates (median ms over

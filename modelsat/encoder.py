@@ -230,22 +230,29 @@ class CapabilityEncoder(nn.Module):
                              f"{self.evidence_dim}) evidence of the candidates")
         return evidence
 
-    def row_tokens(self, features: torch.Tensor) -> torch.Tensor:
+    def connector_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """The connector's token of each feature row, (M, N, F) → (M, N, H): they depend on the candidate alone,
-        so a router computes them once per candidate and passes them to `forward` as `rows`."""
-        if features.ndim != 3 or features.shape[-1] != self.in_dim:
-            raise ValueError(f"capability features must be (models, rows, {self.in_dim}), got {tuple(features.shape)}")
+        so a router computes them once per candidate and passes them to `forward`. Raises ValueError on a shape
+        that does not fit."""
+        self._check_features(features)
         return self.connector(features)
 
+    def _check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 3 or features.shape[-1] != self.in_dim:
+            raise ValueError(f"capability features must be (models, rows, {self.in_dim}), got {tuple(features.shape)}")
+
     def forward(self, features: torch.Tensor, instruction: torch.Tensor | None = None,
-                evidence: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(M, N, F) features → (M, N_tok, H) soft tokens; `rows`: their `row_tokens` where already computed."""
-        if rows is None:
-            tokens = self.row_tokens(features)                                     # (M, N, H)
-        elif rows.shape != (*features.shape[:2], self.out_dim):
-            raise ValueError(f"row tokens must be {(*features.shape[:2], self.out_dim)}, got {tuple(rows.shape)}")
+                evidence: torch.Tensor | None = None, connector_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, N, F) features → (M, N_tok, H) soft tokens; `connector_tokens` (M, N, H): theirs
+        (`connector_tokens`) where the caller already has them."""
+        self._check_features(features)
+        if connector_tokens is None:
+            tokens = self.connector(features)                                      # (M, N, H)
+        elif connector_tokens.shape != (*features.shape[:2], self.out_dim):
+            raise ValueError(f"connector tokens must be {(*features.shape[:2], self.out_dim)}, got "
+                             f"{tuple(connector_tokens.shape)}; pass CapabilityEncoder.connector_tokens(features)")
         else:
-            tokens = rows
+            tokens = connector_tokens
         out = self.pool(tokens) if self.pool is not None else tokens               # (M, N_tok, H)
         if self.evidence is not None:
             evidence = self._check_evidence(evidence)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
 from safetensors.torch import save
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
@@ -153,11 +154,21 @@ class RouterModel(nn.Module):
         self.evidence_offset_frozen = True
         self.capability.evidence.offset.requires_grad_(False)
 
+    @property
+    def lora_mergeable(self) -> bool:
+        """Whether every LoRA layer sits inside the decoder's layers, so that `merge_lora` changes nothing but
+        rounding (a LoRA on a tied embedding would also change the frozen lower layers' input and the Yes/No rows)."""
+        return all(".layers." in name for name, m in self.llm.named_modules() if isinstance(m, LoraLayer))
+
     def merge_lora(self) -> None:
         """Fold LoRA into the LLM's weights for inference (peft's `merge_adapter`): the same scores to float
         rounding, with one matmul per projection instead of three (about 7% of a ranking on a CPU). Nothing
         trains afterwards, and `set_stage` / `load_trained` raise ValueError; the adapter's own weights, which
-        `save_trained` writes, are unchanged."""
+        `save_trained` writes, are unchanged. Raises ValueError where a LoRA target lies outside the decoder's
+        layers (`lora_mergeable`)."""
+        if not self.lora_mergeable:
+            raise ValueError(f"model.lora_targets {self.cfg.lora_targets} reach outside the decoder's layers: merging "
+                             "would change more than rounding; rank with the adapter unmerged")
         self.llm.merge_adapter()
         self.lora_merged = True
         for p in self.parameters():
@@ -232,13 +243,13 @@ class RouterModel(nn.Module):
     def soft_tokens(self, features: list[torch.Tensor], instructions: list[str] | None = None,
                     evidence: list[torch.Tensor] | None = None,
                     instruction_embeddings: torch.Tensor | None = None,
-                    rows: list[torch.Tensor] | None = None) -> torch.Tensor:
+                    connector_tokens: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Capability soft tokens of all candidates, instruction-major: (ΣK, N_tok, H). `instructions[i]`, the
         instruction of `features[i]`, is needed (and embedded) only where the encoder pools by the instruction;
         `instruction_embeddings` (B, D), their sentence embeddings where the caller has them (the pooling reads
         their direction only), spares that encoding; `evidence[i]` (K_i, E), the candidates' aptitude evidence
-        for it, only where the encoder reads evidence; `rows[i]` (K_i, N, H), the candidates' connector tokens
-        (`CapabilityEncoder.row_tokens`) where the caller keeps them."""
+        for it, only where the encoder reads evidence; `connector_tokens[i]` (K_i, N, H), the candidates'
+        `CapabilityEncoder.connector_tokens`, where the caller keeps them."""
         shapes = {tuple(f.shape[1:]) for f in features if f.ndim == 3}
         if len(shapes) != 1 or any(f.ndim != 3 for f in features):
             raise ValueError(f"features must be (K_i, N, F) tensors of one (N, F) shape, got "
@@ -257,10 +268,16 @@ class RouterModel(nn.Module):
             else:
                 embedded = instruction_embeddings.float()
             per_block = embedded.repeat_interleave(counts, dim=0).to(self.device)   # (ΣK, D)
-        if rows is not None and len(rows) != len(features):
-            raise ValueError(f"{len(rows)} row-token tensors for {len(features)} instructions")
+        tokens = None
+        if connector_tokens is not None:
+            if len(connector_tokens) != len(features) or any(
+                    t.shape[:2] != f.shape[:2] for t, f in zip(connector_tokens, features)):
+                raise ValueError(f"connector tokens {[tuple(t.shape) for t in connector_tokens]} do not match the "
+                                 f"features {[tuple(f.shape) for f in features]}; pass one (K_i, N, H) tensor per "
+                                 "instruction, CapabilityEncoder.connector_tokens of its candidates")
+            tokens = torch.cat(connector_tokens).to(self.device, torch.float32)
         return self.capability(torch.cat(features).to(self.device, torch.float32), per_block,
-                               self._evidence(evidence, features), None if rows is None else torch.cat(rows))
+                               self._evidence(evidence, features), tokens)
 
     def _evidence(self, evidence: list[torch.Tensor] | None, features: list[torch.Tensor]) -> torch.Tensor | None:
         """The (ΣK, E) evidence of all candidates, checked against their features; None where none is read."""
@@ -306,17 +323,18 @@ class RouterModel(nn.Module):
     def score(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
               logits: bool = False, evidence: list[torch.Tensor] | None = None,
               instruction_embeddings: torch.Tensor | None = None,
-              rows: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+              connector_tokens: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Packed scoring. features[i]: (K_i, N, F) candidates of instruction i → [(K_i,)] log p(Yes)
         (or the Yes−No logit margin z with `logits=True`; log p(Yes) = logsigmoid(z)). `evidence[i]`: (K_i, E)
         aptitude evidence of those candidates for instruction i, needed where the model reads it (model.evidence);
-        `instruction_embeddings` (B, D) and `rows`: what the caller already has (`soft_tokens`). At most
+        `instruction_embeddings` (B, D) and `connector_tokens`: what the caller already has (`soft_tokens`). At most
         `chunk_size` candidate blocks go through the LLM at once (None: all)."""
         counts = self._check(instructions, features)
         if sum(counts) == 0:
             return [torch.zeros(0, device=self.device) for _ in counts]
         ev = self._evidence(evidence, features)                                     # (ΣK, E) or None
-        soft = self.soft_tokens(features, instructions, evidence, instruction_embeddings, rows)  # (ΣK, N_tok, H)
+        soft = self.soft_tokens(features, instructions, evidence, instruction_embeddings,
+                                connector_tokens)                                   # (ΣK, N_tok, H)
         inputs, prefix_mask = self.prefix_inputs(self.prefix_ids(instructions))        # (B, P, H), (B, P)
         cache = self.decoder(inputs_embeds=inputs, attention_mask=prefix_mask.long(), use_cache=True).past_key_values
         if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
@@ -408,10 +426,10 @@ class RouterModel(nn.Module):
 
     def load_trained(self, directory: str | Path) -> None:
         """Restore the adapter and connector written by `save_trained`; a CheckpointError names the file, what is
-        wrong with it and what to do."""
+        wrong with it and what to do. Raises ValueError on a model whose LoRA is merged (`merge_lora`)."""
         if self.lora_merged:
-            raise ValueError("this model's LoRA is merged into the LLM (merge_lora): loading another adapter would "
-                             "add to it; build a fresh model with build_router_model")
+            raise ValueError("this model's LoRA is merged into the LLM (merge_lora): its weights keep the old adapter "
+                             "and would ignore a new one; build a fresh model with build_router_model")
         directory = Path(directory)
         for name in ADAPTER_FILES + (CONNECTOR_FILE,):
             if not (directory / name).is_file():

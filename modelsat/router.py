@@ -143,13 +143,13 @@ def read_instructions(path: str | Path) -> list[str]:
 class Router:
     """Ranks the zoo's candidate models for instructions.
 
-    A router only infers: it folds the model's LoRA into the LLM's weights (`RouterModel.merge_lora`), so the
-    `model` given here can no longer be trained."""
+    A router only infers: it folds the model's LoRA into the LLM's weights (`RouterModel.merge_lora`, where
+    `lora_mergeable`), so the `model` given here can no longer be trained."""
 
     def __init__(self, model: RouterModel, aptitude: Aptitude, zoo: Zoo, config: Config,
                  chunk_size: int = 32, batch_size: int = 8) -> None:
         self.model = model.eval()
-        if not model.lora_merged:
+        if not model.lora_merged and model.lora_mergeable:
             model.merge_lora()                         # inference only: one matmul per projection
         self.aptitude = aptitude
         self.zoo = zoo
@@ -158,7 +158,7 @@ class Router:
         self.batch_size = batch_size
         self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
         self._outcomes: dict[str, np.ndarray] = {}     # model name -> (A,) aptitude outcomes, task-major
-        self._rows: dict[str, torch.Tensor] = {}       # model name -> (N, H) connector tokens of its features
+        self._tokens: dict[str, torch.Tensor] = {}     # model name -> (N, H) connector tokens of its features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
         self.category_classifier: CategoryClassifier | None = None   # the evidence's (from the checkpoint)
         self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
@@ -239,7 +239,7 @@ class Router:
         """Drop what is cached of a model (added, changed or removed)."""
         self._features.pop(name, None)
         self._outcomes.pop(name, None)
-        self._rows.pop(name, None)
+        self._tokens.pop(name, None)
 
     def _aptitude_outcomes(self, name: str) -> np.ndarray:
         """(A,) the model's aptitude outcomes, task-major (the rows of `aptitude_embeddings`), read once."""
@@ -255,17 +255,19 @@ class Router:
         return self._features[name]
 
     @torch.no_grad()
-    def _row_tokens(self, name: str) -> torch.Tensor:
-        """(N, H) the connector's tokens of the model's features (`CapabilityEncoder.row_tokens`), computed once:
-        the router's weights never change."""
-        if name not in self._rows:
+    def connector_tokens(self, name: str) -> torch.Tensor:
+        """(N, H) the connector's tokens of a model's features (`CapabilityEncoder.connector_tokens`), computed
+        once and cached: the router's weights never change."""
+        if name not in self._tokens:
             feats = self.features(name)[None].to(self.model.device, torch.float32)
-            self._rows[name] = self.model.capability.row_tokens(feats)[0]
-        return self._rows[name]
+            self._tokens[name] = self.model.capability.connector_tokens(feats)[0]
+        return self._tokens[name]
 
     def _encoder(self):
         if self.model.sentence_encoder is None:
-            raise RouterError("the aptitude evidence (model.evidence) needs the router's sentence encoder")
+            raise RouterError("this router reads the instruction's sentence embedding (model.evidence or "
+                              "model.instruction_tokens) but its model has no sentence encoder; build the model "
+                              "with build_router_model")
         return self.model.sentence_encoder
 
     @property
@@ -316,7 +318,7 @@ class Router:
         tokens and, where the model reads the aptitude evidence, the aptitude questions' embeddings (a service
         calls this before it serves)."""
         for name in self.models:
-            self._row_tokens(name)
+            self.connector_tokens(name)
         if self.reads_evidence:
             self.aptitude_embeddings()
 
@@ -366,7 +368,7 @@ class Router:
         models = self._check_models(models)
         feats = [self.features(m) for m in models]
         stacked = torch.stack(feats)                                        # (M, N, F)
-        rows = torch.stack([self._row_tokens(m) for m in models])           # (M, N, H)
+        tokens = torch.stack([self.connector_tokens(m) for m in models])    # (M, N, H)
         emb = None
         if self.reads_instruction_embeddings:
             emb = self.instruction_embeddings(instructions, embeddings)     # (Q, D)
@@ -378,7 +380,7 @@ class Router:
             ev = None if evidence is None else list(evidence[s:s + len(batch)])
             logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size, evidence=ev,
                                     instruction_embeddings=None if emb is None else emb[s:s + len(batch)],
-                                    rows=[rows] * len(batch))
+                                    connector_tokens=[tokens] * len(batch))
             for i, lp in enumerate(logp):
                 out[s + i] = lp.exp().double().cpu().numpy()
         return out

@@ -171,9 +171,14 @@ def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms
     assert ev[NAMES.index("overall")].item() == pytest.approx(o.mean(), abs=1e-6)
 
     router.remove_model("m-new")                                     # re-joins with other results: read anew
-    router.add_model("m-new", {q: 1.0 - v for q, v in scores.items()})
+    flipped = {q: 1.0 - v for q, v in scores.items()}
+    router.add_model("m-new", flipped)
     torch.testing.assert_close(router.evidence([text], ["m-new"])[0, 0],
                                Evidence(keys, router.category_classifier)(x, 1.0 - o)[0, 0])
+    fresh = Router.from_checkpoint(evidence_run / "final")
+    fresh.add_model("m-new", flipped)
+    np.testing.assert_allclose(router.predict_matrix([text], ["m-new"]), fresh.predict_matrix([text], ["m-new"]),
+                               atol=1e-6, rtol=0)
 
     ranked = router.rank(text, cost_weight=0.3)
     costs = {r.model: r.cost for r in ranked}
@@ -199,39 +204,56 @@ def test_predict_matrix_takes_the_instructions_cached_embeddings(evidence_run: P
         router.predict_matrix(texts, embeddings=raw[:1])
 
 
-def test_router_encodes_each_instruction_once_and_scores_as_the_unmerged_model(evidence_run: Path,
+@pytest.fixture(scope="module")
+def evidence_only_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A router trained for two steps with model.evidence=true and no instruction-pooled tokens."""
+    return train_tiny(tmp_path_factory.mktemp("evidence-only-run"),
+                      **{"train.max_steps": 2, "train.save_every": 0, "model.evidence": "true"})
+
+
+@pytest.mark.parametrize("run", ["evidence_run", "evidence_only_run"])
+def test_router_encodes_each_instruction_once_and_scores_as_the_unmerged_model(run: str, request: pytest.FixtureRequest,
                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """A ranking embeds the instructions once for the evidence and the instruction-pooled tokens, and the router's
-    merged LoRA scores as the trained model does; the merged model refuses to train or to load another adapter."""
+    """A ranking embeds the instructions once for every reader of the embedding and reuses each candidate's
+    connector tokens; the router's merged LoRA scores as the trained model does (and LoRA matters there); the
+    merged model refuses to train or to load another adapter."""
     from modelsat import Router
 
-    router = Router.from_checkpoint(evidence_run / "final")
-    assert router.model.lora_merged and router.model.capability.instruction_tokens == 2
+    folder = request.getfixturevalue(run) / "final"
+    router = Router.from_checkpoint(folder)
+    assert router.model.lora_merged
+    assert router.model.capability.instruction_tokens == (2 if run == "evidence_run" else 0)
     texts = ["A law question about torts number 7?\nA. x\nB. y", "What is 2+2?\nA. 3\nB. 4", "biology?"]
-    router.warm_up()                                                          # the task embeddings: once per test
-    encoder, calls = router.model.sentence_encoder, []
+    router.warm_up()                                                          # task embeddings, connector tokens
+    encoder, calls, connector_calls = router.model.sentence_encoder, [], []
     encode = encoder.encode
     monkeypatch.setattr(encoder, "encode", lambda t, *a, **k: calls.append(list(t)) or encode(t, *a, **k))
+    hook = router.model.capability.connector.register_forward_hook(lambda *a: connector_calls.append(1))
     p = router.predict_matrix(texts)                                          # (Q, M)
-    assert calls == [texts]
+    hook.remove()
     monkeypatch.undo()
+    assert calls == [texts] and connector_calls == []
 
-    trained = build_router_model(router.config.model, per_task=router.aptitude.per_task,
-                                 checkpoint=evidence_run / "final")
+    trained = build_router_model(router.config.model, per_task=router.aptitude.per_task, checkpoint=folder)
     assert not trained.lora_merged
     feats = torch.stack([router.features(m) for m in router.models])
     evidence = list(router.evidence(texts, router.models))
     with torch.no_grad():
         logp = trained.score(texts, [feats] * len(texts), evidence=evidence)  # encodes the texts itself
+        with trained.llm.disable_adapter():
+            without_lora = trained.score(texts, [feats] * len(texts), evidence=evidence)
     np.testing.assert_allclose(p, torch.stack(logp).exp().numpy(), atol=1e-5, rtol=0)
-    with pytest.raises(ValueError, match=r"instruction_embeddings must be \(3, \d+\), got \(1, "):
-        trained.score(texts, [feats] * len(texts), evidence=evidence,
-                      instruction_embeddings=torch.zeros(1, encoder.dim))
-    assert set(router._rows) == set(router.models)                             # connector tokens: once per model
-    with pytest.raises(ValueError, match=r"row tokens must be \(%d, %d, %d\), got \(1, 1, 1\)" % (
+    assert np.abs(p - torch.stack(without_lora).exp().numpy()).max() > 1e-4      # the merge carried the adapter
+    if router.model.capability.instruction_tokens:
+        with pytest.raises(ValueError, match=r"instruction_embeddings must be \(3, \d+\), got \(1, "):
+            trained.score(texts, [feats] * len(texts), evidence=evidence,
+                          instruction_embeddings=torch.zeros(1, encoder.dim))
+    with pytest.raises(ValueError, match=r"connector tokens must be \(%d, %d, %d\), got \(1, 1, 1\)" % (
             *feats.shape[:2], router.model.capability.out_dim)):
-        trained.capability(feats, rows=torch.zeros(1, 1, 1))
-    for call in (lambda: router.model.set_stage("full"), lambda: router.model.load_trained(evidence_run / "final")):
+        trained.capability(feats, connector_tokens=torch.zeros(1, 1, 1))
+    with pytest.raises(ValueError, match="do not match the features"):
+        trained.score(texts, [feats] * len(texts), evidence=evidence, connector_tokens=[feats[:, :1]] * len(texts))
+    for call in (lambda: router.model.set_stage("full"), lambda: router.model.load_trained(folder)):
         with pytest.raises(ValueError, match="merged into the LLM"):
             call()
 

@@ -430,3 +430,23 @@ def test_a_broken_trained_file_is_named_with_what_to_do(saved, tmp_path, case: s
         model.load_trained(tmp_path / "ckpt")
     message = str(err.value)
     assert name in message and "re-copy the checkpoint" in message and "\n" not in message
+
+
+def test_merge_lora_scores_the_same_and_refuses_a_target_outside_the_decoder_layers() -> None:
+    """Merged LoRA scores as the adapter does (to rounding); a LoRA on the output layer, whose Yes/No rows the
+    head reads from the base weight (tied to the embedding), is not merged."""
+    model = build_router_model(_cfg(), per_task=S)
+    _sharpen(model)
+    model.eval()
+    instructions, groups = ["What is 2+2?", "Name a colour."], _groups(model, [3, 2])
+    with torch.no_grad():
+        before = torch.cat(model.score(instructions, groups))
+        model.merge_lora()
+        after = torch.cat(model.score(instructions, groups))
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+    assert model.lora_merged and model.num_trainable_parameters()[0] == 0
+
+    head = build_router_model(_cfg(lora_targets=["q_proj", "lm_head"]), per_task=S)
+    assert not head.lora_mergeable
+    with pytest.raises(ValueError, match=r"reach outside the decoder's layers"):
+        head.merge_lora()

@@ -157,7 +157,8 @@ class RouterModel(nn.Module):
     @property
     def lora_mergeable(self) -> bool:
         """Whether every LoRA layer sits inside the decoder's layers, so that `merge_lora` changes nothing but
-        rounding (a LoRA on a tied embedding would also change the frozen lower layers' input and the Yes/No rows)."""
+        rounding (merged into the output layer, a LoRA would also change the Yes/No rows that `_head` reads from
+        its weight, and the embedding tied to it)."""
         return all(".layers." in name for name, m in self.llm.named_modules() if isinstance(m, LoraLayer))
 
     def merge_lora(self) -> None:

@@ -1,100 +1,10 @@
-"""Rank the zoo of a trained router for instructions.
+"""Rank the zoo of a trained router (the same as `modelsat rank`; the code is `modelsat/infer.py`).
 
     python infer.py --checkpoint checkpoints/modelsat-smollm2-mmlupro --instruction "What is 2+2?\nA. 3\nB. 4"
-    python infer.py --checkpoint DIR --file instructions.jsonl --models a,b,c --cost-weight 0.2 --top-k 3 --json
-
---file takes a UTF-8 .txt (one instruction per line) or .jsonl (one {"instruction": ...} per line). An instruction
-longer than the router reads is read as its first third and its end; the output says so ("shortened"). Bad input
-ends with one line on stderr and exit code 2 (`--debug` shows the traceback).
 """
-from __future__ import annotations
-
-import argparse
-import json
-import os
 import sys
-from pathlib import Path
 
-
-def parse_models(text: str | None) -> list[str] | None:
-    """The names of `--models` (None: the whole zoo); an empty list or name is an error, not "every model"."""
-    if text is None:
-        return None
-    names = [m.strip() for m in text.split(",")]
-    if not any(names):
-        raise ValueError("--models is empty; give comma-separated model names, or leave --models out to rank the "
-                         "whole zoo")
-    if "" in names:
-        raise ValueError(f"--models {text!r} has an empty name (two commas in a row, or one at an end); give "
-                         "comma-separated model names")
-    return names
-
-
-def run(args: argparse.Namespace) -> int:
-    from modelsat.router import (Router, RouterError, check_cost_weight, check_text, check_top_k,  # --help stays fast
-                                 read_instructions)
-
-    instructions = ([check_text(args.instruction.replace("\\n", "\n"), "--instruction")]
-                    if args.instruction is not None else read_instructions(args.file))
-    models = parse_models(args.models)
-    try:   # checked before the router loads (seconds), named as the user typed them
-        cost_weight, top_k = check_cost_weight(args.cost_weight), check_top_k(args.top_k)
-    except RouterError as e:
-        raise RouterError(f"--{str(e).replace('_', '-', 1)}") from None
-    router = Router.from_checkpoint(args.checkpoint)
-    rankings = router.rank_many(instructions, models, cost_weight=cost_weight, top_k=top_k)
-
-    if args.json:
-        out = [[r._asdict() for r in ranking] for ranking in rankings]
-        print(json.dumps(out[0] if args.instruction is not None else out, indent=1))
-    else:
-        print_table(instructions, rankings)
-    if sys.stdout is None:   # started with stdout closed (`>&-`): print wrote nowhere; end as a closed pipe
-        return 141
-    sys.stdout.flush()  # a closed pipe shows here, inside main's handler
-    return 0
-
-
-def print_table(instructions: list[str], rankings: list) -> None:
-    for text, ranking in zip(instructions, rankings):
-        head = text.strip().splitlines()[0]
-        print(f"\n{head[:100]}{'...' if len(head) > 100 else ''}")
-        if ranking and ranking[0].shortened:
-            print("  (shortened: longer than the router reads, so read as its first third and its end)")
-        print(f"  {'#':>2}  {'model':<40} {'p_correct':>9} {'cost':>10} {'utility':>8}")
-        for i, r in enumerate(ranking, 1):
-            cost = "" if r.cost is None else f"{r.cost:.4g}"
-            print(f"  {i:>2}  {r.model:<40} {r.p_correct:>9.3f} {cost:>10} {r.utility:>8.3f}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Rank the zoo of a trained modelsat router.")
-    p.add_argument("--checkpoint", required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--instruction", help="one instruction (\\n in the text is read as a new line)")
-    src.add_argument("--file", type=Path, help="a .txt or .jsonl file of instructions")
-    p.add_argument("--models", help="comma-separated candidates (default: the whole zoo)")
-    p.add_argument("--cost-weight", type=float, default=0.0)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    args = p.parse_args(argv)
-    from modelsat.quiet import quiet_libraries
-
-    quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
-    try:
-        return run(args)
-    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as the Python docs recommend
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, as a tool killed by the closed pipe reports (the same as `modelsat`)
-    except Exception as e:
-        if args.debug:
-            raise
-        bad_input = isinstance(e, (ValueError, OSError))   # the modules' errors (RouterError, CheckpointError...)
-        hint = "" if bad_input else f" ({type(e).__name__}; rerun with --debug for the traceback)"
-        print(f"infer.py: error: {' '.join(str(e).split())}{hint}", file=sys.stderr)
-        return 2 if bad_input else 1
-
+from modelsat.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

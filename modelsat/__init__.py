@@ -1,7 +1,7 @@
 """modelsat: a learned router for large language models (Model-SAT: model selection with aptitude tests)."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["Client", "Router", "__version__"]
 
 

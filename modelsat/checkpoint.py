@@ -1,6 +1,10 @@
 """The layout of a router checkpoint (DESIGN §2.6), written whole and checked on load.
 
-    <dir>/adapter_model.safetensors, adapter_config.json   LoRA adapter (PEFT format)
+    <dir>/modelsat.json                                    the checkpoint format (FORMAT_VERSION) and the
+                                                           modelsat version that wrote it, checked on load
+    <dir>/README.md                                        the model card (`modelsat.model_card`)
+    <dir>/adapter_model.safetensors, adapter_config.json   LoRA adapter (PEFT format; the base model recorded by
+                                                           its portable name, `pretrained.portable_name`)
     <dir>/connector.safetensors                            capability encoder / connector
     <dir>/config.yaml                                      the resolved config
     <dir>/aptitude.json, splits.json, metrics.json
@@ -28,7 +32,12 @@ if TYPE_CHECKING:  # torch-heavy imports only for type checkers
     from modelsat.config import Config
     from modelsat.data.table import RoutingTable
     from modelsat.model import RouterModel
+    from modelsat.zoo import Zoo
 
+FORMAT_FILE = "modelsat.json"
+FORMAT_VERSION = 2
+"""The checkpoint format this modelsat writes and reads. 1: before modelsat 0.2 (no modelsat.json, the adapter's base
+model a path on the training machine, no model card); `upgrade_checkpoint` turns it into 2."""
 APTITUDE_EMBEDDINGS = "aptitude_embeddings.safetensors"
 CATEGORY_CLASSIFIER = "category_classifier.safetensors"
 CHECKPOINT_FILES = ("config.yaml", "aptitude.json", "adapter_model.safetensors", "adapter_config.json",
@@ -59,7 +68,47 @@ def check_checkpoint(path: str | Path) -> Path:
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)} "
                               "(was training interrupted before it was written?)")
+    version = checkpoint_format(path)
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is in format {version} (written before modelsat 0.2); this modelsat "
+                              f"reads format {FORMAT_VERSION}: run `modelsat checkpoint upgrade {path}` once")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is in format {version}, newer than the format {FORMAT_VERSION} this "
+                              f"modelsat {_modelsat_version()} reads; upgrade modelsat (`pip install -U modelsat`)")
     return path
+
+
+def _modelsat_version() -> str:
+    from modelsat import __version__
+
+    return __version__
+
+
+def checkpoint_format(path: str | Path) -> int:
+    """The format version of the checkpoint folder `path` (its modelsat.json; 1 where there is none); a
+    CheckpointError where the file cannot be read or does not give a version."""
+    file = Path(path) / FORMAT_FILE
+    if not file.exists():
+        return 1
+    try:
+        version = json.loads(file.read_text(encoding="utf-8")).get("format_version")
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{file} is not a readable format file ({type(e).__name__}); re-copy the checkpoint "
+                              "folder") from e
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{file} gives the format version {version!r}, not a positive integer; re-copy the "
+                              "checkpoint folder")
+    return version
+
+
+def _write_provenance(tmp: Path, cfg: "Config", aptitude: "Aptitude", zoo: "Zoo", metrics: dict | None,
+                      splits: dict | None, name: str) -> None:
+    """The model card (titled `name`) and, last, the format file of a checkpoint being written in `tmp`."""
+    from modelsat.model_card import model_card
+
+    model_card(cfg, aptitude, zoo, metrics, splits, name=name).save(tmp / "README.md")
+    atomic_write_text(tmp / FORMAT_FILE, json.dumps({"format": "modelsat-router", "format_version": FORMAT_VERSION,
+                                                     "modelsat_version": _modelsat_version()}, indent=1))
 
 
 def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "Aptitude",
@@ -69,27 +118,87 @@ def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "
     """Write a complete router checkpoint to a temporary folder, then rename it onto `path` (with
     `aptitude_embeddings`, the (A, D) unit embeddings of the aptitude questions, and `category_classifier`, both
     computed with the model's sentence encoder)."""
-    import torch
-
     from modelsat.zoo import Zoo
 
-    with atomic_dir(path) as tmp:
+    zoo = Zoo(aptitude)
+    for m in zoo_models:
+        scores = table.score_matrix(aptitude.question_ids, [m])[:, 0]
+        zoo.add(m, dict(zip(aptitude.question_ids, scores.tolist())), persist=False,
+                **table.model_meta(m))                                                      # blank: unknown
+    write_checkpoint(path, model, cfg, aptitude, zoo, splits={**splits, "aptitude_fingerprint": aptitude.fingerprint},
+                     metrics=metrics, state=state, aptitude_embeddings=aptitude_embeddings,
+                     category_classifier=category_classifier)
+
+
+def write_checkpoint(path: str | Path, model: "RouterModel", cfg: "Config", aptitude: "Aptitude", zoo: "Zoo",
+                     splits: dict | None = None, metrics: dict | None = None, state: dict[str, Any] | None = None,
+                     aptitude_embeddings: "torch.Tensor | None" = None,
+                     category_classifier: "CategoryClassifier | None" = None) -> None:
+    """Write a complete checkpoint of `model` with the zoo `zoo` (its entries as they are in memory) to a temporary
+    folder, then rename it onto `path`: what trained, the config, the aptitude test, the zoo, the optional files,
+    the model card and the format file. `splits` and `metrics` are provenance (written where given)."""
+    import torch
+
+    with atomic_dir(Path(path)) as tmp:
         model.save_trained(tmp)
         cfg.save(tmp / "config.yaml")
         aptitude.save(tmp / "aptitude.json")
-        atomic_write_text(tmp / "splits.json", json.dumps({**splits, "aptitude_fingerprint": aptitude.fingerprint}))
-        atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
-        (tmp / "zoo").mkdir()
-        zoo = Zoo(aptitude, tmp / "zoo")
-        for m in zoo_models:
-            scores = table.score_matrix(aptitude.question_ids, [m])[:, 0]
-            zoo.add(m, dict(zip(aptitude.question_ids, scores.tolist())), **table.model_meta(m))   # blank: unknown
+        if splits is not None:
+            atomic_write_text(tmp / "splits.json", json.dumps(splits))
+        if metrics is not None:
+            atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
+        zoo.save(tmp / "zoo")
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
         if aptitude_embeddings is not None:
             save_aptitude_embeddings(tmp, aptitude_embeddings, aptitude, cfg.model.sentence_encoder)
         if category_classifier is not None:
             save_category_classifier(tmp, category_classifier, aptitude, cfg.model.sentence_encoder)
+        _write_provenance(tmp, cfg, aptitude, zoo, metrics, splits, Path(path).name)
+
+
+def read_provenance(path: str | Path) -> tuple[dict | None, dict | None]:
+    """A checkpoint's `metrics.json` and `splits.json` (None where absent); a CheckpointError where unreadable."""
+    out = []
+    for name in ("metrics.json", "splits.json"):
+        file = Path(path) / name
+        try:
+            out.append(json.loads(file.read_text(encoding="utf-8")) if file.is_file() else None)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{file} is not readable JSON ({type(e).__name__}); re-copy the checkpoint "
+                                  "folder") from e
+    return out[0], out[1]
+
+
+def upgrade_checkpoint(path: str | Path) -> bool:
+    """Bring a checkpoint of format 1 to FORMAT_VERSION in place: the adapter's base model recorded by its portable
+    name, a model card, the format file (written last: an interrupted upgrade leaves format 1, to be run again).
+    Returns False where it was already current. Raises CheckpointError where it is incomplete or newer."""
+    from modelsat.aptitude import Aptitude
+    from modelsat.config import load_config
+    from modelsat.pretrained import portable_name
+    from modelsat.zoo import Zoo
+
+    path = Path(path)
+    if not path.is_dir() or checkpoint_format(path) >= FORMAT_VERSION:
+        check_checkpoint(path)                  # no folder, incomplete or newer: its error
+        return False
+    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()] + ([] if (path / "zoo").is_dir() else ["zoo/"])
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}; it cannot be upgraded")
+    cfg = load_config(path / "config.yaml")
+    aptitude = Aptitude.load(path / "aptitude.json")
+    zoo = Zoo.load(path / "zoo", aptitude)
+    adapter = path / "adapter_config.json"
+    try:
+        settings = json.loads(adapter.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{adapter} is not readable JSON ({type(e).__name__}); re-copy the checkpoint") from e
+    settings["base_model_name_or_path"] = portable_name(cfg.model.llm)
+    atomic_write_text(adapter, json.dumps(settings, indent=2, sort_keys=True))
+    metrics, splits = read_provenance(path)
+    _write_provenance(path, cfg, aptitude, zoo, metrics, splits, path.name)
+    return True
 
 
 def _write_stamped(file: Path, tensors: dict[str, "torch.Tensor"], aptitude: "Aptitude", encoder: str,

@@ -1,4 +1,7 @@
-"""The `modelsat` command: data, aptitude tests, the zoo, evaluation and the HTTP service.
+"""The `modelsat` command: training, ranking, data, aptitude tests, the zoo, evaluation and the HTTP service.
+
+    modelsat train --config default                     # or a YAML file, then key.sub=value overrides
+    modelsat rank --checkpoint checkpoints/modelsat-smollm2-mmlupro "What is the derivative of x^2?"
 
     modelsat data build --source mmlu-pro --input ../shared/data/mmlu_pro --out data/mmlu-pro/table
     modelsat aptitude build --table data/mmlu-pro/table --out aptitude.json
@@ -7,6 +10,7 @@
     modelsat zoo add --checkpoint DIR --name smollm2 --results smollm2.parquet --cost 0.135
     modelsat evaluate --checkpoint DIR --table data/mmlu-pro/table --split test --zoo mixed
     modelsat serve --checkpoint DIR
+    modelsat checkpoint upgrade DIR
 
 Errors in the input exit with status 2 and one line saying what is wrong (`modelsat --debug ...` shows the
 traceback); output cut by a closed pipe (`modelsat zoo list --json | head -1`) ends quietly.
@@ -19,6 +23,9 @@ import os
 import sys
 from pathlib import Path
 
+from modelsat import __version__
+from modelsat.config import shipped_configs
+from modelsat.logs import add_logging_arguments, setup_logging
 from modelsat.quiet import quiet_libraries
 
 SOURCES = ["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"]
@@ -192,8 +199,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    import uvicorn
-
+    try:
+        import fastapi  # noqa: F401
+        import httpx  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise ValueError(f"modelsat serve needs the [serve] extra ({e.name} is not installed); run "
+                         "`pip install 'modelsat[serve]'`") from e
     from modelsat.gateway import GatewaySettings
     from modelsat.router import Router
     from modelsat.service import create_app
@@ -203,7 +215,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     router = Router.from_checkpoint(a.checkpoint)
     router.warm_up()
     app = create_app(router, persist=a.persist, gateway=settings)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="info")
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level.lower())
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
@@ -217,41 +229,69 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1, allow_nan=False))
 
 
+class _Help(argparse.HelpFormatter):
+    """Each option's help followed by its default, where it has one the help does not already give."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default" in text or not action.option_strings or action.default in (None, False, "")
+                or action.default is argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _with_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`parser` and every subcommand's parser under it, formatted by `_Help`."""
+    parser.formatter_class = _Help
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _with_defaults(sub)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelsat", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"modelsat {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    # train and rank parse their own options (`modelsat train --help`): listed here, run by `main`
+    sub.add_parser("train", add_help=False, help="train a router: --config NAME_OR_FILE [key.sub=value ...] "
+                   f"(shipped configs: {', '.join(shipped_configs())}; the same as train.py)")
+    sub.add_parser("rank", add_help=False, help="rank the zoo of a router for an instruction: --checkpoint DIR "
+                   "\"INSTRUCTION\" (the same as infer.py)")
 
     data = sub.add_parser("data", help="routing tables and splits").add_subparsers(dest="action", required=True)
     b = data.add_parser("build", help="convert a public source into a routing table")
-    b.add_argument("--source", choices=SOURCES, required=True)
+    b.add_argument("--source", choices=SOURCES, required=True, help="the public source's format")
     b.add_argument("--input", help="file or folder of the source, as published")
     b.add_argument("--out", required=True, help="folder to write questions/results/models.parquet to")
     b.add_argument("--download", action="store_true", help="fetch the source from its public home first")
     b.add_argument("--models", help="comma-separated models to keep (default: all)")
     b.set_defaults(fn=cmd_data_build)
     s = data.add_parser("split", help="train/val/test question ids, disjoint from the aptitude test")
-    s.add_argument("--table", required=True)
-    s.add_argument("--aptitude", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--val", type=float, default=0.1)
-    s.add_argument("--test", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--table", required=True, help="routing table folder (`modelsat data build`)")
+    s.add_argument("--aptitude", required=True, help="aptitude.json: its questions are kept out of every split")
+    s.add_argument("--out", required=True, help="splits.json to write")
+    s.add_argument("--val", type=float, default=0.1, help="share of the questions for validation")
+    s.add_argument("--test", type=float, default=0.2, help="share of the questions for test")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the split")
     s.set_defaults(fn=cmd_data_split)
 
     apt = sub.add_parser("aptitude", help="aptitude tests").add_subparsers(dest="action", required=True)
     ab = apt.add_parser("build", help="choose T tasks x S discriminative questions")
-    ab.add_argument("--table", required=True)
-    ab.add_argument("--out", required=True)
-    ab.add_argument("--tasks", type=int, default=50)
-    ab.add_argument("--per-task", type=int, default=20)
-    ab.add_argument("--tasks-by", choices=["task", "task_or_source", "cluster"], default="task")
+    ab.add_argument("--table", required=True, help="routing table folder (`modelsat data build`)")
+    ab.add_argument("--out", required=True, help="aptitude.json to write")
+    ab.add_argument("--tasks", type=int, default=50, help="number of tasks T")
+    ab.add_argument("--per-task", type=int, default=20, help="questions per task S")
+    ab.add_argument("--tasks-by", choices=["task", "task_or_source", "cluster"], default="task",
+                    help="what a task is: the table's task column, that or the source, or clusters of embeddings")
     ab.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder for --tasks-by cluster")
-    ab.add_argument("--seed", type=int, default=0)
+    ab.add_argument("--seed", type=int, default=0, help="random seed of the choice of questions")
     ab.set_defaults(fn=cmd_aptitude_build)
     ar = apt.add_parser("run", help="score a Hugging Face causal LM, or a model behind an OpenAI-compatible chat "
                                     "endpoint, on the aptitude questions")
     ar.add_argument("--model", help="HF id or local folder, or smollm2-135m-instruct / tiny-llama (run here)")
-    ar.add_argument("--aptitude", required=True)
+    ar.add_argument("--aptitude", required=True, help="aptitude.json, e.g. a checkpoint's")
     ar.add_argument("--out", required=True, help="results file (.parquet or .csv) for `modelsat zoo add`")
     ar.add_argument("--batch-size", type=int, default=8, help="with --model")
     ar.add_argument("--endpoint", help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1 (instead of --model)")
@@ -266,11 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = sub.add_parser("zoo", help="the candidate models of a checkpoint").add_subparsers(dest="action", required=True)
     za = zoo.add_parser("add", help="add a model from its aptitude results (no retraining)")
-    za.add_argument("--checkpoint", required=True)
-    za.add_argument("--name", required=True)
+    za.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    za.add_argument("--name", required=True, help="the model's name in the zoo")
     za.add_argument("--results", required=True, help="long-format (model, question_id, score) or (question_id, score)")
     za.add_argument("--cost", type=float, help="cost per request (default: from models.parquet beside --results)")
-    za.add_argument("--cost-unit", default="")
+    za.add_argument("--cost-unit", default="", help="unit of --cost; a zoo has one unit")
     za.add_argument("--params-b", type=float, help="parameters in billions, the cost where --cost is absent")
     za.add_argument("--missing", choices=["error", "wrong"], default="error",
                     help="unanswered aptitude questions: refuse the results (default), or count them as wrong "
@@ -285,18 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     za.add_argument("--price-out", type=float, help="USD per 1M output tokens")
     za.set_defaults(fn=cmd_zoo_add)
     zl = zoo.add_parser("list", help="the models of the zoo")
-    zl.add_argument("--checkpoint", required=True)
-    zl.add_argument("--json", action="store_true")
+    zl.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    zl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     zl.set_defaults(fn=cmd_zoo_list)
     zr = zoo.add_parser("remove", help="remove a model from the zoo")
-    zr.add_argument("--checkpoint", required=True)
-    zr.add_argument("--name", required=True)
+    zr.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    zr.add_argument("--name", required=True, help="the model's name in the zoo")
     zr.set_defaults(fn=cmd_zoo_remove)
 
     ev = sub.add_parser("evaluate", help="routers side by side on a split")
     ev.add_argument("--checkpoint", help="a trained Model-SAT router (omit to run the baselines only)")
-    ev.add_argument("--table", required=True)
-    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--table", required=True, help="routing table folder (`modelsat data build`)")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split scored")
     ev.add_argument("--splits", help="splits.json (default: the checkpoint's)")
     ev.add_argument("--aptitude", help="aptitude.json (default: the checkpoint's)")
     ev.add_argument("--zoo", help="a named zoo (from --zoos or the checkpoint's config)")
@@ -305,14 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--unseen", help="comma-separated models never trained on, added through the zoo")
     ev.add_argument("--routers", help="comma-separated routers to run (default: all, e.g. knn,uniroute-kmeans,model-sat)")
     ev.add_argument("--encoder", default="all-minilm-l6-v2", help="sentence encoder of the kNN/MLP/cluster baselines")
-    ev.add_argument("--out", default="runs/evaluate")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--out", default="runs/evaluate", help="folder for metrics.json, report.md and the plots")
+    ev.add_argument("--seed", type=int, default=0, help="random seed of the baselines and the bootstrap")
     ev.set_defaults(fn=cmd_evaluate)
 
     sv = sub.add_parser("serve", help="HTTP JSON service over a checkpoint")
-    sv.add_argument("--checkpoint", required=True)
-    sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--persist", action="store_true",
                     help="POST /models and DELETE /models/NAME also write to the checkpoint's zoo")
     sv.add_argument("--max-attempts", type=int, default=3,
@@ -324,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(fn=cmd_serve)
 
     ca = sub.add_parser("calibrate", help="the smallest cost_weight that meets a budget on representative instructions")
-    ca.add_argument("--checkpoint", required=True)
+    ca.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
     ca.add_argument("--instructions", required=True, help="a .txt (one per line) or .jsonl ({\"instruction\": ...}) file")
     budget = ca.add_mutually_exclusive_group(required=True)
     budget.add_argument("--max-share-expensive", type=float,
@@ -333,10 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--models", help="comma-separated candidates (default: the whole zoo)")
     ca.set_defaults(fn=cmd_calibrate)
 
+    ck = sub.add_parser("checkpoint", help="router checkpoints").add_subparsers(dest="action", required=True)
+    cu = ck.add_parser("upgrade", help="bring a checkpoint written by an older modelsat to this one's format, in place")
+    cu.add_argument("checkpoint", nargs="+", help="checkpoint folder(s)")
+    cu.set_defaults(fn=cmd_checkpoint_upgrade)
+
     p.add_argument("--debug", action="store_true", help="on an error, show its traceback")
-    for leaf in (b, s, ab, ar, za, zl, zr, ev, sv, ca):  # `--debug` after the command works too
+    add_logging_arguments(p)
+    for leaf in (b, s, ab, ar, za, zl, zr, ev, sv, ca, cu):  # `--debug` and the log options after the command too
         leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    return p
+        add_logging_arguments(leaf, suppress_defaults=True)
+    return _with_defaults(p)
+
+
+def cmd_checkpoint_upgrade(a: argparse.Namespace) -> None:
+    from modelsat.checkpoint import FORMAT_VERSION, upgrade_checkpoint
+
+    for folder in a.checkpoint:
+        done = upgrade_checkpoint(folder)
+        print(f"{folder}: {'upgraded to' if done else 'already in'} format {FORMAT_VERSION}")
 
 
 def _one_line(e: BaseException) -> str:
@@ -344,9 +399,19 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        from modelsat.train import cli as train
+
+        return train(argv[1:], prog="modelsat train")
+    if argv[:1] == ["rank"]:
+        from modelsat.infer import main as rank
+
+        return rank(argv[1:], prog="modelsat rank")
     args = build_parser().parse_args(argv)
     where = f"modelsat {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
     quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
+    setup_logging(args.log_level, args.log_json)
     try:
         args.fn(args)
         if sys.stdout is None:   # started with stdout closed (`>&-`): print wrote nowhere; end as a closed pipe

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import math
@@ -491,6 +492,48 @@ def _drop_route_priors(tree: dict[str, Any], path: Path) -> None:
                "to rank by p_correct alone")
 
 
+def field_docs() -> list[tuple[str, Any, str]]:
+    """Every config field as (dotted key, default, its docstring), in declaration order: what `train.py --help`
+    lists. The docstrings are the string literals under each field in this module's source (read with `ast`)."""
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    docs: dict[tuple[str, str], str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            body = node.body
+            for field_node, after in zip(body, body[1:] + [None]):
+                if (isinstance(field_node, ast.AnnAssign) and isinstance(field_node.target, ast.Name)
+                        and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                        and isinstance(after.value.value, str)):
+                    docs[(node.name, field_node.target.id)] = " ".join(after.value.value.split())
+    out = []
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out.append((f"{section.name}.{f.name}", default, docs.get((cls.__name__, f.name), "")))
+    return out
+
+
+CONFIGS = Path(__file__).parent / "configs"
+"""The configs shipped with the package (`configs/` at the repository's root links here)."""
+
+
+def shipped_configs() -> list[str]:
+    """The names of the shipped configs (`default`, `tiny`, ...), each usable as `--config NAME`."""
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """`path` where it names a file; a bare name such as `default` or `default.yaml` that is no file here names a
+    shipped config (`shipped_configs`); anything else is returned as given (load_config then says it is missing,
+    listing the shipped names)."""
+    path = Path(path)
+    if path.exists() or len(path.parts) > 1:
+        return path
+    shipped = CONFIGS / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    return shipped if shipped.is_file() else path
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults ← YAML file at `path` ← `key.sub=value` overrides (values parsed as YAML scalars).
 
@@ -498,9 +541,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     the allowed values."""
     tree: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        _check(path.is_file(), f"config file {path} does not exist" if not path.exists() else
-               f"config file {path} is not a file")
+        path = resolve_config(path)
+        _check(path.is_file(), f"config file {path} does not exist (a shipped config may be given by name: "
+               f"{', '.join(shipped_configs())})" if not path.exists() else f"config file {path} is not a file")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:

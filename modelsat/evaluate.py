@@ -18,8 +18,8 @@ import io
 import json
 import math
 import os
+import logging
 import re
-import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,14 +35,11 @@ COST_WEIGHTS = [0.0] + np.geomspace(1e-3, 100.0, 29).tolist()
 """The cost_weight sweep of the cost–quality curve: 0, then 29 log-spaced values up to 100 (where every
 router ends on the cheapest models, since p_correct differences are at most 1)."""
 N_BOOT = 1000
+logger = logging.getLogger(__name__)
 
 
 class EvaluationError(ValueError):
     """Bad arguments to an evaluation: unknown zoo or model, empty split, missing files."""
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -113,7 +110,7 @@ def cached_embedder(table: Any, encoder: str = "all-minilm-l6-v2", cache_dir: Pa
                 try:
                     atomic_write_bytes(path, buf.getvalue())
                 except OSError as e:
-                    _say(f"warning: could not cache embeddings at {path}: {e}")
+                    logger.warning("could not cache embeddings at %s: %s", path, e)
         state["rows"] = {t: mat[i] for i, t in enumerate(texts)}
         return state["rows"]
 
@@ -280,7 +277,7 @@ def _train_accuracy(table: Any, splits: dict[str, list[str]], models: list[str])
 def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, models: Sequence[str], split: str = "test",
              unseen: Sequence[str] = (), routers: Sequence[BaseRouter] | None = None, embed: Embed | None = None,
              checkpoint: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
-             zoo: str = "custom", log: Callable[[str], None] = _say) -> dict:
+             zoo: str = "custom", log: Callable[[str], None] = logger.info) -> dict:
     """Fit every router with what its setting allows, score it on `split`, and (with `out`) write the outputs.
 
     `models` is the zoo; `unseen` models (added to the zoo if absent) are known only through their aptitude
@@ -501,13 +498,13 @@ def run_evaluate_cli(args: argparse.Namespace) -> dict:
             raise EvaluationError(f"{e}\n(--table must be a routing table folder; build one with "
                                   "`modelsat data build`)") from e
         cache_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "modelsat" / "mmlu-pro"
-        _say(f"converted the raw MMLU-Pro data in {table_dir} (embeddings cached in {cache_dir})")
+        logger.info(f"converted the raw MMLU-Pro data in {table_dir} (embeddings cached in {cache_dir})")
     saved: dict[str, Any] = {}
     apt_path = get("aptitude") or (ckpt / "aptitude.json" if ckpt else None)
     if apt_path is not None:
         aptitude = Aptitude.load(apt_path)
     else:
-        _say("no --aptitude: building the aptitude test (50 tasks x 20 by task, seeded) and saving it with the outputs")
+        logger.info("no --aptitude: building the aptitude test (50 tasks x 20 by task, seeded) and saving it with the outputs")
         aptitude = saved["aptitude"] = build_aptitude(table, 50, 20, "task", seed=seed)
     candidates = [ckpt / "splits.json", Path(cfg.data.splits)] if ckpt is not None and cfg is not None else []
     sp_path = get("splits") or next((p for p in candidates if p.is_file()), None)
@@ -516,7 +513,7 @@ def run_evaluate_cli(args: argparse.Namespace) -> dict:
     elif ckpt is not None:
         raise EvaluationError(f"checkpoint {ckpt} has no splits.json; pass --splits with the splits it was trained on")
     else:
-        _say("no --splits: splitting the questions (val 0.1, test 0.2, seeded) and saving them with the outputs")
+        logger.info("no --splits: splitting the questions (val 0.1, test 0.2, seeded) and saving them with the outputs")
         splits = saved["splits"] = make_splits(table, aptitude, 0.1, 0.2, seed=seed)
     zoos = get("zoos")
     if isinstance(zoos, (str, Path)):
@@ -546,5 +543,5 @@ def run_evaluate_cli(args: argparse.Namespace) -> dict:
             saved["aptitude"].save(tmp / "aptitude.json")
         if "splits" in saved:
             save_splits(saved["splits"], tmp / "splits.json", aptitude)
-    _say(f"wrote {out}/metrics.json, report.md and plots")
+    logger.info(f"wrote {out}/metrics.json, report.md and plots")
     return metrics

@@ -19,6 +19,7 @@ in-process. Everything but the network I/O is shared: `plan` reads the request a
   `data: {"error": {...}}` (the openai client raises it) and is not retried.
 """
 import json
+import logging
 import math
 import os
 import threading
@@ -31,6 +32,8 @@ import httpx
 
 from modelsat.router import MAX_INSTRUCTION_CHARS, Ranked, Router, RouterError, check_cost_weight, check_text
 from modelsat.zoo import ZooEntry
+
+logger = logging.getLogger(__name__)
 
 ROUTE_MODEL = "modelsat"
 SYSTEM_CHARS = 1000          # a system prompt up to this long is read with the last user turn
@@ -91,6 +94,8 @@ class Plan:
         """Record a failed attempt on `entry`."""
         self.attempts.append({"model": entry.name, "error": error})
         self.timeouts += timeout
+        logger.warning("upstream %s failed: %s", entry.name, error,
+                       extra={"attempt": {"model": entry.name, "error": error, "number": len(self.attempts)}})
 
     def exhausted(self) -> GatewayError:
         """The error once every attempt failed: 504 where all timed out, else 502."""
@@ -322,6 +327,14 @@ def zoo_syncer(router: Router, every: float = 1.0, log: Callable[[str], None] | 
 
 
 # ----- the async forwarding of `modelsat serve` ---------------------------------------------------------------------
+def _log_answer(plan: Plan, entry: ZooEntry) -> None:
+    """At DEBUG: which candidate answers a chat request, after how many failed attempts."""
+    logger.debug("%s request answered by %s (%s, %d failed attempts before)", "routed" if plan.routed else "direct",
+                 entry.name, "stream" if plan.stream else "json", len(plan.attempts),
+                 extra={"answer": {"model": entry.name, "routed": plan.routed, "stream": plan.stream,
+                                   "failed_attempts": len(plan.attempts)}})
+
+
 async def forward(plan: Plan, client: httpx.AsyncClient, settings: GatewaySettings):
     """Try `plan`'s candidates in order (at most `settings.max_attempts`) and answer with the first that works:
     a JSONResponse, a StreamingResponse passed through as it arrives, or an upstream's 4xx as it came.
@@ -352,12 +365,14 @@ async def forward(plan: Plan, client: httpx.AsyncClient, settings: GatewaySettin
                 except ValueError:
                     data = None
                 if isinstance(data, dict):
+                    _log_answer(plan, entry)
                     return JSONResponse(annotate(plan, entry, data), headers=headers_for(entry))
                 plan.fail(entry, "answered with a body that is not a JSON object")
             else:
                 chunks = response.aiter_bytes()
                 first = await anext(chunks, b"")
                 if first:
+                    _log_answer(plan, entry)
                     return StreamingResponse(_relay(entry, first, chunks), headers=headers_for(entry),
                                              media_type=response.headers.get("content-type", "text/event-stream"),
                                              background=BackgroundTask(response.aclose))

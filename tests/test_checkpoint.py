@@ -1,0 +1,113 @@
+"""Checkpoints follow the Hugging Face conventions: save_pretrained / from_pretrained, a model card, the base model
+by a portable name, a format version checked on load (an older one: a one-line error and `modelsat checkpoint
+upgrade`)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from modelsat.checkpoint import FORMAT_FILE, FORMAT_VERSION, CheckpointError, checkpoint_format, upgrade_checkpoint
+from modelsat.cli import main as cli
+from modelsat.router import Router
+
+INSTRUCTIONS = ["What is the capital of France?", "Solve for x: 2x + 3 = 7.", "Explain the history of law."]
+
+
+def _scores(router: Router) -> torch.Tensor:
+    return torch.as_tensor(router.predict_matrix(INSTRUCTIONS, router.models))
+
+
+def test_save_pretrained_then_from_pretrained_ranks_identically(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    router = Router.from_pretrained(tiny_checkpoint)
+    router.add_model("joined-in-memory", {q: float(i % 2) for i, q in enumerate(router.aptitude.question_ids)},
+                     cost=1.5, cost_unit="USD/query")
+    saved = router.save_pretrained(tmp_path / "copy")
+    again = Router.from_pretrained(saved)
+    assert again.models == router.models and "joined-in-memory" in again.models
+    torch.testing.assert_close(_scores(again), _scores(router), atol=1e-6, rtol=0)
+    assert [r.model for r in again.rank(INSTRUCTIONS[1])] == [r.model for r in router.rank(INSTRUCTIONS[1])]
+    assert json.loads((saved / "metrics.json").read_text()) == json.loads((tiny_checkpoint / "metrics.json").read_text())
+    assert checkpoint_format(saved) == FORMAT_VERSION
+
+
+def test_a_checkpoint_records_its_format_its_base_model_portably_and_has_a_card(tiny_checkpoint: Path) -> None:
+    meta = json.loads((tiny_checkpoint / FORMAT_FILE).read_text())
+    assert meta["format_version"] == FORMAT_VERSION and meta["modelsat_version"]
+    base = json.loads((tiny_checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == "tiny-llama"                                  # the config's name, not a path on this machine
+    card = (tiny_checkpoint / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: modelsat" in card and "base_model: tiny-llama" in card
+    for section in ("## Backbones", "## Aptitude test", "## Training data", "## Zoo", "## Measured at the end"):
+        assert section in card
+    router = Router.from_checkpoint(tiny_checkpoint)
+    assert all(f"| {name} |" in card for name in router.models)
+    assert f"{router.aptitude.num_tasks} tasks × {router.aptitude.per_task} questions" in card
+
+
+def test_the_built_in_backbones_are_recorded_by_their_hub_ids() -> None:
+    from modelsat.pretrained import portable_name
+
+    assert portable_name("smollm2-135m-instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert portable_name("all-minilm-l6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    assert portable_name("org/some-model") == "org/some-model"
+
+
+def _format_1(tiny_checkpoint: Path, folder: Path) -> Path:
+    """A copy of the checkpoint as modelsat 0.1 wrote it: no format file, no card, the base model a local path."""
+    shutil.copytree(tiny_checkpoint, folder)
+    (folder / FORMAT_FILE).unlink()
+    (folder / "README.md").unlink()
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    adapter["base_model_name_or_path"] = "/root/.cache/modelsat/tiny-llama"
+    (folder / "adapter_config.json").write_text(json.dumps(adapter))
+    return folder
+
+
+def test_an_older_format_is_a_one_line_error_naming_the_version(tiny_checkpoint: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    old = _format_1(tiny_checkpoint, tmp_path / "old")
+    with pytest.raises(CheckpointError, match="in format 1 .*reads format 2.*modelsat checkpoint upgrade"):
+        Router.from_checkpoint(old)
+    assert cli(["zoo", "list", "--checkpoint", str(old)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "format 1" in err and "Traceback" not in err
+
+
+def test_upgrade_brings_an_older_checkpoint_to_the_current_format(tiny_checkpoint: Path, tmp_path: Path,
+                                                                   capsys) -> None:
+    old = _format_1(tiny_checkpoint, tmp_path / "old")
+    assert cli(["checkpoint", "upgrade", str(old)]) == 0
+    assert "upgraded to format 2" in capsys.readouterr().out
+    assert checkpoint_format(old) == FORMAT_VERSION and (old / "README.md").is_file()
+    assert json.loads((old / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-llama"
+    torch.testing.assert_close(_scores(Router.from_checkpoint(old)), _scores(Router.from_checkpoint(tiny_checkpoint)),
+                               atol=1e-6, rtol=0)
+    assert upgrade_checkpoint(old) is False                      # already current: nothing to do
+
+
+def test_a_newer_or_broken_format_file_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    new = shutil.copytree(tiny_checkpoint, tmp_path / "new")
+    (new / FORMAT_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(CheckpointError, match=f"format {FORMAT_VERSION + 1}, newer .*upgrade modelsat"):
+        Router.from_checkpoint(new)
+    with pytest.raises(CheckpointError, match="newer"):
+        upgrade_checkpoint(new)
+    (new / FORMAT_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a readable format file"):
+        Router.from_checkpoint(new)
+    (new / FORMAT_FILE).write_text(json.dumps({"format_version": "2"}))
+    with pytest.raises(CheckpointError, match="not a positive integer"):
+        Router.from_checkpoint(new)
+
+
+def test_from_pretrained_of_an_unknown_id_offline_is_one_clear_line(monkeypatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a hub repository") as err:
+        Router.from_pretrained("no-such-org/no-such-router-xyz")
+    assert "\n" not in str(err.value)

@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.aptitude import Aptitude  # noqa: E402
 from modelsat.config import load_config  # noqa: E402
 from modelsat.data.splits import load_splits  # noqa: E402
@@ -68,6 +69,7 @@ def main() -> None:
     p.add_argument("--config", default=str(REPO / "configs/default.yaml"), help="for the table and the zoos")
     p.add_argument("--predictions", help="predictions-val.npz of eval_modelsat.py (made with this aptitude test)")
     args = p.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     cfg = load_config(args.config)
     table = RoutingTable.load(cfg.data.table_dir)
     aptitude = Aptitude.load(args.aptitude)

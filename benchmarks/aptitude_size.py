@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.aptitude import Aptitude, AptitudeError
 from modelsat.category import CategoryClassifier
 from modelsat.config import load_config
@@ -60,6 +61,7 @@ def main() -> None:
                     help="TxK: the first T tasks, the first K questions of each; the first is the reference")
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     torch.set_num_threads(1)
     ck, out = Path(args.checkpoint), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.aptitude import Aptitude, build_aptitude  # noqa: E402
 from modelsat.baselines import (BestPerCategoryRouter, InferenceDynamicsRouter, KNNRouter, MLPRouter,  # noqa: E402
                                 UniRouteRouter)
@@ -76,6 +77,7 @@ def main() -> None:
     p.add_argument("--tune", action="store_true", help="grids on the val split instead of the defaults on test")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     if not (a.data / "questions.parquet").exists():
         sys.exit(f"MMLU-Pro data not found at {a.data}; pass --data (see ../shared/data/README.md)")
     table, aptitude, splits = prepare(a.data, a.work)

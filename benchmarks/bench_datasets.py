@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from eval_modelsat import MatrixRouter, cached_scores, join_zoo  # noqa: E402
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
 from modelsat.config import load_config  # noqa: E402
 from modelsat.data.prepare import prepare  # noqa: E402
@@ -77,6 +78,7 @@ def main() -> None:
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the config")
     args = p.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

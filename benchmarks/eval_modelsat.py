@@ -22,6 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
 from modelsat.data.table import RoutingTable  # noqa: E402
 from modelsat.evaluate import cached_embedder, evaluate  # noqa: E402
@@ -93,6 +94,7 @@ def main() -> None:
                    help="the split to score (val: choose between routers; test: report once)")
     p.add_argument("--max-test", type=int, default=0, help="only the first N instructions (a smoke run; 0: all)")
     args = p.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

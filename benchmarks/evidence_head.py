@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.aptitude import Aptitude
 from modelsat.baselines import (BaseRouter, BestPerCategoryRouter, BestSingleRouter, KNNRouter, MLPRouter,
                                 RoutingData)
@@ -113,6 +114,7 @@ def main() -> None:
     p.add_argument("--zoos", default="7b,mixed,large")
     p.add_argument("--out", default="runs/evidence-head")
     args = p.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     ckpt = Path(args.checkpoint)
     cfg = load_config(ckpt / "config.yaml")
     aptitude = Aptitude.load(ckpt / "aptitude.json")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelsat.logs import setup_logging  # noqa: E402
 from modelsat.choice import normalised_costs
 from modelsat.config import load_config
 from modelsat.data.table import RoutingTable
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--zoos", default="7b,mixed,large", help="zoos of the checkpoint's data.zoos, or all")
     ap.add_argument("--max-instructions", type=int, default=300, help="the first N of the split (0: all)")
     args = ap.parse_args()
+    setup_logging()                    # modelsat's progress and warnings on stderr
     run, out = Path(args.run), Path(args.out)
     points = checkpoints(run) if run.is_dir() else []
     if not points:

@@ -135,11 +135,17 @@ def write_checkpoint(path: str | Path, model: "RouterModel", cfg: "Config", apti
                      aptitude_embeddings: "torch.Tensor | None" = None,
                      category_classifier: "CategoryClassifier | None" = None) -> None:
     """Write a complete checkpoint of `model` with the zoo `zoo` (its entries as they are in memory) to a temporary
-    folder, then rename it onto `path`: what trained, the config, the aptitude test, the zoo, the optional files,
-    the model card and the format file. `splits` and `metrics` are provenance (written where given)."""
+    folder, then rename it onto `path` (replacing an earlier checkpoint there): what trained, the config, the
+    aptitude test, the zoo, the optional files, the model card and the format file. `splits` and `metrics` are
+    provenance (written where given). Raises CheckpointError where `path` is a non-empty folder that is not a
+    checkpoint (its files would be lost)."""
     import torch
 
-    with atomic_dir(Path(path)) as tmp:
+    path = Path(path)
+    if path.is_dir() and any(path.iterdir()) and not any((path / f).exists() for f in (FORMAT_FILE, "config.yaml")):
+        raise CheckpointError(f"{path} is a folder that holds other files, not a router checkpoint: writing the "
+                              "checkpoint there would replace them; give a new or empty folder")
+    with atomic_dir(path) as tmp:
         model.save_trained(tmp)
         cfg.save(tmp / "config.yaml")
         aptitude.save(tmp / "aptitude.json")

@@ -229,20 +229,22 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1, allow_nan=False))
 
 
-class _Help(argparse.HelpFormatter):
-    """Each option's help followed by its default, where it has one the help does not already give."""
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each option's help followed by its default, where it has one the help does not already give (a flag's
+    False, None and "" are no default worth showing; 0 is)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("(default" in text or not action.option_strings or action.default in (None, False, "")
-                or action.default is argparse.SUPPRESS):
+        default = action.default
+        if ("(default" in text or not action.option_strings or default is None or default is False or default == ""
+                or default is argparse.SUPPRESS):
             return text
         return f"{text} (default: %(default)s)"
 
 
 def _with_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """`parser` and every subcommand's parser under it, formatted by `_Help`."""
-    parser.formatter_class = _Help
+    """`parser` and every subcommand's parser under it, formatted by `DefaultsHelpFormatter`."""
+    parser.formatter_class = DefaultsHelpFormatter
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
@@ -400,15 +402,20 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
-        from modelsat.train import cli as train
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("train", "rank"):       # their own parsers; options given before the command go along
+        given = (["--debug"] if args.debug else []) + ["--log-level", args.log_level] + (
+            ["--log-json"] if args.log_json else [])
+        if args.command == "train":
+            from modelsat.train import cli as train
 
-        return train(argv[1:], prog="modelsat train")
-    if argv[:1] == ["rank"]:
+            return train(given + rest, prog="modelsat train")
         from modelsat.infer import main as rank
 
-        return rank(argv[1:], prog="modelsat rank")
-    args = build_parser().parse_args(argv)
+        return rank(given + rest, prog="modelsat rank")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     where = f"modelsat {args.command}" + (f" {args.action}" if getattr(args, "action", None) else "")
     quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
     setup_logging(args.log_level, args.log_json)

@@ -73,21 +73,7 @@ def print_table(instructions: list[str], rankings: list) -> None:
 def main(argv: list[str] | None = None, prog: str = "infer.py") -> int:
     """Rank the zoo for the instruction(s) of `argv`; returns the exit code (2 on bad input, with one line on
     stderr starting with `prog`)."""
-    p = argparse.ArgumentParser(prog=prog, description="Rank the zoo of a trained modelsat router.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a router's folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("text", nargs="?", metavar="INSTRUCTION", help="one instruction (as --instruction)")
-    src.add_argument("--instruction", help="one instruction (\\n in the text is read as a new line)")
-    src.add_argument("--file", type=Path, help="a .txt or .jsonl file of instructions")
-    p.add_argument("--models", help="comma-separated candidates (default: the whole zoo)")
-    p.add_argument("--cost-weight", type=float, default=0.0, help="probability given up per the most expensive "
-                   "candidate's cost")
-    p.add_argument("--top-k", type=int, help="show the best K (default: every candidate)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    add_logging_arguments(p)
-    args = p.parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     if args.text is not None:
         args.instruction = args.text
     setup_logging(args.log_level, args.log_json)
@@ -106,6 +92,27 @@ def main(argv: list[str] | None = None, prog: str = "infer.py") -> int:
         hint = "" if bad_input else f" ({type(e).__name__}; rerun with --debug for the traceback)"
         print(f"{prog}: error: {' '.join(str(e).split())}{hint}", file=sys.stderr)
         return 2 if bad_input else 1
+
+
+def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
+    """The options of `modelsat rank` / `infer.py`, each with its help and default."""
+    from modelsat.cli import DefaultsHelpFormatter
+
+    p = argparse.ArgumentParser(prog=prog, description="Rank the zoo of a trained modelsat router.",
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a router's folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("text", nargs="?", metavar="INSTRUCTION", help="one instruction (as --instruction)")
+    src.add_argument("--instruction", help="one instruction (\\n in the text is read as a new line)")
+    src.add_argument("--file", type=Path, help="a .txt or .jsonl file of instructions")
+    p.add_argument("--models", help="comma-separated candidates (default: the whole zoo)")
+    p.add_argument("--cost-weight", type=float, default=0.0, help="probability given up per the most expensive "
+                   "candidate's cost")
+    p.add_argument("--top-k", type=int, help="show the best K (default: every candidate)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    add_logging_arguments(p)
+    return p
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ the end of training (`metrics.json`).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -47,7 +48,9 @@ def model_card(config: "Config", aptitude: "Aptitude", zoo: "Zoo", metrics: dict
     layers = f"the lower {m.num_layers} layers" if m.num_layers else "all layers"
     if m.frozen_layers:
         layers += f" (the lower {m.frozen_layers} frozen, LoRA above them)"
-    data = ModelCardData(library_name="modelsat", base_model=portable_name(m.llm), license="apache-2.0",
+    base = portable_name(m.llm)
+    hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~")) and not Path(base).expanduser().exists()
+    data = ModelCardData(library_name="modelsat", base_model=base if hub_id else None, license="apache-2.0",
                          tags=["modelsat", "llm-routing", "router", "model-sat", "lora", "peft"])
     lines = [f"# {name}", "",
              "A modelsat router (Model-SAT, *Capability Instruction Tuning*, "
@@ -76,8 +79,9 @@ def model_card(config: "Config", aptitude: "Aptitude", zoo: "Zoo", metrics: dict
         lines.append(f"Source `{d.source}` (instructions: {sizes}; split {d.split_by}, seed {d.seed}).")
     else:
         lines.append(f"Source `{d.source}` (the split is not recorded in this folder).")
-    lines += ["", "## Zoo", "", "Candidates marked * were never trained on: they joined through their aptitude "
-              "results alone.", "", "| candidate | aptitude accuracy | cost |", "|---|---|---|"]
+    lines += ["", "## Zoo (when this card was written)", "", "Candidates marked * were never trained on: they joined "
+              "through their aptitude results alone. `modelsat zoo list --checkpoint DIR` shows the zoo as it is now "
+              "(`modelsat zoo add/remove` change it without rewriting this card).", "", "| candidate | aptitude accuracy | cost |", "|---|---|---|"]
     lines += [f"| {e.name}{' *' if e.name in d.unseen_models or e.name not in trained else ''} | {e.accuracy:.3f} | "
               f"{'' if e.cost is None else f'{e.cost:g} {e.cost_unit}'.strip()} |"
               for e in (zoo.get(n) for n in zoo.names)]

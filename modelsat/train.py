@@ -276,7 +276,7 @@ def _config_help() -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None, prog: str = "train.py") -> dict:
+def main(argv: list[str] | None = None, prog: str = "train.py", configure_logging: bool = False) -> dict:
     """Train with the config and overrides of `argv`; returns the final metrics. Bad input raises (a ConfigError,
     a data error, a CheckpointError on resume): `cli` turns it into one line and exit code 2."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=_config_help(),
@@ -287,7 +287,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py") -> dict:
     add_logging_arguments(parser)
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_json)
+    if configure_logging:
+        setup_logging(args.log_level, args.log_json)
     cfg = load_config(args.config, args.overrides)
     out_dir = Path(cfg.train.out_dir)
     if out_dir.exists() and not out_dir.is_dir():    # found now, not after training when final/ is written
@@ -496,7 +497,7 @@ def cli(argv: list[str] | None = None, prog: str = "train.py") -> int:
     argv = sys.argv[1:] if argv is None else argv
     quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
     try:
-        main(argv, prog)
+        main(argv, prog, configure_logging=True)
     except (ValueError, OSError) as e:
         if "--debug" in argv or not (isinstance(e, OSError) or _ours(e)):
             raise

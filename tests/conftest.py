@@ -38,6 +38,18 @@ def one_thread():
 
 
 @pytest.fixture(autouse=True)
+def _modelsat_logger():
+    """Each test starts and ends with the "modelsat" logger as the package leaves it (a command run in a test sets
+    a handler on the test's captured stderr and stops propagation, which would hide records from `caplog`)."""
+    import logging
+
+    logger = logging.getLogger("modelsat")
+    state = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = state
+
+
+@pytest.fixture(autouse=True)
 def _seed() -> None:
     import random
 

@@ -40,8 +40,9 @@ def test_a_checkpoint_records_its_format_its_base_model_portably_and_has_a_card(
     base = json.loads((tiny_checkpoint / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert base == "tiny-llama"                                  # the config's name, not a path on this machine
     card = (tiny_checkpoint / "README.md").read_text()
-    assert card.startswith("---\n") and "library_name: modelsat" in card and "base_model: tiny-llama" in card
-    for section in ("## Backbones", "## Aptitude test", "## Training data", "## Zoo", "## Measured at the end"):
+    assert card.startswith("---\n") and "library_name: modelsat" in card
+    assert "base_model:" not in card                            # tiny-llama is no hub id: left out of the metadata
+    for section in ("## Backbones", "## Aptitude test", "## Training data", "## Zoo (when", "## Measured at the end"):
         assert section in card
     router = Router.from_checkpoint(tiny_checkpoint)
     assert all(f"| {name} |" in card for name in router.models)
@@ -111,3 +112,16 @@ def test_from_pretrained_of_an_unknown_id_offline_is_one_clear_line(monkeypatch)
     with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a hub repository") as err:
         Router.from_pretrained("no-such-org/no-such-router-xyz")
     assert "\n" not in str(err.value)
+
+
+def test_save_pretrained_refuses_a_folder_that_is_not_a_checkpoint(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    router = Router.from_checkpoint(tiny_checkpoint)
+    other = tmp_path / "my-files"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(CheckpointError, match="holds other files, not a router checkpoint"):
+        router.save_pretrained(other)
+    assert (other / "notes.txt").read_text() == "keep me" and len(list(other.iterdir())) == 1
+    router.save_pretrained(tmp_path / "ckpt")
+    router.save_pretrained(tmp_path / "ckpt")                   # over an earlier checkpoint: replaced, as train.py does
+    assert checkpoint_format(tmp_path / "ckpt") == FORMAT_VERSION

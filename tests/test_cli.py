@@ -360,9 +360,11 @@ def test_every_option_has_help_and_shows_its_default() -> None:
 
     from modelsat.cli import build_parser
 
+    from modelsat.infer import build_parser as rank_parser
+
     missing, no_default = [], []
-    for path, parser in _parsers(build_parser()):
-        if path[1:2] in (("train",), ("rank",)):          # their own parsers (train.py, infer.py), checked below
+    for path, parser in [*_parsers(build_parser()), (("modelsat", "rank"), rank_parser())]:
+        if path[1:] in (("train",), ("rank",)) and parser.add_help is False:   # placeholders: their own parsers
             continue
         formatter = parser._get_formatter()
         for action in parser._actions:
@@ -370,8 +372,8 @@ def test_every_option_has_help_and_shows_its_default() -> None:
                 continue
             if not action.help:
                 missing.append(f"{' '.join(path)} {action.option_strings[0]}")
-            elif action.default not in (None, False, "", argparse.SUPPRESS) \
-                    and isinstance(action.default, (int, float, str)) \
+            elif not (action.default is None or action.default is False or action.default == ""
+                      or action.default is argparse.SUPPRESS) and isinstance(action.default, (int, float, str)) \
                     and "default" not in formatter._get_help_string(action):
                 no_default.append(f"{' '.join(path)} {action.option_strings[0]}")
     assert not missing and not no_default, (missing, no_default)
@@ -399,3 +401,14 @@ def test_version_and_shipped_configs_by_name(capsys) -> None:
     assert capsys.readouterr().out.strip() == f"modelsat {__version__}"
     assert load_config("tiny") == load_config(REPO / "configs" / "tiny.yaml")
     assert (REPO / "modelsat" / "py.typed").is_file()
+
+
+def test_options_before_train_and_rank_go_along(tiny_checkpoint: Path, capsys) -> None:
+    assert cli(["--log-level", "DEBUG", "--log-json", "rank", "--checkpoint", str(tiny_checkpoint), "--json",
+                "What is the capital of France?"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)[0]["model"] in err and '"decision"' in err
+    assert cli(["--debug", "rank", "--checkpoint", str(tiny_checkpoint), "--top-k", "1", "Solve 2x = 4."]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        cli(["zoo", "list", "--checkpoint", str(tiny_checkpoint), "--no-such-option"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err

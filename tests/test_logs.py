@@ -13,14 +13,6 @@ from modelsat.logs import setup_logging
 from modelsat.router import Router
 
 
-@pytest.fixture(autouse=True)
-def _restore_modelsat_logger():
-    logger = logging.getLogger("modelsat")
-    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = handlers, level, propagate
-
-
 def test_routing_decisions_are_logged_at_debug_as_json_lines(tiny_checkpoint: Path) -> None:
     router = Router.from_checkpoint(tiny_checkpoint)
     stream = io.StringIO()

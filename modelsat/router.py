@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import unicodedata
 from pathlib import Path
 from typing import Sequence
@@ -227,8 +228,11 @@ class Router:
         `huggingface_hub.snapshot_download`, then loaded as a folder). `kwargs` go to the Router (chunk_size,
         batch_size). Raises CheckpointError, in one line, where the folder is missing, incomplete or of another
         format, or the repository cannot be downloaded (offline: only from the hub cache)."""
-        folder = Path(pretrained_model_name_or_path).expanduser()
-        if not folder.is_dir():
+        name = pretrained_model_name_or_path
+        if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+            return cls.from_checkpoint(name, **kwargs)          # its one-line error: a path is needed
+        folder = Path(name).expanduser()
+        if not folder.is_dir() and not folder.exists():
             from huggingface_hub import snapshot_download
 
             from modelsat.pretrained import _offline

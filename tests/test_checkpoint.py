@@ -125,3 +125,15 @@ def test_save_pretrained_refuses_a_folder_that_is_not_a_checkpoint(tiny_checkpoi
     router.save_pretrained(tmp_path / "ckpt")
     router.save_pretrained(tmp_path / "ckpt")                   # over an earlier checkpoint: replaced, as train.py does
     assert checkpoint_format(tmp_path / "ckpt") == FORMAT_VERSION
+
+
+@pytest.mark.parametrize("bad, message", [("", "a checkpoint path is needed"), (None, "a checkpoint path is needed")])
+def test_from_pretrained_of_no_path_is_a_clear_error(bad, message: str) -> None:
+    with pytest.raises(CheckpointError, match=message):
+        Router.from_pretrained(bad)
+
+
+def test_from_pretrained_of_a_file_names_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CheckpointError, match="is a file, not a folder"):
+        Router.from_pretrained(tmp_path / "file")

@@ -137,3 +137,27 @@ def test_from_pretrained_of_a_file_names_it(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(CheckpointError, match="is a file, not a folder"):
         Router.from_pretrained(tmp_path / "file")
+
+
+def test_push_to_hub_uploads_a_complete_checkpoint(tiny_checkpoint: Path, monkeypatch) -> None:
+    """No hub is reachable here: HfApi's two calls are replaced by recorders; what they get is checked."""
+    import huggingface_hub
+
+    calls = {}
+
+    def create_repo(self, repo_id, private=None, exist_ok=False):
+        calls["create"] = (repo_id, private, exist_ok)
+
+    def upload_folder(self, repo_id, folder_path, commit_message, revision=None, create_pr=False):
+        folder = Path(folder_path)
+        calls["upload"] = (repo_id, commit_message, sorted(p.name for p in folder.iterdir()))
+        assert checkpoint_format(folder) == FORMAT_VERSION                 # loadable as it is uploaded
+        assert Router.from_pretrained(folder).models == Router.from_checkpoint(tiny_checkpoint).models
+        return "https://huggingface.co/me/router/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    url = Router.from_checkpoint(tiny_checkpoint).push_to_hub("me/router", private=True)
+    assert url.endswith("/commit/abc") and calls["create"] == ("me/router", True, True)
+    assert calls["upload"][0] == "me/router" and {"README.md", FORMAT_FILE, "adapter_model.safetensors", "zoo",
+                                                    "config.yaml", "aptitude.json"} <= set(calls["upload"][2])

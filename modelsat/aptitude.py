@@ -319,8 +319,8 @@ def top_up(aptitude: Aptitude, table: Any, extra: int, seed: int = 0) -> Aptitud
     """`aptitude` with `extra` more questions in each task, drawn from the same task of `table` (by `task`, or else
     `source`, as `tasks_by="task_or_source"` names them) among the questions every model of `table` answered and on
     which they disagree, with probability proportional to the variance of their scores (as `build_aptitude`).
-    A larger test gives steadier per-task accuracies (RESULTS §10: the per-category signal rises, routing on val
-    did not). Tasks with fewer such questions are dropped, so that every task keeps the same size; `table` must not
+    A larger test gives steadier per-task accuracies (the per-category signal rises; whether routing gains was
+    measured on val, dev/LOG.md). Tasks with fewer such questions are dropped, so that every task keeps the same size; `table` must not
     hold the test's own questions."""
     if extra < 1:
         raise AptitudeError(f"top_up needs a positive number of questions per task, got {extra}")

@@ -9,8 +9,8 @@ For an instruction x and a candidate m, with s_a = cos(x, aptitude question a) a
     category  Σ_c p(c | x) · (mean o_a over the aptitude questions of category c)   (with a category classifier)
     overall   mean o_a over the whole test
     nearness  the mean of the 10 largest s_a, the same for every candidate: how close the test comes to x
-These were the inputs of the earlier routers' hand-weighted route priors (RESULTS §11, §13), turned into features, so that the router
-learns how to weigh them. They depend only on aptitude results, so a model added to the zoo gets them too: its
+These were the inputs of the earlier routers' hand-weighted route priors (dev/LOG.md), turned into features, so that
+the router learns how to weigh them. They depend only on aptitude results, so a model added to the zoo gets them too: its
 evidence is computed from its zoo entry, never from its results on routed instructions.
 """
 from __future__ import annotations

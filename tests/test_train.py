@@ -144,12 +144,13 @@ def test_train_script_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_with_nothing_to_resume_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """train.resume=true over an out_dir without a step folder starts at step 0 and says it (was silent)."""
+    caplog.set_level("INFO", logger="modelsat")
     metrics = train.main(["--config", TINY, *tiny_overrides(tmp_path, **{"train.max_steps": 1, "train.save_every": 0}),
                           "train.resume=true"])
     assert metrics["step"] == 1
-    assert "holds no step folder with a training_state.pt: starting at step 0" in capsys.readouterr().err
+    assert "holds no step folder with a training_state.pt: starting at step 0" in caplog.text
 
 
 @pytest.mark.parametrize("under", ["file.parquet/run", "file.parquet/a/b/run"])

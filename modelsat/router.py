@@ -232,7 +232,7 @@ class Router:
         if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
             return cls.from_checkpoint(name, **kwargs)          # its one-line error: a path is needed
         folder = Path(name).expanduser()
-        if not folder.is_dir() and not folder.exists():
+        if not folder.exists():                                 # no folder or file here: a hub repository id
             from huggingface_hub import snapshot_download
 
             from modelsat.pretrained import _offline

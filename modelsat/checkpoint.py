@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modelsat import __version__
 from modelsat.io_utils import atomic_dir, atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:  # torch-heavy imports only for type checkers
@@ -49,7 +50,21 @@ class CheckpointError(ValueError):
 
 
 def check_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder, with a clear error when it is missing or partial (or `path` is no path at all)."""
+    """The checkpoint folder, with a clear error when it is missing or partial (or `path` is no path at all), or
+    in another format than FORMAT_VERSION."""
+    path = _check_files(path)
+    version = checkpoint_format(path)
+    if version < FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is in format {version} (written before modelsat 0.2); this modelsat "
+                              f"reads format {FORMAT_VERSION}: run `modelsat checkpoint upgrade {path}` once")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is in format {version}, newer than the format {FORMAT_VERSION} this "
+                              f"modelsat {__version__} reads; upgrade modelsat (`pip install -U modelsat`)")
+    return path
+
+
+def _check_files(path: str | Path) -> Path:
+    """The checkpoint folder where it holds every file of a checkpoint (any format), else a CheckpointError."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise CheckpointError(f"a checkpoint path is needed (got {str(path)[:40]!r}); give the folder of a trained "
                               "router, e.g. checkpoints/modelsat-smollm2-mmlupro")
@@ -68,20 +83,7 @@ def check_checkpoint(path: str | Path) -> Path:
     if missing:
         raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)} "
                               "(was training interrupted before it was written?)")
-    version = checkpoint_format(path)
-    if version < FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is in format {version} (written before modelsat 0.2); this modelsat "
-                              f"reads format {FORMAT_VERSION}: run `modelsat checkpoint upgrade {path}` once")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is in format {version}, newer than the format {FORMAT_VERSION} this "
-                              f"modelsat {_modelsat_version()} reads; upgrade modelsat (`pip install -U modelsat`)")
     return path
-
-
-def _modelsat_version() -> str:
-    from modelsat import __version__
-
-    return __version__
 
 
 def checkpoint_format(path: str | Path) -> int:
@@ -108,7 +110,7 @@ def _write_provenance(tmp: Path, cfg: "Config", aptitude: "Aptitude", zoo: "Zoo"
 
     model_card(cfg, aptitude, zoo, metrics, splits, name=name).save(tmp / "README.md")
     atomic_write_text(tmp / FORMAT_FILE, json.dumps({"format": "modelsat-router", "format_version": FORMAT_VERSION,
-                                                     "modelsat_version": _modelsat_version()}, indent=1))
+                                                     "modelsat_version": __version__}, indent=1))
 
 
 def save_checkpoint(path: Path, model: "RouterModel", cfg: "Config", aptitude: "Aptitude",
@@ -185,13 +187,10 @@ def upgrade_checkpoint(path: str | Path) -> bool:
     from modelsat.pretrained import portable_name
     from modelsat.zoo import Zoo
 
-    path = Path(path)
-    if not path.is_dir() or checkpoint_format(path) >= FORMAT_VERSION:
-        check_checkpoint(path)                  # no folder, incomplete or newer: its error
+    path = _check_files(path)                   # no folder, a file, incomplete: its error
+    if checkpoint_format(path) >= FORMAT_VERSION:
+        check_checkpoint(path)                  # newer: its error
         return False
-    missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()] + ([] if (path / "zoo").is_dir() else ["zoo/"])
-    if missing:
-        raise CheckpointError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}; it cannot be upgraded")
     cfg = load_config(path / "config.yaml")
     aptitude = Aptitude.load(path / "aptitude.json")
     zoo = Zoo.load(path / "zoo", aptitude)

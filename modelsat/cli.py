@@ -28,6 +28,7 @@ from modelsat.config import shipped_configs
 from modelsat.logs import add_logging_arguments, setup_logging
 from modelsat.quiet import quiet_libraries
 
+CHECKPOINT_HELP = "a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro"
 SOURCES = ["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"]
 
 
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     zoo = sub.add_parser("zoo", help="the candidate models of a checkpoint").add_subparsers(dest="action", required=True)
     za = zoo.add_parser("add", help="add a model from its aptitude results (no retraining)")
-    za.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    za.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     za.add_argument("--name", required=True, help="the model's name in the zoo")
     za.add_argument("--results", required=True, help="long-format (model, question_id, score) or (question_id, score)")
     za.add_argument("--cost", type=float, help="cost per request (default: from models.parquet beside --results)")
@@ -327,11 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
     za.add_argument("--price-out", type=float, help="USD per 1M output tokens")
     za.set_defaults(fn=cmd_zoo_add)
     zl = zoo.add_parser("list", help="the models of the zoo")
-    zl.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    zl.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     zl.add_argument("--json", action="store_true", help="print JSON instead of a table")
     zl.set_defaults(fn=cmd_zoo_list)
     zr = zoo.add_parser("remove", help="remove a model from the zoo")
-    zr.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    zr.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     zr.add_argument("--name", required=True, help="the model's name in the zoo")
     zr.set_defaults(fn=cmd_zoo_remove)
 
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_evaluate)
 
     sv = sub.add_parser("serve", help="HTTP JSON service over a checkpoint")
-    sv.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    sv.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sv.add_argument("--port", type=int, default=8000, help="port to listen on")
     sv.add_argument("--persist", action="store_true",
@@ -366,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(fn=cmd_serve)
 
     ca = sub.add_parser("calibrate", help="the smallest cost_weight that meets a budget on representative instructions")
-    ca.add_argument("--checkpoint", required=True, help="a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    ca.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     ca.add_argument("--instructions", required=True, help="a .txt (one per line) or .jsonl ({\"instruction\": ...}) file")
     budget = ca.add_mutually_exclusive_group(required=True)
     budget.add_argument("--max-share-expensive", type=float,

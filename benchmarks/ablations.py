@@ -1,7 +1,7 @@
 """The issue-7 ablations: one short training run per arm from `configs/default.yaml`, the same data, seed and
 budget for every arm, compared on the val split (never the test split).
 
-    python benchmarks/ablations.py --out runs/ablations [--steps 150] [--layers 4] [--arms base,text,...]
+    python -m benchmarks.ablations --out runs/ablations [--steps 150] [--layers 4] [--arms base,text,...]
 
 Arms (each changes one thing from `base`):
   base           structured capability encoder, instruction-centred listwise + pointwise loss, no

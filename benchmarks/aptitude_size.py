@@ -1,6 +1,6 @@
 """Ablation (f) of issue 19: how routing through the aptitude evidence depends on the size of the aptitude test.
 
-    python benchmarks/aptitude_size.py --checkpoint checkpoints/modelsat-smollm2-mmlupro --out runs/aptitude-size
+    python -m benchmarks.aptitude_size --checkpoint checkpoints/modelsat-smollm2-mmlupro --out runs/aptitude-size
 
 The size of the test is what a new model must answer to join the zoo: its cost of joining. Each size is the
 checkpoint's test cut to its first T tasks and the first k questions of each (`Aptitude.head`; the first 20 of each
@@ -25,14 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelsat.logs import setup_logging  # noqa: E402
+from modelsat.logs import setup_logging
 from modelsat.aptitude import Aptitude, AptitudeError
 from modelsat.category import CategoryClassifier
 from modelsat.config import load_config
 from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
 from modelsat.encoder import EvidenceEncoder
-from modelsat.evaluate import bootstrap_ci, cached_embedder, routed_scores
+from modelsat.embedding import cached_embedder
+from modelsat.metrics import bootstrap_ci, routed_outcomes
 from modelsat.evidence import DIM, NAMES, Evidence
 from modelsat.loss import fit_offset
 
@@ -50,7 +51,7 @@ def gains(score: np.ndarray, y: np.ndarray, y_fit: np.ndarray, cols: list[int]) 
     ok = ~np.isnan(yy).any(axis=1)
     best = int(np.argmax(np.nanmean(y_fit[:, cols], axis=0)))
     yy = yy[ok]
-    return routed_scores(s[ok], yy, np.zeros(len(cols))) - yy[:, best]
+    return routed_outcomes(s[ok], yy, np.zeros(len(cols))) - yy[:, best]
 
 
 def main() -> None:
@@ -77,7 +78,7 @@ def main() -> None:
     zoo_cols = {z: [col[m] for m in cfg.data.zoos[z]] for z in ZOOS}
     train, val = list(splits["train"]), list(splits["val"])
     emb = {q: e for q, e in zip(train + val, unit(embed(table.texts(train + val))))}
-    y_all = {q: r for q, r in zip(train + val, table.score_matrix(train + val, models).astype(np.float64))}
+    y_all = {q: r for q, r in zip(train + val, table.outcome_matrix(train + val, models).astype(np.float64))}
     folds = np.array_split(np.random.default_rng(1).permutation(len(train)), args.folds)
 
     def routers(apt: Aptitude, fit: list[str], score_on: list[str]) -> dict[str, np.ndarray]:
@@ -86,7 +87,7 @@ def main() -> None:
         fit_emb = torch.stack([emb[q] for q in fit])
         clf = CategoryClassifier.fit(fit_emb, table.categories(fit), table.categories(apt.question_ids))
         evidence = Evidence(keys, clf)
-        outcomes = table.score_matrix(apt.question_ids, models).astype(np.float64)
+        outcomes = table.outcome_matrix(apt.question_ids, models).astype(np.float64)
         e_fit, e = evidence(fit_emb, outcomes), evidence(torch.stack([emb[q] for q in score_on]), outcomes)
         hand = (2 * e[..., NAMES.index("nn100")] + 2 * e[..., NAMES.index("category")]).numpy()
         enc = EvidenceEncoder(DIM, 1, offset="linear")

@@ -1,7 +1,7 @@
 """Every routing baseline on MMLU-Pro for the zoos 7b, mixed, large and all: prints JSON, writes a markdown table.
 
-    python benchmarks/bench_baselines.py --work /tmp/modelsat-eval              # test split, the four zoos
-    python benchmarks/bench_baselines.py --work /tmp/modelsat-eval --tune       # hyper-parameter grids on val
+    python -m benchmarks.bench_baselines --work /tmp/modelsat-eval              # test split, the four zoos
+    python -m benchmarks.bench_baselines --work /tmp/modelsat-eval --tune       # hyper-parameter grids on val
 
 The routing table, aptitude test (50 tasks × 20 by task, seed 0) and splits (val 0.1, test 0.2, seed 0) are built
 from ../shared/data/mmlu_pro into `--work` on first use; MiniLM embeddings are cached there
@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from modelsat.logs import setup_logging  # noqa: E402
-from modelsat.aptitude import Aptitude, build_aptitude  # noqa: E402
-from modelsat.baselines import (BestPerCategoryRouter, InferenceDynamicsRouter, KNNRouter, MLPRouter,  # noqa: E402
+from modelsat.logs import setup_logging
+from modelsat.aptitude import Aptitude, build_aptitude
+from modelsat.baselines import (BestPerCategoryRouter, InferenceDynamicsRouter, KNNRouter, MLPRouter,
                                 UniRouteRouter)
-from modelsat.data.converters import build_table  # noqa: E402
-from modelsat.data.splits import load_splits, make_splits, save_splits  # noqa: E402
-from modelsat.data.table import RoutingTable  # noqa: E402
-from modelsat.evaluate import cached_embedder, evaluate, resolve_zoo  # noqa: E402
+from modelsat.data.converters import build_table
+from modelsat.data.splits import load_splits, make_splits, save_splits
+from modelsat.data.table import RoutingTable
+from modelsat.embedding import cached_embedder
+from modelsat.evaluate import evaluate, resolve_zoo
 
 ZOOS = ["7b", "mixed", "large", "all"]
 

@@ -1,11 +1,11 @@
 """Every baseline (and Model-SAT, given a checkpoint) on RouterBench or RouterDC, on the dataset's own
 train/test files: prints JSON, writes a markdown table.
 
-    python benchmarks/bench_datasets.py --config configs/routerbench.yaml --out runs/routerbench-eval
-    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-eval
-    python benchmarks/bench_datasets.py --config configs/routerbench.yaml --out runs/routerbench-eval \\
+    python -m benchmarks.bench_datasets --config configs/routerbench.yaml --out runs/routerbench-eval
+    python -m benchmarks.bench_datasets --config configs/routerdc.yaml --out runs/routerdc-eval
+    python -m benchmarks.bench_datasets --config configs/routerbench.yaml --out runs/routerbench-eval \\
         --checkpoint runs/routerbench/final
-    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-eval \\
+    python -m benchmarks.bench_datasets --config configs/routerdc.yaml --out runs/routerdc-eval \\
         --checkpoint runs/routerdc/final --max-per-source 150     # a seeded sample of each test file, for every router
 
 The table, aptitude test (K-means clusters of the train files' questions) and splits (train files -> train/val,
@@ -19,7 +19,7 @@ mean US dollars per query), so the cost–quality curve is in dollars.
 Model-SAT's settings (the baselines still fit on train; the MLP also stops early on val, so its val figure is
 optimistic). Model-SAT routes by p_correct alone, as every router does (`modelsat/choice.py`):
 
-    python benchmarks/bench_datasets.py --config configs/routerdc.yaml --out runs/routerdc-val --split val \
+    python -m benchmarks.bench_datasets --config configs/routerdc.yaml --out runs/routerdc-val --split val \
         --checkpoint checkpoints/modelsat-smollm2-routerdc
 """
 from __future__ import annotations
@@ -31,16 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from eval_modelsat import MatrixRouter, cached_scores, join_zoo  # noqa: E402
-from modelsat.logs import setup_logging  # noqa: E402
-from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
-from modelsat.config import load_config  # noqa: E402
-from modelsat.data.prepare import prepare  # noqa: E402
-from modelsat.evaluate import cached_embedder, evaluate  # noqa: E402
+from benchmarks.eval_modelsat import MatrixRouter, cached_scores, join_zoo
+from modelsat.logs import setup_logging
+from modelsat.baselines import ModelSATRouter, default_routers
+from modelsat.config import load_config
+from modelsat.data.prepare import prepare
+from modelsat.embedding import cached_embedder
+from modelsat.evaluate import evaluate
 
 
 def fmt(r: dict) -> str:

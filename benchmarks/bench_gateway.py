@@ -1,7 +1,7 @@
 """The gateway's overhead over its router's ranking, and its behaviour under load with a failing upstream.
 
-    python benchmarks/bench_gateway.py                                            # in-process fake upstream
-    python benchmarks/bench_gateway.py --upstream http://127.0.0.1:8080/v1 --upstream-model smollm2   # llama.cpp
+    python -m benchmarks.bench_gateway                                            # in-process fake upstream
+    python -m benchmarks.bench_gateway --upstream http://127.0.0.1:8080/v1 --upstream-model smollm2   # llama.cpp
 
 A copy of the checkpoint (default: the committed MMLU-Pro router, 24 candidates) gets every zoo model an endpoint:
 `--upstream` (any OpenAI-compatible server, e.g. `python -m llama_cpp.server --model_alias smollm2 ...`) or an
@@ -26,7 +26,6 @@ import json
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,11 +36,10 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from fake_upstream import FakeUpstream, Served  # noqa: E402
-from modelsat import Router  # noqa: E402
-from modelsat.service import create_app  # noqa: E402
+from tests.fake_upstream import FakeUpstream, Served
+from modelsat import Router
+from modelsat.service import create_app
 
 MESSAGES = [{"role": "user", "content": "Which enzyme unwinds the DNA double helix at the replication fork?\n"
              "A. DNA ligase\nB. Helicase\nC. Primase\nD. Topoisomerase"}]

@@ -1,12 +1,12 @@
 """Shared-prefix packing vs one sequence per candidate: time to score K candidates for one instruction.
 
-    python benchmarks/bench_packing.py --json                                    # SmolLM2-135M, K = 4,8,16,24,64
-    python benchmarks/bench_packing.py --json --backbone tiny-llama --ks 4,8     # seconds, for a smoke test
+    python -m benchmarks.bench_packing --json                                    # SmolLM2-135M, K = 4,8,16,24,64
+    python -m benchmarks.bench_packing --json --backbone tiny-llama --ks 4,8     # seconds, for a smoke test
 
 The router is built as for training (default ModelConfig: LoRA on every linear layer, `mlp2x_gelu` connector,
 structured capability of 50 tasks × 20 questions pooled to the default router's 8 soft tokens per candidate
 (`--num-soft-tokens 0`: one per task, 50), random outcomes). One
-instruction of `--instruction-tokens` tokens; for each K, `score_separate` (one right-padded batch of K full
+instruction of `--instruction-tokens` tokens; for each K, `log_p_correct_separate` (one right-padded batch of K full
 sequences) and `score` (packed) are timed under torch.no_grad in fp32, best of `--repeats` (interleaved)
 after a warm-up.
 `token_ratio` = K·(L_x + L_c) / (L_x + K·L_c), the tokens the LLM processes separately vs packed: the speedup
@@ -26,11 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modelsat.config import ModelConfig  # noqa: E402
-from modelsat.model import RouterModel, build_router_model  # noqa: E402
+from modelsat.config import ModelConfig
+from modelsat.model import RouterModel, build_router_model
 
 WORDS = ("the of a question which following is true answer option law biology physics history economics energy "
          "market court theorem proof cell reaction velocity contract tax price equation value function").split()
@@ -103,11 +100,11 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         warm = [torch.stack(pool[:min(ks)])]
-        model.score([instruction], warm), model.score_separate([instruction], warm)
+        model.log_p_correct([instruction], warm), model.log_p_correct_separate([instruction], warm)
         for k in ks:
             feats = [torch.stack(pool[:k])]                                       # (K, N, F)
             (t_sep, t_packed), (separate, packed) = best_times(
-                [lambda: model.score_separate([instruction], feats), lambda: model.score([instruction], feats)],
+                [lambda: model.log_p_correct_separate([instruction], feats), lambda: model.log_p_correct([instruction], feats)],
                 args.repeats)
             row = {"k": k, "separate_s": round(t_sep, 4), "packed_s": round(t_packed, 4),
                    "speedup": round(t_sep / t_packed, 2),

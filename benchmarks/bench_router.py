@@ -1,7 +1,7 @@
 """How long a trained router takes to start and to rank: load, warm-up, one instruction at a time, and in batches.
 
-    python benchmarks/bench_router.py                                   # the committed router, 40 instructions
-    python benchmarks/bench_router.py --recompute-embeddings            # as if the checkpoint stored no embeddings
+    python -m benchmarks.bench_router                                   # the committed router, 40 instructions
+    python -m benchmarks.bench_router --recompute-embeddings            # as if the checkpoint stored no embeddings
 
 Steps, each timed once with wall clock, in this order:
   - `load_s`: `Router.from_checkpoint` (backbone, adapter, connector, zoo and, where stored, the aptitude questions'
@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -31,9 +30,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from modelsat import Router  # noqa: E402
+from modelsat import Router
 
 
 def main() -> None:

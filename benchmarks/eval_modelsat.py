@@ -1,8 +1,8 @@
 """Model-SAT from a checkpoint against every baseline on MMLU-Pro, for the zoos 7b, mixed, large and all,
 in-domain (MMLU subjects) and out-of-domain (STEMEZ, TheoremQA, SciBench) test questions separately.
 
-    python benchmarks/eval_modelsat.py --checkpoint runs/default/final --out runs/default/results
-    python benchmarks/eval_modelsat.py --checkpoint runs/default/final --out runs/default/val --split val
+    python -m benchmarks.eval_modelsat --checkpoint runs/default/final --out runs/default/results
+    python -m benchmarks.eval_modelsat --checkpoint runs/default/final --out runs/default/val --split val
 
 The router scores every (test instruction, model) pair of the table once — a candidate's score does not
 depend on the other candidates (packing is exact) — and each zoo reads its columns. The checkpoint's
@@ -19,14 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modelsat.logs import setup_logging  # noqa: E402
-from modelsat.baselines import ModelSATRouter, default_routers  # noqa: E402
-from modelsat.data.table import RoutingTable  # noqa: E402
-from modelsat.evaluate import cached_embedder, evaluate  # noqa: E402
-from modelsat.router import Router  # noqa: E402
+from modelsat.logs import setup_logging
+from modelsat.baselines import ModelSATRouter, default_routers
+from modelsat.data.table import RoutingTable
+from modelsat.embedding import cached_embedder
+from modelsat.evaluate import evaluate
+from modelsat.router import Router
 
 ZOOS = ["7b", "mixed", "large", "all"]
 

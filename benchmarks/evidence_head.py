@@ -1,6 +1,6 @@
 """Ablation (b) of issue 19: the aptitude evidence through a small learned head, with no LLM, beside the baselines.
 
-    python benchmarks/evidence_head.py --checkpoint checkpoints/modelsat-smollm2-mmlupro --split val --out runs/evidence-head
+    python -m benchmarks.evidence_head --checkpoint checkpoints/modelsat-smollm2-mmlupro --split val --out runs/evidence-head
 
 The head is `EvidenceEncoder`'s logit offset alone (modelsat/encoder.py): the 9 evidence values of a candidate for
 an instruction (modelsat/evidence.py) → p_correct, trained with train.py's loss (pointwise BCE + listwise
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from modelsat.logs import setup_logging  # noqa: E402
+from modelsat.logs import setup_logging
 from modelsat.aptitude import Aptitude
 from modelsat.baselines import (BaseRouter, BestPerCategoryRouter, BestSingleRouter, KNNRouter, MLPRouter,
                                 RoutingData)
@@ -27,7 +27,8 @@ from modelsat.config import load_config
 from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
 from modelsat.encoder import EvidenceEncoder
-from modelsat.evaluate import cached_embedder, evaluate
+from modelsat.embedding import cached_embedder
+from modelsat.evaluate import evaluate
 from modelsat.evidence import DIM, NAMES, Evidence
 
 

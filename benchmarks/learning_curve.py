@@ -1,6 +1,6 @@
 """The learning curve of one training run: routing gain and interaction AUC of every saved checkpoint on val.
 
-    python benchmarks/learning_curve.py --run runs/evidence --out runs/evidence/curve --max-instructions 300
+    python -m benchmarks.learning_curve --run runs/evidence --out runs/evidence/curve --max-instructions 300
 
 Reads `<run>/step-NNNNNN/` (written every `train.save_every` steps) and `<run>/final/`, scores the first
 `--max-instructions` instructions of the split that have a result of every model of the requested zoos with each
@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from modelsat.logs import setup_logging  # noqa: E402
+from modelsat.logs import setup_logging
 from modelsat.choice import normalised_costs
 from modelsat.config import load_config
 from modelsat.data.table import RoutingTable
-from modelsat.evaluate import bootstrap_ci, cached_embedder, interaction_auc, routed_scores
+from modelsat.embedding import cached_embedder
+from modelsat.metrics import bootstrap_ci, interaction_auc, routed_outcomes
 from modelsat.router import Router
 
 
@@ -101,11 +102,11 @@ def main() -> None:
         fail(f"unknown zoo {', '.join(unknown)}; the checkpoint's zoos are {', '.join(known)}")
     zoos = {z: list(known[z]) for z in args.zoos.split(",")}
     models = sorted({m for z in zoos.values() for m in z})
-    y_all = table.score_matrix(list(splits[args.split]), models).astype(np.float64)
+    y_all = table.outcome_matrix(list(splits[args.split]), models).astype(np.float64)
     keep = ~np.isnan(y_all).any(axis=1)
     ids = [q for q, k in zip(splits[args.split], keep) if k][:args.max_instructions or None]
     y_all = y_all[keep][:len(ids)]
-    ytr = table.score_matrix(list(splits["train"]), models).astype(np.float64)
+    ytr = table.outcome_matrix(list(splits["train"]), models).astype(np.float64)
     col = {m: j for j, m in enumerate(models)}
 
     embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))   # one run: one encoder
@@ -117,7 +118,7 @@ def main() -> None:
             c = [col[m] for m in zm]
             y, pz = y_all[:, c], p[:, c]
             best = int(np.nanargmax(np.nanmean(ytr[:, c], axis=0)))
-            diff = routed_scores(pz, y, normalised_costs(table.costs(zm))) - y[:, best]
+            diff = routed_outcomes(pz, y, normalised_costs(table.costs(zm))) - y[:, best]
             lo, hi = bootstrap_ci(diff)
             row[z] = {"gain": round(100 * float(diff.mean()), 2), "gain_ci": [round(100 * lo, 2), round(100 * hi, 2)],
                       "interaction_auc": round(interaction_auc(pz, y), 4),

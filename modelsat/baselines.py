@@ -17,20 +17,27 @@ router can use them silently. Hyper-parameter defaults: the best *mean val accur
 mixed, large and all (`benchmarks/bench_baselines.py --tune`: fit on train, score on val; MiniLM embeddings,
 aptitude 50×20 by task, splits val 0.1 / test 0.2, seed 0). Val has ~830-960 instructions per zoo, so
 differences under ~0.01 are noise; the grids are in that script.
+
+Why ~450 lines in one module: the baseline routers side by side, 30-70 lines each behind one interface
+(`BaseRouter`), so that their differences read at a glance.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
+from torch import nn
 
 from modelsat.aptitude import Aptitude
 from modelsat.choice import Ranked, normalised_costs, ranking, utilities  # noqa: F401 (re-exported)
-
-Embed = Callable[[list[str]], np.ndarray]
+from modelsat.embedding import Embed
+from modelsat.router import Router
 
 
 class RoutingError(ValueError):
@@ -41,18 +48,6 @@ def unit(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm (cosine similarity = dot product)."""
     x = np.asarray(x, dtype=np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def hashing_embed(texts: list[str], dim: int = 512) -> np.ndarray:
-    """A cheap deterministic bag-of-words embedding (crc32-hashed lower-case words): for tests and smoke runs."""
-    import re
-    import zlib
-
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i, t in enumerate(texts):
-        for w in re.findall(r"[a-z0-9]+", t.lower()):
-            out[i, zlib.crc32(w.encode()) % dim] += 1.0
-    return out
 
 
 def _smoothed_mean(y: np.ndarray, groups: np.ndarray, n_groups: int, prior: np.ndarray, strength: float) -> np.ndarray:
@@ -81,11 +76,11 @@ class RoutingData:
         if bad:
             raise RoutingError(f"labels of {bad} were requested, but they are unseen models: only their "
                                "aptitude results may be used")
-        return self.table.score_matrix(list(question_ids), list(models)).astype(np.float64)
+        return self.table.outcome_matrix(list(question_ids), list(models)).astype(np.float64)
 
     def aptitude_scores(self, models: Sequence[str]) -> np.ndarray:
         """(A, M) scores on the aptitude questions in task-major order (NaN where a model has no result)."""
-        return self.table.score_matrix(self.aptitude.question_ids, list(models)).astype(np.float64)
+        return self.table.outcome_matrix(self.aptitude.question_ids, list(models)).astype(np.float64)
 
     def embeddings(self, question_ids: Sequence[str]) -> np.ndarray:
         """(N, D) unit-norm embeddings of the table's texts of `question_ids`."""
@@ -280,9 +275,6 @@ class MLPRouter(BaseRouter):
         return {"hidden": self.hidden, "dropout": self.dropout, "lr": self.lr, "epochs": getattr(self, "epochs_", None)}
 
     def _fit(self, data: RoutingData, models: list[str]) -> list[str]:
-        import torch
-        from torch import nn
-
         seen = [m for m in models if m in data.seen]
         torch.manual_seed(self.seed)
         x, y = torch.from_numpy(data.embeddings(data.train_ids)), torch.from_numpy(data.labels(data.train_ids, seen))
@@ -301,16 +293,12 @@ class MLPRouter(BaseRouter):
 
     def _loss(self, x: Any, y: Any) -> Any:
         """Binary cross-entropy over the (instruction, model) pairs that have a label."""
-        import torch
-
         mask = ~torch.isnan(y)
         return torch.nn.functional.binary_cross_entropy_with_logits(self.net(x)[mask], y[mask].float())
 
     def _train(self, x: Any, y: Any, val: tuple[Any, Any] | None) -> None:
         """Mini-batch AdamW; keep the weights of the best val loss, stop after `patience` epochs without gain
         (without a val split: 50 epochs)."""
-        import torch
-
         opt = torch.optim.AdamW(self.net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(self.seed)
         best, best_state, stale, self.epochs_ = math.inf, None, 0, None
@@ -334,8 +322,6 @@ class MLPRouter(BaseRouter):
             self.net.load_state_dict(best_state)
 
     def _predict(self, question_ids: list[str], instructions: list[str]) -> np.ndarray:
-        import torch
-
         with torch.no_grad():
             return torch.sigmoid(self.net(torch.from_numpy(unit(self.data.embed(instructions))))).double().numpy()
 
@@ -359,9 +345,6 @@ class UniRouteRouter(BaseRouter):
         return {"n_clusters": self.n_clusters, "smoothing": self.smoothing}
 
     def _fit(self, data: RoutingData, models: list[str]) -> list[str]:
-        from sklearn.cluster import KMeans
-        from threadpoolctl import threadpool_limits
-
         x = data.embeddings(data.train_ids)
         if len(x) < self.n_clusters:
             raise RoutingError(f"uniroute-kmeans: {len(x)} train instructions for {self.n_clusters} clusters")
@@ -435,8 +418,6 @@ class ModelSATRouter(BaseRouter):
 
     def _fit(self, data: RoutingData, models: list[str]) -> list[str]:
         if self.router is None:
-            from modelsat.router import Router
-
             self.router = Router.from_checkpoint(self.checkpoint)
         if self.router.aptitude.fingerprint != data.aptitude.fingerprint:
             raise RoutingError("model-sat: the checkpoint's aptitude test differs from the evaluation's "

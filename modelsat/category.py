@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from sklearn.linear_model import LogisticRegression
 
 
 @dataclass
@@ -32,8 +33,6 @@ class CategoryClassifier:
             aptitude_categories: Sequence[str]) -> "CategoryClassifier":
         """Fit on (N, D) embeddings of questions and their `categories`; `aptitude_categories` are the aptitude
         questions' own, in `aptitude.question_ids` order."""
-        from sklearn.linear_model import LogisticRegression
-
         x = np.asarray(embeddings, dtype=np.float64)
         if x.ndim != 2 or len(x) != len(categories):
             raise ValueError(f"{len(categories)} categories for embeddings of shape {x.shape}")

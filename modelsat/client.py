@@ -19,8 +19,9 @@ from typing import Iterator
 
 import httpx
 
-from modelsat.gateway import (ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate, plan, retryable,
-                              status_error, upstream_request, zoo_syncer)
+from modelsat.gateway import (NOT_JSON, ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate, json_object,
+                              plan, requests_to_try, retryable, status_error, zoo_syncer)
+from modelsat.router import Router
 
 
 class Completion(dict):
@@ -120,8 +121,6 @@ class Client:
         if (checkpoint is None) == (router is None):
             raise ValueError("give one of checkpoint= (a router's folder) or router= (a modelsat.Router)")
         if router is None:
-            from modelsat.router import Router
-
             router = Router.from_checkpoint(checkpoint)
         self.router = router
         self.settings = settings or GatewaySettings()
@@ -143,12 +142,7 @@ class Client:
         with self._lock:
             self._sync()
             p = plan(self.router, body)
-        for entry in p.candidates[:self.settings.max_attempts]:
-            try:
-                url, headers, content = upstream_request(entry, p)
-            except GatewayError as e:
-                p.fail(entry, e.message)
-                continue
+        for entry, url, headers, content in requests_to_try(p, self.settings.max_attempts):
             response = None
             try:
                 response = self._http.send(self._http.build_request("POST", url, headers=headers, content=content),
@@ -161,13 +155,10 @@ class Client:
                                            f"{status_error(response)}", "upstream_error")
                     p.fail(entry, status_error(response))
                 elif not p.stream:
-                    try:
-                        data = response.json()
-                    except ValueError:
-                        data = None
-                    if isinstance(data, dict):
+                    data = json_object(response)
+                    if data is not None:
                         return Completion.wrap(annotate(p, entry, data))
-                    p.fail(entry, "answered with a body that is not a JSON object")
+                    p.fail(entry, NOT_JSON)
                 else:
                     lines = response.iter_lines()
                     first = None

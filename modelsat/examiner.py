@@ -11,6 +11,9 @@ error, 429 or 5xx is retried with exponential backoff. Every answer is appended 
 flushed) as it arrives, so a run killed at any point, even by SIGKILL, resumes without asking an answered question
 again; a line torn by the kill is dropped. An answer whose letter cannot be read counts as wrong and is reported.
 `out` gets `question_id, score` (parquet or csv), the format of the local runner, for `modelsat zoo add`.
+
+Why ~400 lines in one module: asking, retrying, resuming from the answer log and grading are one run whose
+state (the log, the summary) they share.
 """
 from __future__ import annotations
 
@@ -25,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pandas as pd
+from tqdm.auto import tqdm
 
 from modelsat.aptitude import Aptitude, AptitudeError, graded_letters, option_texts
 from modelsat.io_utils import atomic_write_bytes, atomic_write_text
@@ -222,8 +227,6 @@ async def _ask(client, url: str, body: dict, api_key_env: str | None, retries: i
 
 async def _attempt(client, url: str, body: dict, api_key_env: str | None) -> dict | tuple[str, float]:
     """One request: {"reply", "usage"}, or (why, seconds the server asks to wait) where a retry may help."""
-    import httpx
-
     try:
         r = await client.post(url, json=body, headers=_headers(api_key_env))
     except httpx.TimeoutException:
@@ -303,8 +306,6 @@ def spread_order(aptitude: Aptitude) -> list[str]:
 async def _run(url: str, upstream_model: str, todo: list[str], aptitude: Aptitude, letters: dict[str, list[str]],
                log_file, summary: Summary, done: dict[str, dict], *, api_key_env: str | None, concurrency: int,
                retries: int, timeout: float, backoff: float, max_tokens: int, progress) -> None:
-    import httpx
-
     gate = asyncio.Semaphore(concurrency)
     options = {q: option_texts(aptitude.texts[q]) for q in todo}
 
@@ -356,8 +357,6 @@ def examine(endpoint: str, upstream_model: str, aptitude: Aptitude, out: Path, *
     `retries` retries (backoff `backoff` s doubling, at most 30 s; timeout `timeout` s per request) is left out
     and listed in `Summary.failed`. Raises ExaminerError (an AptitudeError) for a test without answers, bad
     arguments, an answer log of another run, or an endpoint that refuses the model, URL or key."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     if out.suffix not in (".parquet", ".csv"):
         raise ExaminerError(f"--out {out} must end in .parquet or .csv")

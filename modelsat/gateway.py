@@ -17,7 +17,11 @@ in-process. Everything but the network I/O is shared: `plan` reads the request a
   fails: 504 if all timed out, else 502, with an OpenAI-style error body listing the attempts.
 - A stream is passed through byte for byte as it arrives; one that breaks midway ends with an SSE event
   `data: {"error": {...}}` (the openai client raises it) and is not retried.
+
+Why ~460 lines in one module: the planning shared by `modelsat serve` and `modelsat.Client` (which cannot
+import Starlette) and the server's forwarding live together so the two paths stay one behaviour.
 """
+import asyncio
 import json
 import logging
 import math
@@ -25,7 +29,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import quote
 
 import httpx
@@ -264,6 +268,30 @@ def upstream_request(entry: ZooEntry, plan: Plan) -> tuple[str, dict, bytes]:
     return entry.endpoint.rstrip("/") + "/chat/completions", headers, body
 
 
+def requests_to_try(plan: Plan, max_attempts: int) -> Iterator[tuple[ZooEntry, str, dict, bytes]]:
+    """(entry, URL, headers, body) of each candidate to try, best first, at most `max_attempts`; a candidate whose
+    request cannot be built (its API key variable is not set) is recorded as a failed attempt and skipped."""
+    for entry in plan.candidates[:max_attempts]:
+        try:
+            url, headers, content = upstream_request(entry, plan)
+        except GatewayError as e:
+            plan.fail(entry, e.message)
+            continue
+        yield entry, url, headers, content
+
+
+def json_object(response: httpx.Response) -> dict | None:
+    """An upstream's (read) answer as a JSON object; None where its body is not one (that attempt failed)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+NOT_JSON = "answered with a body that is not a JSON object"
+
+
 def retryable(status: int) -> bool:
     """Whether an upstream's HTTP status means that candidate failed (try the next), not the request."""
     return status >= 500 or status in RETRY_STATUSES
@@ -342,12 +370,7 @@ async def forward(plan: Plan, client: httpx.AsyncClient, settings: GatewaySettin
     from starlette.background import BackgroundTask
     from starlette.responses import JSONResponse, Response, StreamingResponse
 
-    for entry in plan.candidates[:settings.max_attempts]:
-        try:
-            url, headers, content = upstream_request(entry, plan)
-        except GatewayError as e:
-            plan.fail(entry, e.message)
-            continue
+    for entry, url, headers, content in requests_to_try(plan, settings.max_attempts):
         response = None
         try:
             response = await client.send(client.build_request("POST", url, headers=headers, content=content),
@@ -360,14 +383,11 @@ async def forward(plan: Plan, client: httpx.AsyncClient, settings: GatewaySettin
                                     media_type=response.headers.get("content-type"))
                 plan.fail(entry, status_error(response))
             elif not plan.stream:
-                try:
-                    data = response.json()
-                except ValueError:
-                    data = None
-                if isinstance(data, dict):
+                data = json_object(response)
+                if data is not None:
                     _log_answer(plan, entry)
                     return JSONResponse(annotate(plan, entry, data), headers=headers_for(entry))
-                plan.fail(entry, "answered with a body that is not a JSON object")
+                plan.fail(entry, NOT_JSON)
             else:
                 chunks = response.aiter_bytes()
                 first = await anext(chunks, b"")
@@ -407,8 +427,6 @@ Add `POST /v1/chat/completions` and `GET /v1/models` to the FastAPI `app`. Readi
     in a worker thread holding `lock` (so the event loop, health checks and streams in flight never wait on a
     ranking); forwarding uses one shared httpx.AsyncClient per event loop. Returns the coroutine function that
     closes it (call it at shutdown)."""
-    import asyncio
-
     import anyio
     from starlette.requests import Request
     from starlette.responses import JSONResponse

@@ -6,7 +6,8 @@
 
 --file takes a UTF-8 .txt (one instruction per line) or .jsonl (one {"instruction": ...} per line). An instruction
 longer than the router reads is read as its first third and its end; the output says so ("shortened"). Bad input
-ends with one line on stderr and exit code 2 (`--debug` shows the traceback).
+ends with one line on stderr and exit code 2 (`--debug` shows the traceback). The router (torch, transformers) is
+imported once the arguments are read, so `--help` and a usage error answer at once.
 """
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import os
 import sys
 from pathlib import Path
 
+from modelsat.arguments import CHECKPOINT_HELP, DefaultsHelpFormatter
 from modelsat.logs import add_logging_arguments, setup_logging
+from modelsat.quiet import quiet_libraries
 
 
 def parse_models(text: str | None) -> list[str] | None:
@@ -34,7 +37,7 @@ def parse_models(text: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from modelsat.router import (Router, RouterError, check_cost_weight, check_text, check_top_k,  # --help stays fast
+    from modelsat.router import (Router, RouterError, check_cost_weight, check_text, check_top_k,  # (docstring)
                                  read_instructions)
 
     instructions = ([check_text(args.instruction.replace("\\n", "\n"), "--instruction")]
@@ -77,8 +80,6 @@ def main(argv: list[str] | None = None, prog: str = "infer.py") -> int:
     if args.text is not None:
         args.instruction = args.text
     setup_logging(args.log_level, args.log_json)
-    from modelsat.quiet import quiet_libraries
-
     quiet_libraries()   # an error is the one line on stderr, not after transformers' bars and warnings
     try:
         return run(args)
@@ -96,11 +97,9 @@ def main(argv: list[str] | None = None, prog: str = "infer.py") -> int:
 
 def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
     """The options of `modelsat rank` / `infer.py`, each with its help and default."""
-    from modelsat.cli import DefaultsHelpFormatter
-
     p = argparse.ArgumentParser(prog=prog, description="Rank the zoo of a trained modelsat router.",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a router's folder, e.g. checkpoints/modelsat-smollm2-mmlupro")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("text", nargs="?", metavar="INSTRUCTION", help="one instruction (as --instruction)")
     src.add_argument("--instruction", help="one instruction (\\n in the text is read as a new line)")

@@ -11,6 +11,7 @@ records: they stay on stderr, shown on a terminal.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -66,8 +67,6 @@ def setup_logging(level: str | int = "INFO", json_lines: bool = False, stream=No
 def add_logging_arguments(parser, suppress_defaults: bool = False) -> None:
     """`--log-level` and `--log-json` on an argparse parser (`suppress_defaults`: on a subcommand's parser, so
     that the options may also come after the command without overriding the ones before it)."""
-    import argparse
-
     parser.add_argument("--log-level", choices=LEVELS, type=str.upper,
                         default=argparse.SUPPRESS if suppress_defaults else "INFO",
                         help="what the log shows on stderr: DEBUG adds every routing decision (default: INFO)")

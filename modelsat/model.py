@@ -1,8 +1,8 @@
 """The router model: LLM + LoRA + capability soft tokens + shared-prefix packing + Yes/No scoring.
 
-    model = build_router_model(cfg.model, per_task=20)                 # or checkpoint=DIR to load trained weights
+    model = build_router_model(cfg.model, per_task=20)                 # fresh; weights.load_trained(model, DIR)
     feats = model.model_features(outcomes, task_descriptions)          # (N, F) frozen, once per candidate model
-    logp = model.score(instructions, [feats_1, ...])                   # [(K_i,)] log p(Yes) for each instruction
+    logp = model.log_p_correct(instructions, [feats_1, ...])                   # [(K_i,)] log p(Yes) for each instruction
 
 Candidate sequence (for instruction x and candidate m):
     [template head][x][template tail] [<cap> × N_tok] [inquiry prompt]   → next token Yes vs No
@@ -20,36 +20,32 @@ attention that stays linear in K (a dense (L_x + K·L_c)² mask would not).
 With `model.frozen_layers = n` the lower n layers (`modelsat/states.py`: frozen, no LoRA) read the prefix
 [template head][x][template tail] alone; their output, cached by train.py, is the prefix's input to the upper
 layers, and the candidate blocks (soft tokens + inquiry prompt embeddings) enter at layer n.
+
+Why ~400 lines in one module: `RouterModel` is one class; packing, soft-token injection and Yes/No scoring share
+its state (tokenizer, placeholder ids, KV-cache layout). Its weights on disk: `modelsat/weights.py`.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
+import hashlib
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save
 from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from modelsat.checkpoint import CheckpointError
 from modelsat.config import ModelConfig
 from modelsat.evidence import DIM as EVIDENCE_DIM
 from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
-from modelsat.io_utils import atomic_write_bytes
 from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder, portable_name
 from modelsat.states import LowerLayers, StateCache, prefix_key
 
 CAP_TOKEN = "<cap>"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
-CONNECTOR_FILE = "connector.safetensors"
+MAX_CACHED_FEATURES = 4096
+"""Candidates whose frozen features a model keeps (the oldest go first): ~40 MB at 49 tasks."""
 
 
 def _single_token(tokenizer: PreTrainedTokenizerBase, text: str, what: str) -> int:
@@ -71,35 +67,6 @@ def _pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor
     return ids, mask
 
 
-REDO = "re-copy the checkpoint folder, or retrain it with train.py"
-
-
-def _read_weights(file: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; a CheckpointError where it is not one (truncated, empty) or
-    holds NaN or infinite weights."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(file, "pt") as f:
-            meta, tensors = f.metadata() or {}, {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file} is not a readable {what} file ({e}); the copy may be cut short: {REDO}") from e
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{file} holds NaN or infinite weights ({', '.join(bad[:3])}); {REDO}")
-    return tensors, meta
-
-
-def _load_state(file: Path, load):
-    """`load()` (a load_state_dict) with its shape and key errors as one CheckpointError line naming `file`."""
-    try:
-        return load()
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines()[1:] if line.strip()] or [str(e)]
-        raise CheckpointError(f"{file}: its weights do not fit the model built from config.yaml ({lines[0]}); "
-                              f"{REDO}") from e
-
-
 class RouterModel(nn.Module):
     """Holds `llm` (a PeftModel), `capability` (CapabilityEncoder), the tokenizer and the config.
 
@@ -116,6 +83,7 @@ class RouterModel(nn.Module):
         self.state_cache: StateCache | None = None
         self.tokenizer, self.sentence_encoder = tokenizer, sentence_encoder   # not modules: never trained or saved
         self._task_emb: dict[tuple[str, ...], torch.Tensor] = {}
+        self._features: dict[str, torch.Tensor] = {}   # digest of (outcomes, tasks) -> (N, F) frozen features
         if CAP_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_special_tokens({"additional_special_tokens": [CAP_TOKEN]})
         self.cap_id = tokenizer.convert_tokens_to_ids(CAP_TOKEN)
@@ -321,11 +289,11 @@ class RouterModel(nn.Module):
             raise ValueError(f"{len(instructions)} instructions but {len(features)} feature tensors")
         return [int(f.shape[0]) for f in features]
 
-    def score(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
-              logits: bool = False, evidence: list[torch.Tensor] | None = None,
-              instruction_embeddings: torch.Tensor | None = None,
-              connector_tokens: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Packed scoring. features[i]: (K_i, N, F) candidates of instruction i → [(K_i,)] log p(Yes)
+    def log_p_correct(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
+                      logits: bool = False, evidence: list[torch.Tensor] | None = None,
+                      instruction_embeddings: torch.Tensor | None = None,
+                      connector_tokens: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Packed scoring. features[i]: (K_i, N, F) candidates of instruction i → [(K_i,)] log p_correct = log p(Yes)
         (or the Yes−No logit margin z with `logits=True`; log p(Yes) = logsigmoid(z)). `evidence[i]`: (K_i, E)
         aptitude evidence of those candidates for instruction i, needed where the model reads it (model.evidence);
         `instruction_embeddings` (B, D) and `connector_tokens`: what the caller already has (`soft_tokens`). At most
@@ -339,7 +307,7 @@ class RouterModel(nn.Module):
         inputs, prefix_mask = self.prefix_inputs(self.prefix_ids(instructions))        # (B, P, H), (B, P)
         cache = self.decoder(inputs_embeds=inputs, attention_mask=prefix_mask.long(), use_cache=True).past_key_values
         if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
-            raise ValueError("shared-prefix packing needs full-attention layers; use score_separate for this LLM")
+            raise ValueError("shared-prefix packing needs full-attention layers; use log_p_correct_separate for this LLM")
         owner = torch.repeat_interleave(torch.arange(len(counts), device=self.device),
                                         torch.tensor(counts, device=self.device))  # (ΣK,) instruction of each block
         block = torch.tensor(self.block_ids(soft.shape[1]), device=self.device)   # (Lc,)
@@ -360,10 +328,10 @@ class RouterModel(nn.Module):
     def forward(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
                 logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """`score` (packed), so that accelerate / DDP wrappers see the call."""
-        return self.score(instructions, features, chunk_size, logits, evidence)
+        return self.log_p_correct(instructions, features, chunk_size, logits, evidence)
 
-    def score_separate(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
-                       logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def log_p_correct_separate(self, instructions: list[str], features: list[torch.Tensor],
+                               chunk_size: int | None = None, logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Reference scoring: one right-padded sequence per (instruction, candidate), `chunk_size` sequences a pass."""
         counts = self._check(instructions, features)
         if sum(counts) == 0:
@@ -390,9 +358,21 @@ class RouterModel(nn.Module):
 
     # -- candidate features -------------------------------------------------------------------------------------
     def model_features(self, outcomes: np.ndarray, task_descriptions: list[str]) -> torch.Tensor:
-        """Frozen capability features (N, F) of one candidate from its aptitude outcomes (T, S)."""
+        """Frozen capability features (N, F) of one candidate from its aptitude outcomes (T, S), computed once per
+        distinct (outcomes, tasks) and kept here: the one cache of frozen features, which training and the router
+        read through (a zoo entry whose results change has other outcomes, so nothing stale is served)."""
         if self.sentence_encoder is None:
             raise ValueError("this RouterModel has no sentence encoder; build it with build_router_model")
+        outcomes = np.ascontiguousarray(outcomes, dtype=np.float32)
+        digest = hashlib.sha256(repr(outcomes.shape).encode() + outcomes.tobytes()
+                                + "\0".join(task_descriptions).encode()).hexdigest()
+        if digest not in self._features:
+            if len(self._features) >= MAX_CACHED_FEATURES:                  # a long-running service's zoo churn
+                self._features.pop(next(iter(self._features)))
+            self._features[digest] = self._compute_features(outcomes, task_descriptions)
+        return self._features[digest]
+
+    def _compute_features(self, outcomes: np.ndarray, task_descriptions: list[str]) -> torch.Tensor:
         key = tuple(task_descriptions)
         if self.cfg.encoder_mode == "structured" and key not in self._task_emb:
             self._task_emb[key] = task_embeddings(task_descriptions, self.sentence_encoder)
@@ -403,81 +383,10 @@ class RouterModel(nn.Module):
                              f"{self.capability.in_dim}: the aptitude test's questions per task differ from the model's")
         return feats
 
-    # -- checkpoints --------------------------------------------------------------------------------------------
-    def _connector_meta(self) -> dict[str, str]:
-        cap = self.capability
-        return {"in_dim": str(cap.in_dim), "out_dim": str(cap.out_dim), "connector": self.cfg.connector,
-                "num_soft_tokens": str(cap.num_soft_tokens), "instruction_tokens": str(cap.instruction_tokens),
-                "evidence_dim": str(cap.evidence_dim),
-                "evidence_offset": cap.evidence.offset_form if cap.evidence is not None else "mlp"}
-
-    def save_trained(self, directory: str | Path) -> None:
-        """Write only what trains: the LoRA adapter (PEFT format) and `connector.safetensors`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=directory, prefix=".adapter-", suffix=".tmp"))
-        try:
-            self.llm.save_pretrained(tmp, save_embedding_layers=False)   # LoRA only; its README.md is not kept
-            for name in ADAPTER_FILES:
-                os.replace(tmp / name, directory / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.capability.state_dict().items()}
-        atomic_write_bytes(directory / CONNECTOR_FILE, save(state, metadata=self._connector_meta()))
-
-    def load_trained(self, directory: str | Path) -> None:
-        """Restore the adapter and connector written by `save_trained`; a CheckpointError names the file, what is
-        wrong with it and what to do. Raises ValueError on a model whose LoRA is merged (`merge_lora`)."""
-        if self.lora_merged:
-            raise ValueError("this model's LoRA is merged into the LLM (merge_lora): its weights keep the old adapter "
-                             "and would ignore a new one; build a fresh model with build_router_model")
-        directory = Path(directory)
-        for name in ADAPTER_FILES + (CONNECTOR_FILE,):
-            if not (directory / name).is_file():
-                raise CheckpointError(f"{directory / name} is missing: not a folder written by save_trained; {REDO}")
-        self._check_adapter_config(directory / ADAPTER_FILES[1])
-        file = directory / ADAPTER_FILES[0]
-        adapter, _ = _read_weights(file, "LoRA adapter")
-        if any("lora_" not in k for k in adapter):
-            other = [k for k in adapter if "lora_" not in k]
-            raise CheckpointError(f"{file}: unexpected weights {other[:5]} (not LoRA); {REDO}")
-        result = _load_state(file, lambda: set_peft_model_state_dict(self.llm, adapter))
-        missing = [k for k in result.missing_keys if "lora_" in k]     # the base LLM's weights are not in the file
-        if result.unexpected_keys or missing:
-            raise CheckpointError(f"{file}: its weights do not fit the LoRA layers of the model (missing "
-                                  f"{missing[:3]}, unexpected {result.unexpected_keys[:3]}); {REDO}")
-        file = directory / CONNECTOR_FILE
-        state, meta = _read_weights(file, "connector")
-        meta = {"instruction_tokens": "0", "evidence_dim": "0", "evidence_offset": "mlp", **meta}  # older ones lack them
-        if any(meta.get(k, v) != v for k, v in self._connector_meta().items()):
-            raise CheckpointError(f"{file} was saved for {meta}, but this model has {self._connector_meta()}; build "
-                                  "the model from the checkpoint's own config.yaml")
-        _load_state(file, lambda: self.capability.load_state_dict(state))
-
-    def _check_adapter_config(self, file: Path) -> None:
-        """The saved LoRA settings must be the model's (it was built from config.yaml, not from this file)."""
-        try:
-            saved = json.loads(file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:                             # JSONDecodeError, UnicodeDecodeError
-            raise CheckpointError(f"{file} is not a readable adapter config ({type(e).__name__}: {e}); {REDO}") from e
-        if not isinstance(saved, dict) or saved.get("peft_type") != "LORA":
-            kind = saved.get("peft_type") if isinstance(saved, dict) else type(saved).__name__
-            raise CheckpointError(f"{file} is not a LoRA adapter config (found {kind!r}); {REDO}")
-        ours = self.llm.peft_config["default"]
-
-        def settings(r, alpha, targets) -> dict:
-            targets = sorted(map(str, targets)) if isinstance(targets, (list, set, tuple)) else targets
-            return {"r": r, "lora_alpha": alpha, "target_modules": targets}
-        theirs = settings(saved.get("r"), saved.get("lora_alpha"), saved.get("target_modules"))
-        if theirs != settings(ours.r, ours.lora_alpha, ours.target_modules):
-            raise CheckpointError(f"{file}: LoRA {theirs}, but the model config has "
-                                  f"{settings(ours.r, ours.lora_alpha, ours.target_modules)}; build the model from the "
-                                  "checkpoint's own config.yaml")
-
-
-def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path | None = None) -> RouterModel:
+def build_router_model(cfg: ModelConfig, per_task: int) -> RouterModel:
     """Router model from the config; `per_task` (S, questions per aptitude task) fixes the feature width.
-    With `checkpoint`, the trained adapter and connector are loaded from that folder."""
+    Its trained weights are fresh: `modelsat.weights.load_trained(model, folder)` loads a trained adapter and
+    connector (`Router.from_checkpoint` loads a whole checkpoint)."""
     base, tokenizer = load_llm(cfg.llm)
     decoder = base.get_decoder()
     layers = decoder.layers
@@ -504,7 +413,5 @@ def build_router_model(cfg: ModelConfig, per_task: int, checkpoint: str | Path |
                                    cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0,
                                    cfg.evidence_offset)
     model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder, lower)
-    if checkpoint is not None:
-        model.load_trained(checkpoint)
     model.eval()
     return model

@@ -10,16 +10,14 @@ the end of training (`metrics.json`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from modelsat.aptitude import Aptitude
+from modelsat.config import Config
 from modelsat.pretrained import OFFLINE_PACKAGES, SMOLLM2, portable_name
-
-if TYPE_CHECKING:
-    from modelsat.aptitude import Aptitude
-    from modelsat.config import Config
-    from modelsat.zoo import Zoo
+from modelsat.zoo import Zoo
 
 _VAL_FIGURES = (("accuracy", "routing accuracy (the chosen model answers correctly)"),
                 ("best_single", "best single model's accuracy"), ("oracle", "oracle accuracy"),
@@ -38,7 +36,7 @@ def _figure(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def model_card(config: "Config", aptitude: "Aptitude", zoo: "Zoo", metrics: dict | None = None,
+def model_card(config: Config, aptitude: Aptitude, zoo: Zoo, metrics: dict | None = None,
                splits: dict | None = None, name: str = "modelsat router") -> ModelCard:
     """The card of a router: metadata (library, base model by its hub id, tags) and a text naming the backbones,
     the aptitude test, the training data, the zoo and the measured figures. `metrics` and `splits` are the

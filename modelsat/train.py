@@ -9,6 +9,9 @@ first use) -> model -> optimizer -> one loop with validation every epoch and a c
 `train.save_every` steps. Writes `<train.out_dir>/step-NNNNNN/` and `<train.out_dir>/final/`, each a
 complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, scheduler, step) for
 `train.resume=true`, which continues at the saved step with the same data order.
+
+Why ~500 lines in one module: the training loop reads top to bottom (build_model → build_dataloader → the loop
+in main → validate), with resuming and the evidence table it needs beside it.
 """
 from __future__ import annotations
 
@@ -29,25 +32,28 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, InitProcessGroupKwargs
 from accelerate.utils import set_seed
-from sklearn.metrics import roc_auc_score
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from modelsat.aptitude import model_outcomes
 from modelsat.config import Config, ConfigError, field_docs, load_config, shipped_configs
 from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
-from modelsat.evaluate import cached_embedder, interaction_auc
+from modelsat.embedding import cached_embedder
+from modelsat.metrics import probability_metrics, routed_outcomes
 from modelsat.evidence import Evidence
 from modelsat.loss import fit_offset, group_loss
-from modelsat.checkpoint import CheckpointError, save_checkpoint
+from modelsat.checkpoint import CheckpointError
+from modelsat.checkpoint_writer import save_checkpoint
 from modelsat.io_utils import blocking_file
 from modelsat.logs import add_logging_arguments, setup_logging
 from modelsat.quiet import quiet_libraries
 from modelsat.category import CategoryClassifier
 from modelsat.states import StateCache, prefix_key
 from modelsat.model import RouterModel, build_router_model
+from modelsat.weights import load_trained
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +62,6 @@ def build_model(cfg: Config, data: Prepared) -> tuple[RouterModel, dict[str, tor
     """The router model and the frozen capability features of every training model."""
     model = build_router_model(cfg.model, per_task=data.aptitude.per_task)
     descriptions = [t.description for t in data.aptitude.tasks]
-    from modelsat.aptitude import model_outcomes
-
     features = {m: model.model_features(model_outcomes(data.aptitude, data.table, m), descriptions)
                 for m in data.train_models}
     return model, features
@@ -80,7 +84,7 @@ class EvidenceTable:
         train = list(data.splits["train"])
         self.classifier = CategoryClassifier.fit(emb[:len(train)], data.table.categories(train),
                                                  data.table.categories(data.aptitude.question_ids))
-        outcomes = data.table.score_matrix(data.aptitude.question_ids, data.train_models)    # (A, M)
+        outcomes = data.table.outcome_matrix(data.aptitude.question_ids, data.train_models)    # (A, M)
         self.values = Evidence(self.keys, self.classifier)(emb, outcomes)                   # (Q, M, E)
         self.row = {q: i for i, q in enumerate(ids)}
         self.col = {m: j for j, m in enumerate(data.train_models)}
@@ -96,12 +100,8 @@ def build_dataloader(cfg: Config, data: Prepared, epoch: int) -> DataLoader:
     rng = np.random.default_rng(cfg.train.seed)
     if cfg.train.max_train_instructions and len(ids) > cfg.train.max_train_instructions:
         ids = sorted(rng.choice(ids, cfg.train.max_train_instructions, replace=False).tolist())
-    pools = [p for p in ([m for m in zoo if m in data.train_models] for zoo in cfg.data.zoos.values()) if len(p) >= 2]
-    if cfg.train.zoo_groups and not pools:
-        raise ValueError("train.zoo_groups > 0 needs a data.zoos entry with at least 2 trained models")
     groups = build_groups(data.table, ids, data.train_models, group_size=cfg.train.group_size,
-                          mode=cfg.train.grouping, seed=cfg.train.seed * 1000 + epoch,
-                          pools=pools if cfg.train.zoo_groups else (), pool_fraction=cfg.train.zoo_groups)
+                          mode=cfg.train.grouping, seed=cfg.train.seed * 1000 + epoch)
     order = np.random.default_rng(cfg.train.seed * 1000 + epoch).permutation(len(groups))
     return DataLoader(GroupDataset([groups[i] for i in order], data.table), batch_size=cfg.train.batch_size,
                       shuffle=False, collate_fn=collate_groups)
@@ -161,7 +161,7 @@ def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepa
     ids = list(data.splits["train"])
     start = time.time()
     losses = fit_offset(model.capability.evidence, evidence.values[[evidence.row[q] for q in ids]],
-                        data.table.score_matrix(ids, data.train_models), cfg.train.evidence_fit_loss,
+                        data.table.outcome_matrix(ids, data.train_models), cfg.train.evidence_fit_loss,
                         cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr)
     model.freeze_evidence_offset()
     out = {"epochs": cfg.train.evidence_fit_epochs, "loss_first": losses[0], "loss_last": losses[-1],
@@ -203,9 +203,9 @@ def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tenso
     interaction AUC (0.5 = the router ranks the models the same way for every instruction)."""
     ids = val_ids(cfg, data)
     models = data.train_models
-    scores = data.table.score_matrix(ids, models)                              # (Q, M)
-    keep = ~np.isnan(scores).any(axis=1)
-    ids, scores = [q for q, k in zip(ids, keep) if k], scores[keep]
+    outcomes = data.table.outcome_matrix(ids, models)                          # (Q, M)
+    keep = ~np.isnan(outcomes).any(axis=1)
+    ids, outcomes = [q for q, k in zip(ids, keep) if k], outcomes[keep]
     stacked = torch.stack([features[m] for m in models])                       # (M, N, F)
     texts = data.table.texts(ids)
     probs = []
@@ -214,18 +214,14 @@ def validate(model: RouterModel, data: Prepared, features: dict[str, torch.Tenso
     for s in range(0, len(texts), 8):
         evs = None if evidence is None else [evidence([q] * len(models), models) for q in ids[s:s + 8]]
         probs += [lp.exp().double().cpu().numpy()
-                  for lp in model.score(texts[s:s + 8], [stacked] * len(texts[s:s + 8]), evidence=evs)]
+                  for lp in model.log_p_correct(texts[s:s + 8], [stacked] * len(texts[s:s + 8]), evidence=evs)]
     model.train(was_training)
     probs = np.stack(probs)                                                    # (Q, M)
-    picks = probs.argmax(axis=1)
-    train_scores = data.table.score_matrix(data.splits["train"], models)
-    best = int(np.nanargmax(np.nanmean(train_scores, axis=0)))
-    y = scores.ravel() >= 0.5
-    auc = float(roc_auc_score(y, probs.ravel())) if 0 < y.sum() < y.size else float("nan")
-    return {"n": len(ids), "accuracy": float(scores[np.arange(len(ids)), picks].mean()),
-            "best_single": float(scores[:, best].mean()), "best_single_model": models[best],
-            "oracle": float(scores.max(axis=1).mean()), "auc": auc,
-            "brier": float(((probs - scores) ** 2).mean()), "interaction_auc": interaction_auc(probs, scores)}
+    best = int(np.nanargmax(np.nanmean(data.table.outcome_matrix(data.splits["train"], models), axis=0)))
+    routed = routed_outcomes(probs, outcomes, np.zeros(len(models)))           # the choice rule, at cost_weight 0
+    return {"n": len(ids), "accuracy": float(routed.mean()),
+            "best_single": float(outcomes[:, best].mean()), "best_single_model": models[best],
+            "oracle": float(outcomes.max(axis=1).mean()), **probability_metrics(probs, outcomes)}
 
 
 def last_step_dir(out_dir: Path) -> Path | None:
@@ -379,7 +375,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
     if cfg.train.resume and (resume_dir := last_step_dir(out_dir)) is not None:
         state = load_training_state(resume_dir)
         try:
-            core.load_trained(resume_dir)
+            load_trained(core, resume_dir)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
         except (ValueError, RuntimeError, KeyError, OSError) as e:  # e.g. trained with another model.lora_r

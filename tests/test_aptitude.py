@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask, build_aptitude, model_outcomes, run_aptitude
+from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask, build_aptitude, model_outcomes
+from modelsat.local_examiner import run_aptitude
 from modelsat.data.table import RoutingTable
 
 MODELS = [f"m{i}" for i in range(10)]
@@ -291,7 +292,7 @@ def _tiny_llm_available() -> None:
 
 def test_run_aptitude_tiny_llama_with_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _tiny_llm_available()
-    import modelsat.aptitude as aptmod
+    import modelsat.local_examiner as aptmod
 
     apt = build_aptitude(make_table(), num_tasks=3, per_task=2, seed=0)
     scored: list[str] = []

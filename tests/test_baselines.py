@@ -13,8 +13,9 @@ import pytest
 from modelsat.aptitude import Aptitude, AptitudeTask
 from modelsat.baselines import (BestPerCategoryRouter, BestSingleRouter, InferenceDynamicsRouter, KNNRouter,
                                 MLPRouter, ModelSATRouter, RandomRouter, RoutingData, RoutingError, UniRouteRouter,
-                                hashing_embed, normalised_costs)
+                                normalised_costs)
 from modelsat.data.table import RoutingTable
+from modelsat.embedding import hashing_embed
 
 WORDS = {"math": "algebra equation integral derivative matrix polynomial", "law": "court statute contract plaintiff tort appeal"}
 N = 45   # per category: 0-9 aptitude, 10-29 train, 30-34 val, 35-44 test (multiples of 5 keep C at exactly 0.6)
@@ -56,7 +57,7 @@ def routed_accuracy(router, world, models=("A", "B", "C")) -> float:
     table, _, splits = world
     ids = splits["test"]
     pred = router.predict(ids, table.texts(ids), list(models))
-    y = table.score_matrix(ids, list(models))
+    y = table.outcome_matrix(ids, list(models))
     return float(y[np.arange(len(ids)), pred.argmax(axis=1)].mean())
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelsat.checkpoint import FORMAT_FILE, FORMAT_VERSION, CheckpointError, checkpoint_format, upgrade_checkpoint
+from modelsat.checkpoint import FORMAT_FILE, FORMAT_VERSION, CheckpointError, checkpoint_format
+from modelsat.checkpoint_writer import upgrade_checkpoint
 from modelsat.cli import main as cli
 from modelsat.router import Router
 

@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from modelsat import Router
-from modelsat.baselines import BestSingleRouter, RoutingData, hashing_embed
+from modelsat.baselines import BestSingleRouter, RoutingData
 from modelsat.checkpoint import CheckpointError
 from modelsat.choice import Ranked, choice_weights, normalised_costs, ranking, utilities
-from modelsat.evaluate import choice_weights as evaluation_choice
+from modelsat.embedding import hashing_embed
+from modelsat.metrics import choice_weights as evaluation_choice
 
 INSTRUCTIONS = ["What is 2+2?\nA. 3\nB. 4", "Name the law of torts that covers negligence.", "A cell divides."]
 

@@ -227,12 +227,12 @@ def test_a_closed_pipe_ends_quietly(ckpt: Path, aptitude: Aptitude, num_models: 
 
 
 def test_broken_pipe_in_process_returns_141_without_a_message(monkeypatch, capsys) -> None:
-    import modelsat.cli as cli_module
+    import modelsat.commands
 
     def cut(_args) -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
-    monkeypatch.setattr(cli_module, "cmd_zoo_list", cut)
+    monkeypatch.setattr(modelsat.commands, "cmd_zoo_list", cut)
     assert cli(["zoo", "list", "--checkpoint", "x"]) == 141
     assert capsys.readouterr().err == ""
 

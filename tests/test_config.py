@@ -56,7 +56,6 @@ def test_overrides_apply_and_types_convert() -> None:
     (["data.keep_per_task=-1"], "data.keep_per_task"),
     (["data.keep_per_task=5", "data.per_task=4"], r"data.keep_per_task=5 is more than the test's 4 questions"),
     (["data.keep_per_task=2", "data.split_by=source"], "data.keep_per_task needs data.split_by=random"),
-    (["train.zoo_groups=0.5", "train.grouping=model"], "train.zoo_groups needs train.grouping=instruction"),
     (["lr"], "key.sub=value"),
     # issue 21: every field is range-checked at load (max_steps=-1 used to train one step and exit 0)
     (["train.max_steps=-1"], r"train.max_steps must be an integer >= 0, got -1 \(set on the command line by"),
@@ -165,6 +164,25 @@ def test_the_route_section_of_older_configs(tmp_path, route, message) -> None:
     if message is None:
         cfg = load_config(path)
         assert cfg.train.lr == 1e-4 and "route" not in cfg.to_dict()
+        return
+    with pytest.raises(ConfigError, match=message) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.0, None), (0, None),                                       # the old default: it changed nothing, dropped
+    (0.5, r"train.zoo_groups=0.5: this option was tried and not adopted, and is gone"),
+    (False, r"train.zoo_groups=False: this option"),
+])
+def test_a_retired_option_of_older_configs(tmp_path, value, message) -> None:
+    """Checkpoints written before `train.zoo_groups` left carry it at 0.0: they load as today's config; any other
+    value (which shaped the training) is one line naming the file and the key."""
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": 1e-4, "zoo_groups": value}}))
+    if message is None:
+        cfg = load_config(path)
+        assert cfg.train.lr == 1e-4 and "zoo_groups" not in cfg.to_dict()["train"]
         return
     with pytest.raises(ConfigError, match=message) as e:
         load_config(path)

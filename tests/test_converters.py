@@ -58,7 +58,7 @@ def _check_mmlu(t: RoutingTable) -> None:
     assert q["task"].tolist() == ["high_school_mathematics", "", "college_chemistry"]
     assert q["category"].tolist() == ["math", "other", "chemistry"] and (q["benchmark"] == "mmlu-pro").all()
     assert q["source"].tolist() == [r["src"] for r in MMLU] and q["answer"].tolist() == ["B", "A", "D"]
-    np.testing.assert_array_equal(t.score_matrix(list(q.index), ["tiny-70b", "tiny-7b"]), [[1, 1], [1, 0], [1, 0]])
+    np.testing.assert_array_equal(t.outcome_matrix(list(q.index), ["tiny-70b", "tiny-7b"]), [[1, 1], [1, 0], [1, 0]])
 
 
 def test_mmlu_pro_compact(tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ def test_routerdc(tmp_path: Path) -> None:
     assert q["benchmark"].tolist() == ["gsm8k", "toy", "toy", "toy"] and (q["category"] == q["benchmark"]).all()
     assert q["source"].tolist() == ["gsm8k-test", "toy_test", "toy_train", "toy_train"] and (q["task"] == "").all()
     assert q["text"].tolist() == ["Q3", "Q1", "Q1", "Q2"]  # the same text in two files: two questions
-    m = t.score_matrix(list(q.index), ["org/m1", "org/m2"])
+    m = t.outcome_matrix(list(q.index), ["org/m1", "org/m2"])
     np.testing.assert_array_equal(m, [[0.25, np.nan], [0, 1], [1, 0], [0.5, 0]])
 
 
@@ -176,7 +176,7 @@ def test_routerbench(tmp_path: Path) -> None:
     assert q["text"].tolist() == ["Q1?\nA) x", "Q2 plain", "Q3", "it's Q4"]  # the listed prompt is unwrapped
     assert (q["benchmark"] == "arc-challenge").all() and (q["source"] == "arc_challenge_train").all()
     # arc.3 is split over two rows (m1 on one, m2 on the other): merged into one question
-    np.testing.assert_array_equal(t.score_matrix(list(q.index), ["m1", "m2"]), [[1, 0], [0, 0], [1, 1], [1, 1]])
+    np.testing.assert_array_equal(t.outcome_matrix(list(q.index), ["m1", "m2"]), [[1, 0], [0, 0], [1, 1], [1, 1]])
     cost = t.results.set_index(["model", "question_id"])["cost"]
     assert cost["m2", "routerbench/arc.3"] == 0.03 and cost["m1", "routerbench/arc.3"] == 0.003
     models = t.models.set_index("model")
@@ -225,7 +225,7 @@ def test_leaderboard(tmp_path: Path) -> None:
     assert q["text"].tolist() == ["Sky colour?\nA. red\nB. blue", "2 + 3 = ?", "Bones in adult?\nA. 206\nB. 300"]
     assert q["answer"].tolist() == ["B", "", "A"] and q["task"].tolist() == ["", "", "anatomy"]
     assert q["benchmark"].tolist() == ["arc", "gsm8k", "mmlu"] and (q["category"] == q["benchmark"]).all()
-    np.testing.assert_array_equal(t.score_matrix(list(q.index), ["a/x", "b/y"]), [[1, 0], [0, np.nan], [np.nan, 1]])
+    np.testing.assert_array_equal(t.outcome_matrix(list(q.index), ["a/x", "b/y"]), [[1, 0], [0, np.nan], [np.nan, 1]])
     np.testing.assert_array_equal(t.costs(["a/x", "b/y"]), [7.2, np.nan])
     assert build_table("leaderboard", tmp_path / "lb", models=["b/y"]).model_names == ["b/y"]
 
@@ -280,7 +280,7 @@ def test_real_mmlu_pro_raw_sample_matches_compact(shared_data: Path) -> None:
     assert raw.model_names == ["Meta-Llama-3_1-8B-Instruct", "gemma-7b"] and len(raw.results) == 120
     compact = build_table("mmlu-pro", shared_data / "mmlu_pro", models=raw.model_names)
     qids = raw.questions["question_id"].tolist()
-    a, b = raw.score_matrix(qids, raw.model_names), compact.score_matrix(qids, raw.model_names)
+    a, b = raw.outcome_matrix(qids, raw.model_names), compact.outcome_matrix(qids, raw.model_names)
     seen = ~np.isnan(a)
     np.testing.assert_array_equal(a[seen], b[seen])
     assert compact.questions.set_index("question_id").loc[qids, "answer"].tolist() == raw.questions["answer"].tolist()

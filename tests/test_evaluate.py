@@ -12,11 +12,14 @@ import pytest
 
 from modelsat.aptitude import Aptitude, AptitudeTask
 from modelsat.baselines import (BestPerCategoryRouter, BestSingleRouter, InferenceDynamicsRouter, KNNRouter,
-                                MLPRouter, RandomRouter, UniRouteRouter, hashing_embed)
+                                MLPRouter, RandomRouter, UniRouteRouter)
 from modelsat.data.splits import save_splits
 from modelsat.data.table import RoutingTable
-from modelsat.evaluate import (EvaluationError, bootstrap_ci, choice_weights, cost_curve, evaluate, frontier_auc,
-                               interaction_auc, resolve_zoo, run_evaluate_cli)
+from modelsat.embedding import hashing_embed
+from modelsat.evaluate import EvaluationError, evaluate, resolve_zoo, run_evaluate_cli
+from modelsat.metrics import (bootstrap_ci, choice_weights, cost_curve, frontier_auc, interaction_auc, reliability,
+                              router_metrics)
+from modelsat.report import write_outputs
 
 from test_baselines import WORDS, make_world  # noqa: E402 - the same synthetic world
 
@@ -57,7 +60,7 @@ def test_frontier_auc_known_areas():
 
 def test_cost_curve_of_a_perfect_predictor():
     table, _, splits = make_world()
-    y = table.score_matrix(splits["test"], ["A", "B", "C"]).astype(float)
+    y = table.outcome_matrix(splits["test"], ["A", "B", "C"]).astype(float)
     raw = np.array([1.0, 2.0, 4.0])
     curve = cost_curve(y.copy(), y, raw / 4, raw, target=0.6)
     first, last = curve["points"][0], curve["points"][-1]
@@ -148,7 +151,6 @@ def test_missing_results_are_dropped_and_counted():
 
 
 def test_outputs_are_written(tmp_path, seen_metrics):
-    from modelsat.evaluate import write_outputs
 
     write_outputs(seen_metrics, tmp_path)
     files = {p.name for p in tmp_path.iterdir()}
@@ -227,7 +229,6 @@ def test_cli_runs_on_the_raw_mmlu_pro_folder(shared_data, tmp_path):
 
 def test_router_metrics_choose_by_pred_and_score_it():
     """The router chooses by its predictions (ties split evenly), and Brier scores the same predictions."""
-    from modelsat.evaluate import router_metrics
 
     pred = np.array([[0.6, 0.55], [0.6, 0.6], [0.4, 0.5]])
     y = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
@@ -239,7 +240,6 @@ def test_router_metrics_choose_by_pred_and_score_it():
     assert m["cost_curve"]["points"][0]["mean_cost"] == pytest.approx((1.0 + 1.5 + 2.0) / 3)   # at cost weight 0
 
 def test_the_reliability_diagram_and_its_ece_by_hand() -> None:
-    from modelsat.evaluate import reliability
 
     pred = np.array([[0.05, 0.15], [0.12, 0.95], [1.0, 0.98]])
     y = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])

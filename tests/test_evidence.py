@@ -15,6 +15,7 @@ from modelsat.checkpoint import APTITUDE_EMBEDDINGS, CATEGORY_CLASSIFIER, Checkp
 from modelsat.config import ModelConfig
 from modelsat.evidence import DIM, NAMES, NEIGHBOURS, TEMPERATURE, Evidence
 from modelsat.model import build_router_model
+from modelsat.weights import load_trained, save_trained
 
 from conftest import train_tiny
 
@@ -80,20 +81,20 @@ def test_model_reads_evidence_packed_as_separately_and_after_save(tmp_path: Path
     evidence = [torch.rand(3, DIM), torch.rand(2, DIM)]
     texts = ["What is 2+2? A. 3 B. 4", "Name the law of contracts. A. x B. y"]
     with torch.no_grad():
-        packed = torch.cat(model.score(texts, groups, evidence=evidence))
-        torch.testing.assert_close(torch.cat(model.score_separate(texts, groups, evidence=evidence)), packed,
+        packed = torch.cat(model.log_p_correct(texts, groups, evidence=evidence))
+        torch.testing.assert_close(torch.cat(model.log_p_correct_separate(texts, groups, evidence=evidence)), packed,
                                    atol=1e-4, rtol=0)
-        other = torch.cat(model.score(texts, groups, evidence=[1 - e for e in evidence]))
+        other = torch.cat(model.log_p_correct(texts, groups, evidence=[1 - e for e in evidence]))
         assert (other - packed).abs().max() > 1e-3                                  # the evidence is read
         with pytest.raises(ValueError, match="model.evidence needs"):
-            model.score(texts, groups)
+            model.log_p_correct(texts, groups)
         with pytest.raises(ValueError, match="model.evidence needs"):
-            model.score(texts, groups, evidence=[e[:1] for e in evidence])
-        model.save_trained(tmp_path)
-        loaded = build_router_model(_cfg(), per_task=4, checkpoint=tmp_path)
-        torch.testing.assert_close(torch.cat(loaded.score(texts, groups, evidence=evidence)), packed)
+            model.log_p_correct(texts, groups, evidence=[e[:1] for e in evidence])
+        save_trained(model, tmp_path)
+        loaded = load_trained(build_router_model(_cfg(), per_task=4), tmp_path)
+        torch.testing.assert_close(torch.cat(loaded.log_p_correct(texts, groups, evidence=evidence)), packed)
     with pytest.raises(CheckpointError, match="evidence_dim"):
-        build_router_model(_cfg().__class__(**{**_cfg().__dict__, "evidence": False}), per_task=4, checkpoint=tmp_path)
+        load_trained(build_router_model(_cfg().__class__(**{**_cfg().__dict__, "evidence": False}), per_task=4), tmp_path)
 
 
 def test_evidence_offset_starts_at_zero() -> None:
@@ -113,9 +114,9 @@ def test_linear_evidence_offset_is_one_weight_per_evidence_value(tmp_path: Path)
         enc.offset[0].bias.fill_(-1.0)
     e = torch.rand(5, DIM)
     torch.testing.assert_close(model.capability.evidence_offset(e), e @ torch.arange(DIM, dtype=torch.float32) - 1.0)
-    model.save_trained(tmp_path)
+    save_trained(model, tmp_path)
     with pytest.raises(CheckpointError, match="evidence_offset"):
-        build_router_model(_cfg(), per_task=4, checkpoint=tmp_path)                          # saved linear, built mlp
+        load_trained(build_router_model(_cfg(), per_task=4), tmp_path)                          # saved linear, built mlp
     with pytest.raises(ValueError, match="unknown evidence offset 'deep'"):
         EvidenceEncoder(DIM, 8, offset="deep")
 
@@ -146,7 +147,7 @@ def test_warm_up_computes_what_the_evidence_reads(evidence_run: Path, tmp_path: 
     router = Router.from_checkpoint(ckpt)
     assert router._aptitude_emb is None
     router.warm_up()
-    assert set(router._features) == set(router.models)
+    assert set(router._tokens) == set(router.models) and router.model._features      # features kept by the model
     torch.testing.assert_close(router._aptitude_emb, stored, atol=1e-5, rtol=0)
 
 
@@ -234,26 +235,26 @@ def test_router_encodes_each_instruction_once_and_scores_as_the_unmerged_model(r
     monkeypatch.undo()
     assert calls == [texts] and connector_calls == []
 
-    trained = build_router_model(router.config.model, per_task=router.aptitude.per_task, checkpoint=folder)
+    trained = load_trained(build_router_model(router.config.model, per_task=router.aptitude.per_task), folder)
     assert not trained.lora_merged
     feats = torch.stack([router.features(m) for m in router.models])
     evidence = list(router.evidence(texts, router.models))
     with torch.no_grad():
-        logp = trained.score(texts, [feats] * len(texts), evidence=evidence)  # encodes the texts itself
+        logp = trained.log_p_correct(texts, [feats] * len(texts), evidence=evidence)  # encodes the texts itself
         with trained.llm.disable_adapter():
-            without_lora = trained.score(texts, [feats] * len(texts), evidence=evidence)
+            without_lora = trained.log_p_correct(texts, [feats] * len(texts), evidence=evidence)
     np.testing.assert_allclose(p, torch.stack(logp).exp().numpy(), atol=1e-5, rtol=0)
     assert np.abs(p - torch.stack(without_lora).exp().numpy()).max() > 1e-4      # the merge carried the adapter
     if router.model.capability.instruction_tokens:
         with pytest.raises(ValueError, match=r"instruction_embeddings must be \(3, \d+\), got \(1, "):
-            trained.score(texts, [feats] * len(texts), evidence=evidence,
+            trained.log_p_correct(texts, [feats] * len(texts), evidence=evidence,
                           instruction_embeddings=torch.zeros(1, encoder.dim))
     with pytest.raises(ValueError, match=r"connector tokens must be \(%d, %d, %d\), got \(1, 1, 1\)" % (
             *feats.shape[:2], router.model.capability.out_dim)):
         trained.capability(feats, connector_tokens=torch.zeros(1, 1, 1))
     with pytest.raises(ValueError, match="do not match the features"):
-        trained.score(texts, [feats] * len(texts), evidence=evidence, connector_tokens=[feats[:, :1]] * len(texts))
-    for call in (lambda: router.model.set_stage("full"), lambda: router.model.load_trained(folder)):
+        trained.log_p_correct(texts, [feats] * len(texts), evidence=evidence, connector_tokens=[feats[:, :1]] * len(texts))
+    for call in (lambda: router.model.set_stage("full"), lambda: load_trained(router.model, folder)):
         with pytest.raises(ValueError, match="merged into the LLM"):
             call()
 

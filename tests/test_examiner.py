@@ -396,11 +396,11 @@ def test_top_up_keeps_every_answer() -> None:
             rows += [{"model": m, "question_id": q, "score": float((j + k) % 2)} for k, m in enumerate(["m1", "m2"])]
     questions, results = pd.DataFrame(qs), pd.DataFrame(rows)
 
-    def score_matrix(ids, models):
+    def outcome_matrix(ids, models):
         table = results.pivot(index="question_id", columns="model", values="score")
         return table.reindex(index=ids, columns=models).to_numpy(dtype=np.float64)
 
-    table = SimpleNamespace(questions=questions, model_names=["m1", "m2"], score_matrix=score_matrix)
+    table = SimpleNamespace(questions=questions, model_names=["m1", "m2"], outcome_matrix=outcome_matrix)
     bigger = top_up(base, table, 3)
     assert bigger.per_task == 5 and set(bigger.answers) == set(bigger.question_ids)
     answer = dict(zip(questions["question_id"], questions["answer"]))

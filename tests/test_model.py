@@ -13,6 +13,7 @@ from modelsat.config import ModelConfig
 from modelsat.encoder import (CapabilityEncoder, InstructionPool, build_connector, capability_features,
                               capability_sentence, task_embeddings, text_chunks)
 from modelsat.model import build_router_model
+from modelsat.weights import load_trained, save_trained
 from modelsat.pretrained import load_sentence_encoder
 
 T, S = 6, 4  # aptitude tasks × questions per task
@@ -152,8 +153,8 @@ def test_capability_encoder_adds_instruction_pooled_tokens() -> None:
 def test_packed_equals_separate(router, k: int) -> None:
     feats = _groups(router, [k, k, max(1, k - 1)])
     with torch.no_grad():
-        packed = router.score(INSTRUCTIONS, feats)
-        separate = router.score_separate(INSTRUCTIONS, feats)
+        packed = router.log_p_correct(INSTRUCTIONS, feats)
+        separate = router.log_p_correct_separate(INSTRUCTIONS, feats)
     assert [p.shape for p in packed] == [(f.shape[0],) for f in feats]
     for p, s in zip(packed, separate):
         assert torch.isfinite(p).all() and (p <= 0).all()
@@ -169,8 +170,8 @@ def test_instruction_tokens_packed_equals_separate(mode: str) -> None:
     _sharpen(model)
     feats = _groups(model, [3, 2, 3])
     with torch.no_grad():
-        packed = model.score(INSTRUCTIONS, feats)
-        separate = model.score_separate(INSTRUCTIONS, feats)
+        packed = model.log_p_correct(INSTRUCTIONS, feats)
+        separate = model.log_p_correct_separate(INSTRUCTIONS, feats)
         for p, s in zip(packed, separate):
             torch.testing.assert_close(p, s, atol=1e-4, rtol=0)
         same = [feats[0], feats[0], feats[0]]                                    # one zoo, three instructions
@@ -182,11 +183,11 @@ def test_instruction_tokens_packed_equals_separate(mode: str) -> None:
 def test_chunks_equal_one_pass(router) -> None:
     feats = _groups(router, [5, 2, 3])
     with torch.no_grad():
-        whole = torch.cat(router.score(INSTRUCTIONS, feats))
+        whole = torch.cat(router.log_p_correct(INSTRUCTIONS, feats))
         for chunk in (1, 4):
-            torch.testing.assert_close(torch.cat(router.score(INSTRUCTIONS, feats, chunk_size=chunk)), whole,
+            torch.testing.assert_close(torch.cat(router.log_p_correct(INSTRUCTIONS, feats, chunk_size=chunk)), whole,
                                        atol=1e-5, rtol=0)
-        torch.testing.assert_close(torch.cat(router.score_separate(INSTRUCTIONS, feats, chunk_size=3)), whole,
+        torch.testing.assert_close(torch.cat(router.log_p_correct_separate(INSTRUCTIONS, feats, chunk_size=3)), whole,
                                    atol=1e-4, rtol=0)
 
 
@@ -196,7 +197,7 @@ def test_soft_tokens_land_on_placeholders(router) -> None:
     decoder = router.decoder
     handle = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["inputs_embeds"]), with_kwargs=True)
     with torch.no_grad():
-        router.score(INSTRUCTIONS[:2], feats)
+        router.log_p_correct(INSTRUCTIONS[:2], feats)
         soft = router.soft_tokens(feats)                                         # (3, N_tok, H)
     handle.remove()
     prefix_embeds, block_embeds = seen
@@ -214,12 +215,12 @@ def test_placeholder_count_mismatch_raises(router) -> None:
     with pytest.raises(ValueError, match="3 capability placeholders in the input but 2 soft tokens"):
         router.embed(ids, torch.zeros(1, 2, 64))
     with pytest.raises(ValueError, match="instructions but"):
-        router.score(INSTRUCTIONS, _groups(router, [1]))
+        router.log_p_correct(INSTRUCTIONS, _groups(router, [1]))
 
 
 def test_user_text_cannot_forge_a_placeholder(router) -> None:
     with torch.no_grad():
-        (score,) = router.score(["ignore <cap> this"], _groups(router, [2]))
+        (score,) = router.log_p_correct(["ignore <cap> this"], _groups(router, [2]))
     assert torch.isfinite(score).all()
     assert router.cap_id not in router.prefix_ids(["ignore <cap> this"])[0]
 
@@ -233,15 +234,15 @@ def test_only_yes_no_rows_are_computed(router) -> None:
     lm_head.forward = refuse
     feats = _groups(router, [3, 2])
     with torch.no_grad():
-        router.score(INSTRUCTIONS[:2], feats)
-        router.score_separate(INSTRUCTIONS[:2], feats)
+        router.log_p_correct(INSTRUCTIONS[:2], feats)
+        router.log_p_correct_separate(INSTRUCTIONS[:2], feats)
 
 
 def test_scores_are_yes_no_log_softmax(router) -> None:
     feats = _groups(router, [3])
     with torch.no_grad():
-        (logp,) = router.score(INSTRUCTIONS[:1], feats)
-        (margin,) = router.score(INSTRUCTIONS[:1], feats, logits=True)
+        (logp,) = router.log_p_correct(INSTRUCTIONS[:1], feats)
+        (margin,) = router.log_p_correct(INSTRUCTIONS[:1], feats, logits=True)
         ids = torch.tensor([router.prefix_ids(INSTRUCTIONS[:1])[0] + router.block_ids(T)] * 3)
         embeds = router.embed(ids, router.soft_tokens(feats))
         full = router.llm(inputs_embeds=embeds).logits[:, -1]                  # the slow way, for reference
@@ -308,7 +309,7 @@ def test_packed_gradients_equal_separate(router) -> None:
     router.train()
     feats = _groups(router, [3, 2])
     grads = []
-    for method in (router.score, router.score_separate):
+    for method in (router.log_p_correct, router.log_p_correct_separate):
         router.zero_grad()
         torch.cat(method(INSTRUCTIONS[:2], feats, logits=True)).square().sum().backward()
         grads.append({n: p.grad.clone() for n, p in router.named_parameters() if p.requires_grad})
@@ -318,6 +319,22 @@ def test_packed_gradients_equal_separate(router) -> None:
     assert any(g.abs().sum() > 0 for n, g in grads[0].items() if "lora_B" in n)
 
 
+def test_frozen_features_are_computed_once_per_distinct_outcomes(router, monkeypatch) -> None:
+    """The model is the one cache of frozen features: the same outcomes and tasks give the same tensor without
+    encoding again; other outcomes (a zoo entry whose results changed) give their own."""
+    outcomes = np.random.default_rng(0).integers(0, 2, (T, S)).astype(np.float32)
+    first = router.model_features(outcomes, DESCRIPTIONS)
+    calls = []
+    real = router._compute_features
+    monkeypatch.setattr(router, "_compute_features", lambda *a: calls.append(1) or real(*a))
+    assert router.model_features(outcomes.copy(), DESCRIPTIONS) is first and not calls
+    changed = outcomes.copy()
+    changed[0, 0] = 1 - changed[0, 0]
+    other = router.model_features(changed, DESCRIPTIONS)
+    assert calls == [1] and not torch.equal(other, first)
+    assert router.model_features(outcomes.astype(np.float64), DESCRIPTIONS) is first     # the values, not the dtype
+
+
 def test_model_features_and_forward(router) -> None:
     feats = _features(router, 1)[0]
     assert feats.shape == (T, router.sentence_encoder.dim + S + 1)
@@ -325,8 +342,8 @@ def test_model_features_and_forward(router) -> None:
         router.model_features(np.zeros((T, S + 1), np.float32), DESCRIPTIONS)
     with torch.no_grad():
         torch.testing.assert_close(router(INSTRUCTIONS[:1], [feats[None]])[0],
-                                   router.score(INSTRUCTIONS[:1], [feats[None]])[0])
-        assert router.score(INSTRUCTIONS[:1], [feats[None][:0]])[0].shape == (0,)
+                                   router.log_p_correct(INSTRUCTIONS[:1], [feats[None]])[0])
+        assert router.log_p_correct(INSTRUCTIONS[:1], [feats[None][:0]])[0].shape == (0,)
 
 
 @pytest.mark.parametrize("mode,k,kx", [("structured", 0, 0), ("text", 2, 0), ("structured", 2, 1)])
@@ -339,32 +356,32 @@ def test_save_load_gives_identical_scores(tmp_path, mode: str, k: int, kx: int) 
             p.normal_(0.0, 0.2)
     feats = _groups(model, [3, 1])
     with torch.no_grad():
-        before = torch.cat(model.score(INSTRUCTIONS[:2], feats))
-    model.save_trained(tmp_path)
+        before = torch.cat(model.log_p_correct(INSTRUCTIONS[:2], feats))
+    save_trained(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors",
                                                          "connector.safetensors"]
     from safetensors.torch import load_file
 
     assert all("lora_" in key for key in load_file(tmp_path / "adapter_model.safetensors"))
-    loaded = build_router_model(cfg, per_task=S, checkpoint=tmp_path)
+    loaded = load_trained(build_router_model(cfg, per_task=S), tmp_path)
     # the base weights were sharpened in place only in `model`; copy them so only trained weights are compared
     loaded.llm.get_base_model().load_state_dict(
         {n: p for n, p in model.llm.get_base_model().state_dict().items() if "lora_" not in n}, strict=False)
     with torch.no_grad():
-        torch.testing.assert_close(torch.cat(loaded.score(INSTRUCTIONS[:2], feats)), before, atol=0, rtol=0)
+        torch.testing.assert_close(torch.cat(loaded.log_p_correct(INSTRUCTIONS[:2], feats)), before, atol=0, rtol=0)
 
 
 def test_load_rejects_a_different_architecture(tmp_path) -> None:
-    build_router_model(_cfg(), per_task=S).save_trained(tmp_path)
+    save_trained(build_router_model(_cfg(), per_task=S), tmp_path)
     with pytest.raises(ValueError, match="connector.safetensors"):
-        build_router_model(_cfg(connector="linear"), per_task=S, checkpoint=tmp_path)
+        load_trained(build_router_model(_cfg(connector="linear"), per_task=S), tmp_path)
     with pytest.raises(ValueError, match="adapter_config.json"):
-        build_router_model(_cfg(lora_r=4), per_task=S, checkpoint=tmp_path)
+        load_trained(build_router_model(_cfg(lora_r=4), per_task=S), tmp_path)
     with pytest.raises(ValueError, match="connector.safetensors"):
-        build_router_model(_cfg(instruction_tokens=1), per_task=S, checkpoint=tmp_path)
+        load_trained(build_router_model(_cfg(instruction_tokens=1), per_task=S), tmp_path)
     (tmp_path / "connector.safetensors").unlink()
     with pytest.raises(CheckpointError, match="connector.safetensors is missing"):
-        build_router_model(_cfg(), per_task=S, checkpoint=tmp_path)
+        load_trained(build_router_model(_cfg(), per_task=S), tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -372,7 +389,7 @@ def saved(tmp_path_factory):
     """A tiny model and the folder its trained weights were saved to."""
     model = build_router_model(_cfg(), per_task=S)
     folder = tmp_path_factory.mktemp("trained")
-    model.save_trained(folder)
+    save_trained(model, folder)
     return model, folder
 
 
@@ -427,7 +444,7 @@ def test_a_broken_trained_file_is_named_with_what_to_do(saved, tmp_path, case: s
     break_it, name, what = BROKEN[case]
     break_it(tmp_path / "ckpt")
     with pytest.raises(CheckpointError, match=what) as err:
-        model.load_trained(tmp_path / "ckpt")
+        load_trained(model, tmp_path / "ckpt")
     message = str(err.value)
     assert name in message and "re-copy the checkpoint" in message and "\n" not in message
 
@@ -440,9 +457,9 @@ def test_merge_lora_scores_the_same_and_refuses_a_target_outside_the_decoder_lay
     model.eval()
     instructions, groups = ["What is 2+2?", "Name a colour."], _groups(model, [3, 2])
     with torch.no_grad():
-        before = torch.cat(model.score(instructions, groups))
+        before = torch.cat(model.log_p_correct(instructions, groups))
         model.merge_lora()
-        after = torch.cat(model.score(instructions, groups))
+        after = torch.cat(model.log_p_correct(instructions, groups))
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
     assert model.lora_merged and model.num_trainable_parameters()[0] == 0
 

@@ -139,7 +139,7 @@ def test_a_default_backbone_without_its_package_offline_names_the_package(monkey
     monkeypatch.setitem(sys.modules, module, None)                  # not installed: find_spec None, import fails
     monkeypatch.setenv("MODELSAT_CACHE", str(tmp_path))              # no converted SmolLM2 copy to fall back on
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))   # nor a hub copy
-    monkeypatch.setattr(pretrained, "_offline", lambda: True)
+    monkeypatch.setattr(pretrained, "hub_offline", lambda: True)
     loader = load_llm if name.startswith("smollm2") else load_sentence_encoder
     with pytest.raises(pretrained.ModelLoadError) as err:
         loader(name)
@@ -193,8 +193,8 @@ def test_embedding_cache_is_keyed_by_the_reading_rule(tmp_path, monkeypatch) -> 
     import numpy as np
     import pandas as pd
 
-    import modelsat.pretrained
-    from modelsat.evaluate import cached_embedder
+    import modelsat.embedding
+    from modelsat.embedding import cached_embedder
 
     table = type("Table", (), {"questions": pd.DataFrame({"question_id": ["a", "b"], "text": ["one", PASSAGE]})})()
     cached_embedder(table, "tiny-encoder", tmp_path)(["one"])
@@ -202,7 +202,7 @@ def test_embedding_cache_is_keyed_by_the_reading_rule(tmp_path, monkeypatch) -> 
     first = str(np.load(file)["sha256"])
     cached_embedder(table, "tiny-encoder", tmp_path)(["one"])
     assert str(np.load(file)["sha256"]) == first                     # same rule: reused
-    monkeypatch.setattr(modelsat.pretrained, "WINDOW_RULE", "head-only")
+    monkeypatch.setattr(modelsat.embedding, "WINDOW_RULE", "head-only")
     cached_embedder(table, "tiny-encoder", tmp_path)(["one"])
     assert str(np.load(file)["sha256"]) != first                     # another rule: recomputed and rewritten
 

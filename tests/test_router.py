@@ -72,12 +72,13 @@ def test_cost_weight_trades_quality_for_cost(router: Router) -> None:
 def test_warm_up_computes_what_the_first_ranking_needs(tiny_checkpoint: Path) -> None:
     r = Router.from_checkpoint(tiny_checkpoint)
     r.warm_up()
-    assert set(r._features) == set(r.models)
+    assert set(r._tokens) == set(r.models) and len(r.model._features) == len(r.models)   # (distinct aptitude results)
     assert r._aptitude_emb is None                         # no aptitude evidence read: no embeddings (test_evidence.py)
 
 
 def test_stored_aptitude_embeddings_are_loaded_and_checked(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from modelsat.checkpoint import APTITUDE_EMBEDDINGS, save_aptitude_embeddings
+    from modelsat.checkpoint import APTITUDE_EMBEDDINGS
+    from modelsat.weights import save_aptitude_embeddings
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
@@ -144,7 +145,8 @@ def test_category_classifier_matches_scikit_learn_and_averages_per_category() ->
 
 def test_a_stored_category_classifier_is_loaded_and_checked(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from modelsat.category import CategoryClassifier
-    from modelsat.checkpoint import CATEGORY_CLASSIFIER, save_category_classifier
+    from modelsat.checkpoint import CATEGORY_CLASSIFIER
+    from modelsat.weights import save_category_classifier
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)
@@ -349,7 +351,8 @@ def test_a_broken_checkpoint_file_is_named(tiny_checkpoint: Path, tmp_path: Path
 def test_aptitude_embeddings_read_another_way_are_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
-    from modelsat.checkpoint import APTITUDE_EMBEDDINGS, save_aptitude_embeddings
+    from modelsat.checkpoint import APTITUDE_EMBEDDINGS
+    from modelsat.weights import save_aptitude_embeddings
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from modelsat.aptitude import Aptitude, AptitudeError, AptitudeTask
-from modelsat.data.samples import Group, GroupDataset, build_groups, collate_groups, epoch_groups
+from modelsat.data.samples import Group, GroupDataset, build_groups, collate_groups
 from modelsat.data.splits import load_splits, make_splits, save_splits, source_splits
 from modelsat.data.table import RoutingTable
 
@@ -143,7 +143,7 @@ def test_instruction_groups_hold_positives_and_negatives() -> None:
     table = make_table()
     qids = make_splits(table, make_aptitude(table))["train"]
     groups = build_groups(table, qids, MODELS[:5], group_size=3, seed=0)
-    S = table.score_matrix(qids, MODELS[:5])
+    S = table.outcome_matrix(qids, MODELS[:5])
     mixed = {q for q, row in zip(qids, S) if np.nanmax(row) >= 0.5 > np.nanmin(row)}
     assert {g.question_ids[0] for g in groups} == set(qids)  # one group per instruction (uniform ones kept)
     for g in groups:
@@ -156,10 +156,8 @@ def test_instruction_groups_hold_positives_and_negatives() -> None:
             assert max(g.labels) >= 0.5 > min(g.labels) and g.weight == 1.0
         else:
             assert g.weight == 0.5
-        truth = table.score_matrix([q], g.models)[0]
+        truth = table.outcome_matrix([q], g.models)[0]
         assert g.labels == truth.tolist()
-    kept = build_groups(table, qids, MODELS[:5], group_size=3, seed=0, skip_uniform=True)
-    assert {g.question_ids[0] for g in kept} == mixed
 
 
 def test_groups_deterministic_per_seed_and_epoch() -> None:
@@ -167,42 +165,16 @@ def test_groups_deterministic_per_seed_and_epoch() -> None:
     qids = sorted(table.results.question_id.unique())
     a = build_groups(table, qids, MODELS, group_size=3, seed=1)
     assert a == build_groups(table, qids, MODELS, group_size=3, seed=1)
-    assert a == epoch_groups(table, qids, MODELS, epoch=0, seed=1, group_size=3)
-    assert a != epoch_groups(table, qids, MODELS, epoch=1, seed=1, group_size=3)
+    assert a == build_groups(table, qids, MODELS, group_size=3, seed=1, epoch=0)
+    assert a != build_groups(table, qids, MODELS, group_size=3, seed=1, epoch=1)
     assert a != build_groups(table, qids, MODELS, group_size=3, seed=2)
-    assert len(build_groups(table, qids, MODELS, group_size=3, seed=1, max_groups=10)) == 10
-
-
-def test_zoo_pools_draw_candidates_from_one_pool() -> None:
-    table = make_table()
-    qids = sorted(table.results.question_id.unique())
-    pools = [MODELS[:2], MODELS[2:5]]
-    plain = build_groups(table, qids, MODELS, group_size=4, seed=3)
-    assert build_groups(table, qids, MODELS, group_size=4, seed=3, pools=pools, pool_fraction=0.0) == plain
-    everyone = build_groups(table, qids, MODELS, group_size=4, seed=3, pools=pools, pool_fraction=1.0)
-    assert len(everyone) > 0
-    for g in everyone:
-        assert set(g.models) <= set(pools[0]) or set(g.models) <= set(pools[1])
-        assert g.labels == table.score_matrix(g.question_ids[:1], g.models)[0].tolist()
-    assert {frozenset(g.models) <= set(pools[0]) for g in everyone} == {True, False}  # both pools are drawn
-    half = build_groups(table, qids, MODELS, group_size=4, seed=3, pools=pools, pool_fraction=0.5)
-    pooled = sum(set(g.models) <= set(pools[0]) or set(g.models) <= set(pools[1]) for g in half)
-    assert 0.3 * len(half) < pooled < 0.8 * len(half)  # about half (a plain group of 4 of 6 fits no pool)
-    with pytest.raises(ValueError, match="at least 2 of the training models"):
-        build_groups(table, qids, MODELS[:3], pools=[MODELS[2:5]], pool_fraction=0.5)
-    with pytest.raises(ValueError, match="instruction groups only"):
-        build_groups(table, qids, MODELS, mode="model", pools=pools, pool_fraction=0.5)
-    with pytest.raises(ValueError, match="needs at least one candidate pool"):
-        build_groups(table, qids, MODELS, pool_fraction=0.5)
-    with pytest.raises(ValueError, match=r"pool_fraction must be in \[0, 1\]"):
-        build_groups(table, qids, MODELS, pools=pools, pool_fraction=1.5)
 
 
 def test_model_centred_groups() -> None:
     table = make_table()
     qids = sorted(table.results.question_id.unique())
     groups = build_groups(table, qids, MODELS, group_size=4, mode="model", seed=0)
-    S = table.score_matrix(qids, MODELS)
+    S = table.outcome_matrix(qids, MODELS)
     for j, m in enumerate(MODELS):
         mine = [g for g in groups if g.models[0] == m]
         assert len(mine) == int((S[:, j] >= 0.5).sum())  # one group per correctly answered instruction
@@ -342,7 +314,7 @@ def test_prepare_with_top_up_keeps_val_and_test(tmp_path: Path) -> None:
         assert after.name == before.name and after.question_ids[:4] == before.question_ids
         added = after.question_ids[4:]
         assert set(added) <= set(plain.splits["train"]) and {task_of[i] for i in added} == {before.name}
-        scores = plain.table.score_matrix(added, plain.table.model_names)
+        scores = plain.table.outcome_matrix(added, plain.table.model_names)
         assert not np.isnan(scores).any() and (scores.max(axis=1) > scores.min(axis=1)).all()
     assert more.splits["val"] == plain.splits["val"] and more.splits["test"] == plain.splits["test"]
     held = set(more.aptitude.question_ids)

@@ -63,7 +63,7 @@ def test_only_the_upper_layers_carry_lora_and_train() -> None:
     assert lora and not any("lora_" in n for n, _ in model.lower.named_parameters())
     model.train()
     feats = _groups(model, [3, 2])
-    torch.cat(model.score(INSTRUCTIONS[:2], feats, logits=True)).square().sum().backward()
+    torch.cat(model.log_p_correct(INSTRUCTIONS[:2], feats, logits=True)).square().sum().backward()
     assert all(p.grad is None for p in model.lower.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.llm.named_parameters() if "lora_B" in n)
     with pytest.raises(ConfigError, match="below model.num_layers"):
@@ -76,8 +76,8 @@ def test_frozen_layers_packed_equals_separate() -> None:
     model = _model(num_soft_tokens=2)
     feats = _groups(model, [3, 1, 4])
     with torch.no_grad():
-        packed = model.score(INSTRUCTIONS, feats)
-        separate = model.score_separate(INSTRUCTIONS, feats, chunk_size=3)
+        packed = model.log_p_correct(INSTRUCTIONS, feats)
+        separate = model.log_p_correct_separate(INSTRUCTIONS, feats, chunk_size=3)
     for p, s in zip(packed, separate):
         torch.testing.assert_close(p, s, atol=1e-5, rtol=0)
     assert torch.cat(packed).std() > 0.05
@@ -94,7 +94,7 @@ def test_cached_states_give_the_scores_and_gradients_of_computed_ones(tmp_path: 
             assert model.state_cache.fill(model.lower, model.prefix_ids(INSTRUCTIONS[1:]), model.pad_id) == 2
             model.state_cache = StateCache(tmp_path, model.lower.fingerprint)     # read back from disk
         model.zero_grad()
-        z = torch.cat(model.score(INSTRUCTIONS, feats, logits=True))
+        z = torch.cat(model.log_p_correct(INSTRUCTIONS, feats, logits=True))
         z.square().sum().backward()
         results.append((z.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=0)
@@ -111,7 +111,7 @@ def test_a_stale_or_mismatched_cache_is_detected_not_used(tmp_path: Path) -> Non
     assert cache.fill(model.lower, prefixes, model.pad_id) == 0          # nothing left to compute
     [shard] = sorted(cache.dir.glob("shard-*.safetensors"))
     with torch.no_grad():
-        truth = torch.cat(model.score(INSTRUCTIONS, _groups(model, [2, 2, 2])))
+        truth = torch.cat(model.log_p_correct(INSTRUCTIONS, _groups(model, [2, 2, 2])))
 
     # another backbone's shard copied into this folder: skipped with a warning, its states computed again
     poisoned = {k: v + 1.0 for k, v in load_file(shard).items()}
@@ -121,7 +121,7 @@ def test_a_stale_or_mismatched_cache_is_detected_not_used(tmp_path: Path) -> Non
         model.state_cache = StateCache(tmp_path, model.lower.fingerprint)
     assert len(model.state_cache) == 0 and model.state_cache.skipped == 3
     with torch.no_grad():
-        torch.testing.assert_close(torch.cat(model.score(INSTRUCTIONS, _groups(model, [2, 2, 2]))), truth,
+        torch.testing.assert_close(torch.cat(model.log_p_correct(INSTRUCTIONS, _groups(model, [2, 2, 2]))), truth,
                                    atol=1e-5, rtol=0)
 
     # an entry of the wrong shape under the right fingerprint: not used
@@ -130,7 +130,7 @@ def test_a_stale_or_mismatched_cache_is_detected_not_used(tmp_path: Path) -> Non
               metadata={"fingerprint": model.lower.fingerprint})
     model.state_cache = StateCache(tmp_path, model.lower.fingerprint)
     with pytest.warns(UserWarning, match="has shape"), torch.no_grad():
-        torch.testing.assert_close(torch.cat(model.score(INSTRUCTIONS, _groups(model, [2, 2, 2]))), truth,
+        torch.testing.assert_close(torch.cat(model.log_p_correct(INSTRUCTIONS, _groups(model, [2, 2, 2]))), truth,
                                    atol=1e-5, rtol=0)
 
     # other lower weights: another fingerprint, another folder; another template: other keys (a miss)

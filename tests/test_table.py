@@ -56,15 +56,15 @@ def test_model_names_and_models_completed() -> None:
 
 
 def test_score_matrix_order_and_nan(table: RoutingTable) -> None:
-    m = table.score_matrix(["q3", "q0", "q2"], ["m3", "m1", "m2"])
+    m = table.outcome_matrix(["q3", "q0", "q2"], ["m3", "m1", "m2"])
     assert m.dtype == np.float32 and m.shape == (3, 3)
     expected = np.array([[0.25, 1.0, np.nan], [np.nan, 1.0, 0.0], [np.nan, 0.5, 1.0]], dtype=np.float32)
     np.testing.assert_array_equal(m, expected)
-    np.testing.assert_array_equal(table.score_matrix(["q0", "q0"], ["m1"]), [[1.0], [1.0]])
+    np.testing.assert_array_equal(table.outcome_matrix(["q0", "q0"], ["m1"]), [[1.0], [1.0]])
     with pytest.raises(TableError, match="unknown question id"):
-        table.score_matrix(["q0", "nope"], ["m1"])
+        table.outcome_matrix(["q0", "nope"], ["m1"])
     with pytest.raises(TableError, match="unknown model"):
-        table.score_matrix(["q0"], ["m9"])
+        table.outcome_matrix(["q0"], ["m9"])
 
 
 def test_texts_categories_costs(table: RoutingTable) -> None:
@@ -221,8 +221,8 @@ def test_rebuild_keeps_the_encoder_cache_beside_the_table(tmp_path: Path, table:
     """Issue 21: rebuilding a table (`modelsat data build --out` over it) deleted the sentence embeddings cached
     beside it (12 minutes of MiniLM on MMLU-Pro). They are keyed by content: an identical rebuild keeps and uses
     them, a changed table misses them; other files there (a zoos.json) survive too."""
-    import modelsat.pretrained
-    from modelsat.evaluate import cached_embedder
+    import modelsat.embedding
+    from modelsat.embedding import cached_embedder
 
     target = tmp_path / "table"
     table.save(target)
@@ -239,7 +239,7 @@ def test_rebuild_keeps_the_encoder_cache_beside_the_table(tmp_path: Path, table:
     def no_encoder(*args: object, **kwargs: object) -> None:
         raise AssertionError("the cache was not used: the questions were encoded again")
 
-    monkeypatch.setattr(modelsat.pretrained, "load_sentence_encoder", no_encoder)
+    monkeypatch.setattr(modelsat.embedding, "load_sentence_encoder", no_encoder)
     np.testing.assert_array_equal(cached_embedder(RoutingTable.load(target), "tiny-encoder", target)(texts), first)
 
     changed = RoutingTable(table.questions.assign(text=[t + " (revised)" for t in texts]), table.results, table.models)

@@ -13,6 +13,7 @@ from modelsat.config import ConfigError, DataConfig
 from modelsat.data.converters import build_table
 from modelsat.data.splits import load_splits, make_splits, save_splits, source_splits, train_source_ids
 from modelsat.data.table import RoutingTable
+from modelsat.embedding import cached_embedder
 
 
 @dataclass
@@ -96,8 +97,6 @@ def _build_aptitude(cfg: DataConfig, table: RoutingTable, encoder_name: str,
     """The aptitude test `cfg` describes (and, when topped up, the splits made around it before the top-up)."""
     embed = None
     if cfg.tasks_by == "cluster":
-        from modelsat.evaluate import cached_embedder
-
         # Every question of the table is encoded once and cached beside it (evaluation reuses it).
         embed = cached_embedder(table, encoder_name, Path(cfg.table_dir))
     # Chosen on the training models only: models held out as unseen must not shape their own test.

@@ -8,17 +8,13 @@ ranks models for one instruction; the group holds at least one model that answer
 (score >= 0.5) and one that did not, where the instruction has both. `model` mode is the paper's: one
 model with 1 instruction it answered correctly and K-1 it got wrong. Labels are the table's scores
 (0/1 for multiple choice, fractions for sampled answers). Groups whose candidates are all right or all
-wrong carry `weight = uniform_weight` (or are dropped with `skip_uniform=True`). With `pools` (candidate
-pools such as the evaluation zoos) and `pool_fraction` > 0, that fraction of instruction groups draws its
-candidates from one pool, chosen at random, instead of from every model: the loss then also compares the
-models a zoo routes between (in zoo `large`, strong models that differ by category), not mostly strong
-against weak ones. The same (seed, epoch) always gives the same groups in the same order; a new epoch
-resamples the candidates.
+wrong carry `weight = uniform_weight`. The same (seed, epoch) always gives the same groups in the same order; a
+new epoch resamples the candidates.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,19 +32,14 @@ class Group:
 
 
 def _instruction_groups(S: np.ndarray, qids: list[str], models: list[str], K: int, rng: np.random.Generator,
-                        skip_uniform: bool, uniform_weight: float, pools: Sequence[np.ndarray] = (),
-                        pool_fraction: float = 0.0) -> list[Group]:
+                        uniform_weight: float) -> list[Group]:
     groups = []
     for i, qid in enumerate(qids):
         avail = np.flatnonzero(~np.isnan(S[i]))  # models with a result on this instruction
-        if pool_fraction > 0 and rng.random() < pool_fraction:  # no draw at 0: the plain groups stay as they were
-            avail = np.intersect1d(avail, pools[rng.integers(len(pools))])
         if len(avail) == 0:
             continue
         pos, neg = avail[S[i, avail] >= 0.5], avail[S[i, avail] < 0.5]
         uniform = len(pos) == 0 or len(neg) == 0
-        if uniform and skip_uniform:
-            continue
         if len(avail) <= K:
             pick = avail
         else:
@@ -62,12 +53,12 @@ def _instruction_groups(S: np.ndarray, qids: list[str], models: list[str], K: in
 
 
 def _model_groups(S: np.ndarray, qids: list[str], models: list[str], K: int, rng: np.random.Generator,
-                  skip_uniform: bool, uniform_weight: float) -> list[Group]:
+                  uniform_weight: float) -> list[Group]:
     groups = []
     for j, model in enumerate(models):
         col = S[:, j]
         pos, neg = np.flatnonzero(col >= 0.5), np.flatnonzero(col < 0.5)  # NaN (not evaluated) is in neither
-        if len(pos) == 0 or (len(neg) == 0 and skip_uniform):
+        if len(pos) == 0:
             continue
         for p in rng.permutation(pos):  # one group per instruction the model answered correctly
             negs = rng.choice(neg, min(K - 1, len(neg)), replace=False)
@@ -79,14 +70,11 @@ def _model_groups(S: np.ndarray, qids: list[str], models: list[str], K: int, rng
 
 def build_groups(table: Any, question_ids: list[str], models: list[str], group_size: int = 8,
                  mode: Literal["instruction", "model"] = "instruction", seed: int = 0, *, epoch: int = 0,
-                 skip_uniform: bool = False, uniform_weight: float = 0.5, max_groups: int | None = None,
-                 pools: Sequence[Sequence[str]] = (), pool_fraction: float = 0.0) -> list[Group]:
+                 uniform_weight: float = 0.5) -> list[Group]:
     """Training groups over `question_ids` × `models`, deterministic for (seed, epoch), in shuffled order.
 
-    instruction mode: one group per instruction with results, K candidates (all of them when fewer); a
-    `pool_fraction` of them draws the candidates from one of `pools` (each a list of `models`, at least 2).
+    instruction mode: one group per instruction with results, K candidates (all of them when fewer).
     model mode: per model, one group per instruction it answered correctly, with K-1 it got wrong.
-    `max_groups` keeps the first groups of the shuffled order.
     """
     if group_size < 1:
         raise ValueError(f"group_size must be positive, got {group_size}")
@@ -94,39 +82,19 @@ def build_groups(table: Any, question_ids: list[str], models: list[str], group_s
         raise ValueError(f"grouping mode must be 'instruction' or 'model', got {mode!r}")
     if not 0 <= uniform_weight <= 1:
         raise ValueError(f"uniform_weight must be in [0, 1], got {uniform_weight}")
-    if not 0 <= pool_fraction <= 1:
-        raise ValueError(f"pool_fraction must be in [0, 1], got {pool_fraction}")
-    if pool_fraction > 0 and mode != "instruction":
-        raise ValueError("candidate pools (pool_fraction > 0) apply to instruction groups only")
-    if pool_fraction > 0 and not pools:
-        raise ValueError("pool_fraction > 0 needs at least one candidate pool")
     question_ids, models = [str(q) for q in question_ids], [str(m) for m in models]
     unknown = sorted(set(models) - set(table.model_names))
     if unknown:
         raise ValueError(f"models not in the routing table: {unknown[:10]}")
-    column = {m: j for j, m in enumerate(models)}
-    for pool in pools:
-        if len(set(pool)) < 2 or set(pool) - set(column):
-            raise ValueError(f"a candidate pool must hold at least 2 of the training models; got {list(pool)} "
-                             f"(not training models: {sorted(set(pool) - set(column))})")
-    pool_cols = [np.array(sorted({column[m] for m in pool}), dtype=np.int64) for pool in pools]
     if len(set(question_ids)) != len(question_ids):
         raise ValueError("question_ids lists a question twice")
-    S = np.asarray(table.score_matrix(question_ids, models), dtype=np.float64)  # (Q, M), NaN = not evaluated
+    S = np.asarray(table.outcome_matrix(question_ids, models), dtype=np.float64)  # (Q, M), NaN = not evaluated
     rng = np.random.default_rng([seed, epoch])
     if mode == "instruction":
-        groups = _instruction_groups(S, question_ids, models, group_size, rng, skip_uniform, uniform_weight,
-                                     pool_cols, pool_fraction)
+        groups = _instruction_groups(S, question_ids, models, group_size, rng, uniform_weight)
     else:
-        groups = _model_groups(S, question_ids, models, group_size, rng, skip_uniform, uniform_weight)
-    groups = [groups[i] for i in rng.permutation(len(groups))]
-    return groups if max_groups is None else groups[:max_groups]
-
-
-def epoch_groups(table: Any, question_ids: list[str], models: list[str], epoch: int, seed: int = 0,
-                 **kwargs: Any) -> list[Group]:
-    """The groups of one epoch: `build_groups(..., seed=seed, epoch=epoch)` (candidates resampled each epoch)."""
-    return build_groups(table, question_ids, models, seed=seed, epoch=epoch, **kwargs)
+        groups = _model_groups(S, question_ids, models, group_size, rng, uniform_weight)
+    return [groups[i] for i in rng.permutation(len(groups))]
 
 
 class GroupDataset(Dataset):

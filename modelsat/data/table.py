@@ -1,10 +1,13 @@
 """The routing table: questions, per-model results and model metadata, checked and stored as one folder.
 
     table = RoutingTable.load("data/mmlu_pro_table")     # questions/results/(models) as .parquet|.csv|.jsonl
-    y = table.score_matrix(table.questions.question_id, table.model_names)   # (Q, M), NaN = not evaluated
+    y = table.outcome_matrix(table.questions.question_id, table.model_names)   # (Q, M), NaN = not evaluated
     table.save("out/table")                               # three parquet files, written atomically
 
 Every check raises `TableError` naming the file, the 0-based data row and the column. Nothing is dropped silently.
+
+Why ~350 lines in one module: the table and the checks of its three files (questions, results, models)
+are one concept; every reader of a routing table goes through these checks.
 """
 from __future__ import annotations
 
@@ -157,7 +160,9 @@ def complete_models(models: pd.DataFrame | None, results: pd.DataFrame) -> pd.Da
     return out[MODEL_COLUMNS].reset_index(drop=True)
 
 
-def _find(folder: Path, stem: str, required: bool) -> Path | None:
+def find_table_file(folder: Path, stem: str, required: bool) -> Path | None:
+    """`<folder>/<stem>.parquet|csv|jsonl` (one of them), None where absent and not `required`; a TableError where two
+    exist, or none and it is required."""
     found = [folder / f"{stem}.{ext}" for ext in FORMATS if (folder / f"{stem}.{ext}").is_file()]
     if len(found) > 1:
         raise fail(folder, None, None, f"both {' and '.join(p.name for p in found)} exist; keep one")
@@ -167,7 +172,7 @@ def _find(folder: Path, stem: str, required: bool) -> Path | None:
     return found[0] if found else None
 
 
-def _read(file: Path, kind: str) -> pd.DataFrame:
+def read_table_file(file: Path, kind: str) -> pd.DataFrame:
     """Read one table file; strings stay strings, numbers are parsed with errors naming the row."""
     try:
         if file.suffix == ".parquet":
@@ -248,9 +253,9 @@ class RoutingTable:
         if not path.is_dir():
             raise fail(path, None, None, "is not a folder; a routing table is a folder with questions, results "
                        "and (optionally) models as .parquet, .csv or .jsonl")
-        qf, rf, mf = _find(path, "questions", True), _find(path, "results", True), _find(path, "models", False)
-        q, r = _read(qf, "questions"), _read(rf, "results")
-        m = _read(mf, "models") if mf is not None else None
+        qf, rf, mf = find_table_file(path, "questions", True), find_table_file(path, "results", True), find_table_file(path, "models", False)
+        q, r = read_table_file(qf, "questions"), read_table_file(rf, "results")
+        m = read_table_file(mf, "models") if mf is not None else None
         check_questions(q, qf)
         check_results(r, rf, q["question_id"], qf.name)
         if m is not None:
@@ -295,8 +300,9 @@ class RoutingTable:
                              f"{len(known)} {what}s")
         return pos
 
-    def score_matrix(self, question_ids: Sequence[str], models: Sequence[str]) -> np.ndarray:
-        """Scores as float32 (Q, M) in the order given; NaN where a model was not evaluated on a question."""
+    def outcome_matrix(self, question_ids: Sequence[str], models: Sequence[str]) -> np.ndarray:
+        """Outcomes (the results' `score` column: 1 = answered right) as float32 (Q, M) in the order given; NaN where
+        a model was not evaluated on a question."""
         qids, names = list(question_ids), list(models)
         self._positions(qids, pd.Index(self.questions["question_id"]), "question id")
         self._positions(names, pd.Index(self.model_names), "model")

@@ -1,6 +1,6 @@
 """How much a router can gain over the best single model in each zoo: the per-category ceiling, in hindsight.
 
-    python benchmarks/headroom.py --checkpoint checkpoints/modelsat-smollm2-mmlupro
+    python -m dev.analyses.headroom --checkpoint checkpoints/modelsat-smollm2-mmlupro
 
 Reads only the routing table and the checkpoint's splits; no router runs. Per zoo and split, on the instructions
 every zoo model has a result for, gains over the best single model (chosen on train) in points:
@@ -14,24 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modelsat.aptitude import Aptitude  # noqa: E402
-from modelsat.checkpoint import check_checkpoint  # noqa: E402
-from modelsat.config import load_config  # noqa: E402
-from modelsat.data.splits import load_splits  # noqa: E402
-from modelsat.data.table import RoutingTable  # noqa: E402
+from modelsat.aptitude import Aptitude
+from modelsat.checkpoint import check_checkpoint
+from modelsat.config import load_config
+from modelsat.data.splits import load_splits
+from modelsat.data.table import RoutingTable
 
 
 def complete(table: RoutingTable, ids: list[str], models: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Labels (Q, M) and categories (Q,) of the instructions with a result for every model."""
-    y = table.score_matrix(ids, models).astype(float)
+    y = table.outcome_matrix(ids, models).astype(float)
     keep = ~np.isnan(y).any(axis=1)
     return y[keep], np.array(table.categories(ids))[keep]
 

@@ -1,8 +1,8 @@
 """How much per-category signal an aptitude test carries, and what aptitude-derived priors do to routing, on val.
 
-    python benchmarks/aptitude_signal.py --aptitude data/mmlu-pro/aptitude-src14.json \
+    python -m dev.analyses.aptitude_signal --aptitude data/mmlu-pro/aptitude-src14.json \
         --splits data/mmlu-pro/splits-src14.json
-    python benchmarks/aptitude_signal.py --aptitude checkpoints/modelsat-smollm2-mmlupro/aptitude.json \
+    python -m dev.analyses.aptitude_signal --aptitude checkpoints/modelsat-smollm2-mmlupro/aptitude.json \
         --splits checkpoints/modelsat-smollm2-mmlupro/splits.json --predictions runs/top20/val/predictions-val.npz
 
 `signal`: per zoo, the correlation between the models' per-category accuracy on the aptitude test and on the val
@@ -25,20 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[2]
 
-from modelsat.logs import setup_logging  # noqa: E402
-from modelsat.aptitude import Aptitude  # noqa: E402
-from modelsat.config import load_config  # noqa: E402
-from modelsat.data.splits import load_splits  # noqa: E402
-from modelsat.data.table import RoutingTable  # noqa: E402
-from modelsat.evaluate import cached_embedder  # noqa: E402
+from modelsat.logs import setup_logging
+from modelsat.aptitude import Aptitude
+from modelsat.config import load_config
+from modelsat.data.splits import load_splits
+from modelsat.data.table import RoutingTable
+from modelsat.embedding import cached_embedder
 
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 1000.0]   # 1000: the prior alone, p_correct breaks ties
 NEIGHBOURS = [10, 25, 50, 100, 200]
@@ -54,8 +52,8 @@ def interaction(x: np.ndarray) -> np.ndarray:
 def category_signal(table: RoutingTable, apt_ids: list[str], val: list[str], models: list[str]) -> float:
     """Correlation of the aptitude test's and val's model × category interaction (categories on both sides)."""
     ca, cv = np.array(table.categories(apt_ids)), np.array(table.categories(val))
-    a = table.score_matrix(apt_ids, models).astype(float)
-    v = table.score_matrix(val, models).astype(float)
+    a = table.outcome_matrix(apt_ids, models).astype(float)
+    v = table.outcome_matrix(val, models).astype(float)
     cats = [c for c in sorted(set(cv)) if (ca == c).any()]
     A = np.stack([np.nanmean(a[ca == c], axis=0) for c in cats])
     V = np.stack([np.nanmean(v[cv == c], axis=0) for c in cats])
@@ -100,11 +98,11 @@ def main() -> None:
         out["category_guess_accuracy"] = float(np.mean(np.array(classes)[proba.argmax(1)] == table.categories(pq)))
         out["gain"] = {}
         for zoo, models in zoos.items():
-            y = table.score_matrix(pq, models).astype(float)
+            y = table.outcome_matrix(pq, models).astype(float)
             ok = ~np.isnan(y).any(axis=1)
-            ytr = table.score_matrix(train, models).astype(float)
+            ytr = table.outcome_matrix(train, models).astype(float)
             best = int(np.nanmean(ytr[~np.isnan(ytr).any(axis=1)], axis=0).argmax())
-            a = table.score_matrix(apt_ids, models).astype(float)            # (A, M)
+            a = table.outcome_matrix(apt_ids, models).astype(float)            # (A, M)
             acc = np.nanmean(a, axis=0)
             per_cat = np.stack([np.nanmean(a[ca == c], axis=0) if (ca == c).any() else acc for c in classes])
             per_cat_apt = np.stack([np.nanmean(a[ca == c], axis=0) for c in clf_apt.classes_])

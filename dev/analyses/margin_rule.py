@@ -1,6 +1,6 @@
 """Would a confidence margin stop Model-SAT from hurting where one model dominates? Checked on cached scores.
 
-    python benchmarks/margin_rule.py --checkpoint checkpoints/modelsat-smollm2-mmlupro \
+    python -m dev.analyses.margin_rule --checkpoint checkpoints/modelsat-smollm2-mmlupro \
         --predictions runs/ix2-650/val/predictions-val.npz
 
 The rule: keep the zoo's default model (the highest aptitude-test accuracy, known for unseen models too) unless
@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from modelsat.aptitude import Aptitude  # noqa: E402
-from modelsat.checkpoint import check_checkpoint  # noqa: E402
-from modelsat.config import load_config  # noqa: E402
-from modelsat.data.table import RoutingTable  # noqa: E402
-from modelsat.zoo import Zoo  # noqa: E402
+from modelsat.aptitude import Aptitude
+from modelsat.checkpoint import check_checkpoint
+from modelsat.config import load_config
+from modelsat.data.table import RoutingTable
+from modelsat.zoo import Zoo
 
 MARGINS = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08]
 
@@ -43,7 +38,7 @@ def main() -> None:
     aptitude = {r["model"]: r["aptitude_accuracy"] for r in zoo.describe()}
     out = {"checkpoint": args.checkpoint, "predictions": args.predictions, "zoos": {}}
     for zoo, members in {**cfg.data.zoos, "all": table.model_names}.items():
-        labels = table.score_matrix(qids, members)
+        labels = table.outcome_matrix(qids, members)
         keep = ~np.isnan(labels).any(axis=1)
         labels, p_zoo = labels[keep], scores[np.ix_(keep, [models.index(m) for m in members])]
         default = int(np.argmax([aptitude[m] for m in members]))

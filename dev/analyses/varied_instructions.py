@@ -1,7 +1,7 @@
 """Which candidate a router puts first, and second, for 20 varied instructions (a haiku, Chinese, Python, a lease,
 physics, law, medicine, ...): issue 19's check "tried as a new user" of whether p_correct follows the instruction.
 
-    python benchmarks/varied_instructions.py [--checkpoint checkpoints/modelsat-smollm2-mmlupro]
+    python -m dev.analyses.varied_instructions [--checkpoint checkpoints/modelsat-smollm2-mmlupro]
 
 Prints one JSON object: per instruction the first two candidates with their p_correct, and how often each
 candidate comes first.

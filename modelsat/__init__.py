@@ -1,12 +1,13 @@
 """modelsat: a learned router for large language models (Model-SAT: model selection with aptitude tests)."""
 from __future__ import annotations
 
-__version__ = "0.2.0"
+from modelsat.version import __version__
+
 __all__ = ["Client", "Router", "__version__"]
 
 
 def __getattr__(name: str):
-    # Import the router lazily: `import modelsat` stays fast and does not load torch for the CLI's data jobs.
+    # The package's face, imported lazily (PEP 562): `import modelsat` stays fast and loads no torch.
     if name == "Router":
         from modelsat.router import Router
 

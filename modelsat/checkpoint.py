@@ -24,7 +24,7 @@ import json
 import os
 from pathlib import Path
 
-from modelsat import __version__
+from modelsat.version import __version__
 
 FORMAT_FILE = "modelsat.json"
 FORMAT_VERSION = 2

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from modelsat import __version__
+from modelsat.version import __version__
 from modelsat.aptitude import Aptitude
 from modelsat.category import CategoryClassifier
 from modelsat.checkpoint import (FORMAT_FILE, FORMAT_VERSION, CheckpointError, check_checkpoint, checkpoint_format,

@@ -24,7 +24,7 @@ import argparse
 import os
 import sys
 
-from modelsat import __version__
+from modelsat.version import __version__
 from modelsat.config import shipped_configs
 from modelsat.arguments import CHECKPOINT_HELP, with_defaults
 from modelsat.logs import add_logging_arguments, setup_logging

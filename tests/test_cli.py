@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pandas as pd
@@ -399,6 +400,8 @@ def test_version_and_shipped_configs_by_name(capsys) -> None:
     with pytest.raises(SystemExit):
         cli(["--version"])
     assert capsys.readouterr().out.strip() == f"modelsat {__version__}"
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert declared == __version__, "pyproject.toml and modelsat/version.py give two versions"
     assert load_config("tiny") == load_config(REPO / "configs" / "tiny.yaml")
     assert (REPO / "modelsat" / "py.typed").is_file()
 

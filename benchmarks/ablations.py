@@ -42,7 +42,7 @@ ARMS = {
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablations", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/ablations")
     p.add_argument("--config", default="configs/default.yaml")
     p.add_argument("--arms", default=",".join(ARMS))

@@ -55,7 +55,7 @@ def gains(score: np.ndarray, y: np.ndarray, y_fit: np.ndarray, cols: list[int]) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.aptitude_size", description=__doc__.split("\n")[0])
     ap.add_argument("--checkpoint", default="checkpoints/modelsat-smollm2-mmlupro")
     ap.add_argument("--out", required=True)
     ap.add_argument("--sizes", default="49x20,49x40,49x10,49x5,25x20,12x20",

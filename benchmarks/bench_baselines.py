@@ -68,7 +68,7 @@ def row(zoo: str, name: str, r: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_baselines", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mmlu_pro")
     p.add_argument("--work", type=Path, default=Path("/tmp/modelsat-eval"))
     p.add_argument("--zoos", default=",".join(ZOOS))

@@ -65,7 +65,7 @@ def sample_per_source(ids: list[str], sources: dict[str, str], n: int, seed: int
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_datasets", description=__doc__.split("\n")[0])
     p.add_argument("--config", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--checkpoint", default=None, help="a Model-SAT router trained with this config")

@@ -132,7 +132,7 @@ def load(src: Path, requests: int, concurrency: int, fail_every: int, tmp: Path)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_gateway", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints/modelsat-smollm2-mmlupro"))
     p.add_argument("--upstream", help="an OpenAI-compatible base URL (default: an in-process fake)")
     p.add_argument("--upstream-model", help="the model id the upstream serves (with --upstream)")

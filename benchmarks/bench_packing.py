@@ -7,7 +7,7 @@ The router is built as for training (default ModelConfig: LoRA on every linear l
 structured capability of 50 tasks × 20 questions pooled to the default router's 8 soft tokens per candidate
 (`--num-soft-tokens 0`: one per task, 50), random outcomes). One
 instruction of `--instruction-tokens` tokens; for each K, `log_p_correct_separate` (one right-padded batch of K full
-sequences) and `score` (packed) are timed under torch.no_grad in fp32, best of `--repeats` (interleaved)
+sequences) and `log_p_correct` (packed) are timed under torch.no_grad in fp32, best of `--repeats` (interleaved)
 after a warm-up.
 `token_ratio` = K·(L_x + L_c) / (L_x + K·L_c), the tokens the LLM processes separately vs packed: the speedup
 that equal per-token cost would give (it tends to (L_x + L_c) / L_c as K grows).
@@ -68,7 +68,7 @@ def cpu_name() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_packing", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object (default: a table)")
     parser.add_argument("--backbone", default="smollm2-135m-instruct", help="router LLM (model.llm)")
     parser.add_argument("--sentence-encoder", default=None, help="default: tiny-encoder for tiny-llama, else MiniLM")

@@ -35,7 +35,7 @@ from modelsat import Router
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_router", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints/modelsat-smollm2-mmlupro"))
     p.add_argument("--n", type=int, default=40, help="instructions to rank")
     p.add_argument("--candidates", default="", help="comma-separated candidate counts to time, e.g. 10,100 "

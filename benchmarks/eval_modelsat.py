@@ -84,7 +84,7 @@ def cached_scores(router: Router, texts: list[str], ids: list[str], wanted: list
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.eval_modelsat", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--zoos", default=",".join(ZOOS))

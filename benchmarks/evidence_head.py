@@ -5,8 +5,9 @@
 The head is `EvidenceEncoder`'s logit offset alone (modelsat/encoder.py): the 9 evidence values of a candidate for
 an instruction (modelsat/evidence.py) → p_correct, trained with train.py's loss (pointwise BCE + listwise
 cross-entropy over all training models of an instruction) on the train split. Beside it: the hand-weighted route
-prior of the router committed before issue 19 (RESULTS §13: 2 × accuracy on the 100 nearest aptitude questions + 2 × category accuracy, no
-p_correct), and the baselines. Prints JSON per zoo: gain over the best single model, interaction AUC, Brier.
+prior of the router committed before issue 19 (dev/LOG.md, old §13: 2 × accuracy on the 100 nearest aptitude
+questions + 2 × category accuracy, no p_correct), and the baselines. Prints JSON per zoo: gain over the best single
+model, interaction AUC, Brier.
 """
 from __future__ import annotations
 
@@ -97,8 +98,8 @@ class EvidenceHeadRouter(_EvidenceRouter):
 
 
 class HandPriorRouter(_EvidenceRouter):
-    """The hand-weighted prior of the router before issue 19, alone: 2 × nn100 + 2 × category (RESULTS §13; no
-    p_correct)."""
+    """The hand-weighted prior of the router before issue 19, alone: 2 × nn100 + 2 × category (dev/LOG.md, old §13;
+    no p_correct)."""
 
     name, probabilistic = "hand-prior", False
 
@@ -109,7 +110,7 @@ class HandPriorRouter(_EvidenceRouter):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.evidence_head", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/modelsat-smollm2-mmlupro")
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--zoos", default="7b,mixed,large")

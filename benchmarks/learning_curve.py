@@ -80,7 +80,7 @@ def fail(message: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.learning_curve", description=__doc__.split("\n")[0])
     ap.add_argument("--run", required=True, help="a train.out_dir holding step-NNNNNN/ and final/")
     ap.add_argument("--out", required=True, help="folder for the cached predictions, curve.json and the plot")
     ap.add_argument("--split", default="val", choices=["train", "val"], help="never test: this chooses settings")

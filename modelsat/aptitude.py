@@ -3,14 +3,14 @@
     apt = build_aptitude(table, num_tasks=50, per_task=20, tasks_by="task", seed=0)
     apt.save("aptitude.json")                              # byte-identical for the same table and seed
     outcomes = model_outcomes(apt, table, "gemma-7b")      # (T, S) from a routing table ...
-    df = run_aptitude("smollm2-135m-instruct", apt, Path("results.parquet"))   # ... or by running the model
-                                                           # (modelsat.local_examiner; an endpoint: modelsat.examiner)
+    # ... or by running the model: modelsat.local_examiner.run_aptitude (here), modelsat.examiner.examine (an endpoint)
 
 Tasks come from the table's `task` column or from K-means clusters of question embeddings. The file
 carries a fingerprint (sha256 of the ordered question ids); profiles and checkpoints carry it too and a
-mismatch is an error.
+mismatch is an error. scikit-learn is imported where tasks are clusters (`tasks_by="cluster"`) only: every command
+that reads a zoo reads this module, and scikit-learn's import takes longer than the rest of them.
 
-Why ~400 lines in one module: the test's file format, how it is built (by task or cluster, topped up) and how
+Why one module: the test's file format, how it is built (by task or cluster, topped up) and how
 its questions are graded are one concept. Taking it: `modelsat/local_examiner.py`, `modelsat/examiner.py`.
 """
 from __future__ import annotations
@@ -26,8 +26,6 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
-from sklearn.cluster import KMeans
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 from modelsat.io_utils import atomic_write_text
 
@@ -196,6 +194,9 @@ def _sample(rows: np.ndarray, weight: np.ndarray, full: np.ndarray, k: int, seed
 def _clusters(texts: list[str], rows: np.ndarray, num_tasks: int, seed: int,
               embed: Callable[[list[str]], np.ndarray]) -> dict[str, tuple[str, np.ndarray]]:
     """K-means over embeddings of `texts` (those of `rows`): {name: (keywords, rows)}; names from top TF-IDF terms."""
+    from sklearn.cluster import KMeans              # (see the module's docstring)
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     X = np.asarray(embed(texts), dtype=np.float64)
     if X.ndim != 2 or X.shape[0] != len(rows):
         raise AptitudeError(f"embed returned shape {X.shape}, expected ({len(rows)}, D)")

@@ -14,11 +14,11 @@ the zoo's largest cost". Exact ties are split evenly by the evaluation (expected
 Settings: `seen` models may be learned from their train-split labels; every other zoo model is *unseen* and
 known only through its aptitude-test results. `RoutingData.labels` refuses labels of unseen models, so no
 router can use them silently. Hyper-parameter defaults: the best *mean val accuracy* over the MMLU-Pro zoos 7b,
-mixed, large and all (`benchmarks/bench_baselines.py --tune`: fit on train, score on val; MiniLM embeddings,
+mixed, large and all (`python -m benchmarks.bench_baselines --tune`: fit on train, score on val; MiniLM embeddings,
 aptitude 50×20 by task, splits val 0.1 / test 0.2, seed 0). Val has ~830-960 instructions per zoo, so
 differences under ~0.01 are noise; the grids are in that script.
 
-Why ~450 lines in one module: the baseline routers side by side, 30-70 lines each behind one interface
+Why one module: the baseline routers side by side, 30-70 lines each behind one interface
 (`BaseRouter`), so that their differences read at a glance.
 """
 from __future__ import annotations

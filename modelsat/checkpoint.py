@@ -37,8 +37,6 @@ CONNECTOR_FILE = "connector.safetensors"
 CHECKPOINT_FILES = ("config.yaml", "aptitude.json", *ADAPTER_FILES, CONNECTOR_FILE)
 
 
-
-
 class CheckpointError(ValueError):
     """A checkpoint folder or one of its files is missing, unreadable or made for another model or format."""
 

@@ -12,17 +12,17 @@ from typing import Any
 
 import torch
 
-from modelsat.version import __version__
 from modelsat.aptitude import Aptitude
 from modelsat.category import CategoryClassifier
-from modelsat.checkpoint import (FORMAT_FILE, FORMAT_VERSION, CheckpointError, check_checkpoint, checkpoint_format,
-                                 check_files, read_provenance)
+from modelsat.checkpoint import (FORMAT_FILE, FORMAT_VERSION, CheckpointError, check_checkpoint, check_files,
+                                 checkpoint_format, read_provenance)
 from modelsat.config import Config, load_config
 from modelsat.data.table import RoutingTable
 from modelsat.io_utils import atomic_dir, atomic_write_text
 from modelsat.model import RouterModel
 from modelsat.model_card import model_card
 from modelsat.pretrained import portable_name
+from modelsat.version import __version__
 from modelsat.weights import save_aptitude_embeddings, save_category_classifier, save_trained
 from modelsat.zoo import Zoo
 
@@ -42,7 +42,6 @@ def save_checkpoint(path: Path, model: RouterModel, cfg: Config, aptitude: Aptit
     """Write a complete router checkpoint to a temporary folder, then rename it onto `path` (with
     `aptitude_embeddings`, the (A, D) unit embeddings of the aptitude questions, and `category_classifier`, both
     computed with the model's sentence encoder)."""
-
     zoo = Zoo(aptitude)
     for m in zoo_models:
         scores = table.outcome_matrix(aptitude.question_ids, [m])[:, 0]
@@ -62,7 +61,6 @@ def write_checkpoint(path: str | Path, model: RouterModel, cfg: Config, aptitude
     aptitude test, the zoo, the optional files, the model card and the format file. `splits` and `metrics` are
     provenance (written where given). Raises CheckpointError where `path` is a non-empty folder that is not a
     checkpoint (its files would be lost)."""
-
     path = Path(path)
     if path.is_dir() and any(path.iterdir()) and not any((path / f).exists() for f in (FORMAT_FILE, "config.yaml")):
         raise CheckpointError(f"{path} is a folder that holds other files, not a router checkpoint: writing the "

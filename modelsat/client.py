@@ -19,8 +19,8 @@ from typing import Iterator
 
 import httpx
 
-from modelsat.gateway import (NOT_JSON, ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate, json_object,
-                              plan, requests_to_try, retryable, status_error, zoo_syncer)
+from modelsat.gateway import (NOT_JSON, ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate,
+                              json_object, plan, requests_to_try, retryable, status_error, zoo_syncer)
 from modelsat.router import Router
 
 

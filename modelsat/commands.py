@@ -22,7 +22,6 @@ from modelsat.checkpoint import FORMAT_VERSION, check_checkpoint
 from modelsat.data.converters import build_table
 from modelsat.data.splits import make_splits, save_splits
 from modelsat.data.table import RoutingTable, find_table_file, read_table_file
-from modelsat.examiner import ExaminerError, answer_log_path, examine
 from modelsat.zoo import Zoo, ZooError, check_cost, check_endpoint, check_model_name
 
 
@@ -69,6 +68,7 @@ def cmd_aptitude_run(a: argparse.Namespace) -> None:
         df = run_aptitude(a.model, Aptitude.load(a.aptitude), Path(a.out), batch_size=a.batch_size)
         print(f"wrote {a.out}: {len(df)} questions, accuracy {df['score'].mean():.3f}")
         return
+    from modelsat.examiner import ExaminerError, answer_log_path, examine     # (httpx: only for this command)
 
     if a.upstream_model is None:
         raise ValueError("--endpoint needs --upstream-model, the model id the endpoint serves")
@@ -164,6 +164,7 @@ def cmd_zoo_remove(a: argparse.Namespace) -> None:
     path = zoo.files[name]
     zoo.remove(name)
     print(f"removed {name} (deleted {path}); the zoo now has {len(zoo)} models")
+
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from modelsat.evaluate import run_evaluate_cli                   # (torch)

@@ -3,7 +3,7 @@
     cfg = load_config("configs/default.yaml", ["train.lr=1e-4", "model.connector=linear"])
     cfg.save(run_dir / "config.yaml")        # the resolved config travels with every checkpoint
 
-Why ~580 lines in one module: about half are the typed fields with their one-line docs (which `train --help`
+Why one module: about half are the typed fields with their one-line docs (which `train --help`
 reads from this file); the loader that checks them needs every section.
 """
 from __future__ import annotations

@@ -12,7 +12,7 @@ flushed) as it arrives, so a run killed at any point, even by SIGKILL, resumes w
 again; a line torn by the kill is dropped. An answer whose letter cannot be read counts as wrong and is reported.
 `out` gets `question_id, score` (parquet or csv), the format of the local runner, for `modelsat zoo add`.
 
-Why ~400 lines in one module: asking, retrying, resuming from the answer log and grading are one run whose
+Why one module: asking, retrying, resuming from the answer log and grading are one run whose
 state (the log, the summary) they share.
 """
 from __future__ import annotations
@@ -316,6 +316,9 @@ async def _run(url: str, upstream_model: str, todo: list[str], aptitude: Aptitud
             try:
                 got = await _ask(client, url, body, api_key_env, retries, backoff)
             except _Refused as e:
+                if str(e).startswith("connection error") and not summary.asked:   # nothing has ever answered there
+                    raise _Fatal(f"nothing answers at {url} ({e}); check --endpoint and that the server is running "
+                                 "(answers already logged are kept)") from None
                 summary.failed[q] = str(e)
                 progress.update(1)
                 return

@@ -18,7 +18,7 @@ in-process. Everything but the network I/O is shared: `plan` reads the request a
 - A stream is passed through byte for byte as it arrives; one that breaks midway ends with an SSE event
   `data: {"error": {...}}` (the openai client raises it) and is not retried.
 
-Why ~460 lines in one module: the planning shared by `modelsat serve` and `modelsat.Client` (which cannot
+Why one module: the planning shared by `modelsat serve` and `modelsat.Client` (which cannot
 import Starlette) and the server's forwarding live together so the two paths stay one behaviour.
 """
 import asyncio
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 ROUTE_MODEL = "modelsat"
 SYSTEM_CHARS = 1000          # a system prompt up to this long is read with the last user turn
 RETRY_STATUSES = {401, 403, 404, 408, 429}   # and every 5xx: the candidate failed, not the request
+NOT_JSON = "answered with a body that is not a JSON object"   # an attempt's failure
 
 
 @dataclass
@@ -288,8 +289,6 @@ def json_object(response: httpx.Response) -> dict | None:
         return None
     return data if isinstance(data, dict) else None
 
-
-NOT_JSON = "answered with a body that is not a JSON object"
 
 
 def retryable(status: int) -> bool:

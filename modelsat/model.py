@@ -2,7 +2,7 @@
 
     model = build_router_model(cfg.model, per_task=20)                 # fresh; weights.load_trained(model, DIR)
     feats = model.model_features(outcomes, task_descriptions)          # (N, F) frozen, once per candidate model
-    logp = model.log_p_correct(instructions, [feats_1, ...])                   # [(K_i,)] log p(Yes) for each instruction
+    logp = model.log_p_correct(instructions, [feats_1, ...])   # [(K_i,)] log p(Yes) for each instruction
 
 Candidate sequence (for instruction x and candidate m):
     [template head][x][template tail] [<cap> × N_tok] [inquiry prompt]   → next token Yes vs No
@@ -21,7 +21,7 @@ With `model.frozen_layers = n` the lower n layers (`modelsat/states.py`: frozen,
 [template head][x][template tail] alone; their output, cached by train.py, is the prefix's input to the upper
 layers, and the candidate blocks (soft tokens + inquiry prompt embeddings) enter at layer n.
 
-Why ~400 lines in one module: `RouterModel` is one class; packing, soft-token injection and Yes/No scoring share
+Why one module: `RouterModel` is one class; packing, soft-token injection and Yes/No scoring share
 its state (tokenizer, placeholder ids, KV-cache layout). Its weights on disk: `modelsat/weights.py`.
 """
 from __future__ import annotations
@@ -44,8 +44,9 @@ from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_s
 from modelsat.states import LowerLayers, StateCache, prefix_key
 
 CAP_TOKEN = "<cap>"
-MAX_CACHED_FEATURES = 4096
-"""Candidates whose frozen features a model keeps (the oldest go first): ~40 MB at 49 tasks."""
+MAX_CACHED_FEATURES = 512
+"""Candidates whose frozen features a model keeps (the oldest go first): (49, 395) float32 each at the default
+aptitude test, ~40 MB in all."""
 
 
 def _single_token(tokenizer: PreTrainedTokenizerBase, text: str, what: str) -> int:
@@ -327,11 +328,12 @@ class RouterModel(nn.Module):
 
     def forward(self, instructions: list[str], features: list[torch.Tensor], chunk_size: int | None = None,
                 logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """`score` (packed), so that accelerate / DDP wrappers see the call."""
+        """`log_p_correct` (packed), so that accelerate / DDP wrappers see the call."""
         return self.log_p_correct(instructions, features, chunk_size, logits, evidence)
 
     def log_p_correct_separate(self, instructions: list[str], features: list[torch.Tensor],
-                               chunk_size: int | None = None, logits: bool = False, evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+                               chunk_size: int | None = None, logits: bool = False,
+                               evidence: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """Reference scoring: one right-padded sequence per (instruction, candidate), `chunk_size` sequences a pass."""
         counts = self._check(instructions, features)
         if sum(counts) == 0:

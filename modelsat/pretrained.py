@@ -8,7 +8,7 @@
 Any other name is a local folder or a Hugging Face id. Every model comes back in fp32, in eval mode,
 with `sdpa` attention (it takes the 4-D masks of shared-prefix packing; see `modelsat.model`).
 
-Why ~360 lines in one module: the two backbones share the offline resolution (package → hub cache → a
+Why one module: the two backbones share the offline resolution (package → hub cache → a
 one-line error) and the in-code tiny models the tests build; split, each half would import the other.
 """
 from __future__ import annotations

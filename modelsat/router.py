@@ -15,7 +15,7 @@ candidates being ranked (so `cost_weight` is in units of probability per "the mo
 model of unknown cost counts as the most expensive. The rule is shared with the baselines, `modelsat evaluate`, the
 service and the gateway.
 
-Why ~490 lines in one module: `Router` is one class (loading, the zoo kept in sync, ranking, the Hugging Face
+Why one module: `Router` is one class (loading, the zoo kept in sync, ranking, the Hugging Face
 methods) whose caches (features, connector tokens, evidence) every method shares.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ first use) -> model -> optimizer -> one loop with validation every epoch and a c
 complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, scheduler, step) for
 `train.resume=true`, which continues at the saved step with the same data order.
 
-Why ~500 lines in one module: the training loop reads top to bottom (build_model → build_dataloader → the loop
+Why one module: the training loop reads top to bottom (build_model → build_dataloader → the loop
 in main → validate), with resuming and the evidence table it needs beside it.
 """
 from __future__ import annotations

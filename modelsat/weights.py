@@ -7,7 +7,7 @@ architecture in the file's metadata).
 
 Loading checks every file against the model built from the checkpoint's config.yaml and names the file, what is
 wrong and what to do in one CheckpointError line. A whole checkpoint (config, aptitude test, zoo, these weights)
-loads with `Router.from_checkpoint` (`modelsat/router.py`) and is written by `modelsat/checkpoint.py`.
+loads with `Router.from_pretrained` (`modelsat/router.py`) and is written by `modelsat/checkpoint_writer.py`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from modelsat.category import CategoryClassifier
 from modelsat.checkpoint import (ADAPTER_FILES, APTITUDE_EMBEDDINGS, CATEGORY_CLASSIFIER, CONNECTOR_FILE,
                                  CheckpointError)
 from modelsat.io_utils import atomic_write_bytes
-from modelsat.pretrained import WINDOW_RULE
 from modelsat.model import RouterModel
+from modelsat.pretrained import WINDOW_RULE
 
 REDO = "re-copy the checkpoint folder, or retrain it with train.py"
 
@@ -65,6 +65,7 @@ def connector_meta(model: RouterModel) -> dict[str, str]:
             "evidence_dim": str(cap.evidence_dim),
             "evidence_offset": cap.evidence.offset_form if cap.evidence is not None else "mlp"}
 
+
 def save_trained(model: RouterModel, directory: str | Path) -> None:
     """Write only what trains: the LoRA adapter (PEFT format) and `connector.safetensors`."""
     directory = Path(directory)
@@ -78,6 +79,7 @@ def save_trained(model: RouterModel, directory: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.capability.state_dict().items()}
     atomic_write_bytes(directory / CONNECTOR_FILE, save(state, metadata=connector_meta(model)))
+
 
 def load_trained(model: RouterModel, directory: str | Path) -> RouterModel:
     """Restore the adapter and connector written by `save_trained`; a CheckpointError names the file, what is
@@ -109,6 +111,7 @@ def load_trained(model: RouterModel, directory: str | Path) -> RouterModel:
     _load_state(file, lambda: model.capability.load_state_dict(state))
     return model
 
+
 def _check_adapter_config(model: RouterModel, file: Path) -> None:
     """The saved LoRA settings must be the model's (it was built from config.yaml, not from this file)."""
     try:
@@ -133,7 +136,6 @@ def _check_adapter_config(model: RouterModel, file: Path) -> None:
 def _write_stamped(file: Path, tensors: dict[str, torch.Tensor], aptitude: Aptitude, encoder: str,
                    **meta: str) -> None:
     """Write `tensors` to a safetensors `file` (atomically), stamped with the aptitude test and the encoder."""
-
     stamp = {"aptitude_fingerprint": aptitude.fingerprint, "sentence_encoder": encoder, **meta}
     atomic_write_bytes(file, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=stamp))
 
@@ -142,7 +144,6 @@ def _read_stamped(file: Path, names: tuple[str, ...], aptitude: Aptitude, encode
                   fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
     """The tensors `names` and the metadata of a file `_write_stamped` wrote, None where there is no file; a
     CheckpointError, ending with `fix`, where it is broken or was made for another aptitude test or encoder."""
-
     if not file.is_file():
         return None
     try:
@@ -163,7 +164,6 @@ def save_aptitude_embeddings(directory: str | Path, embeddings: torch.Tensor, ap
                              encoder: str) -> None:
     """Write the aptitude questions' (A, D) embeddings to `directory`, stamped with the test, the encoder and how it
     reads a long question (`pretrained.WINDOW_RULE`)."""
-
     if embeddings.ndim != 2 or embeddings.shape[0] != len(aptitude.question_ids):
         raise ValueError(f"aptitude embeddings of shape {tuple(embeddings.shape)} do not match the aptitude test's "
                          f"{len(aptitude.question_ids)} questions")

@@ -13,7 +13,7 @@ environment variable holding its API key, read at request time; the key itself i
 `price_in`/`price_out` (USD per million input/output tokens). Prices give the entry its cost: their mean, in the
 unit "usd_per_1M_tokens" (a request of as many input as output tokens). These keys are written only where set.
 
-Why ~480 lines in one module: a zoo entry's file format, its checks (names, costs, endpoints, results) and the
+Why one module: a zoo entry's file format, its checks (names, costs, endpoints, results) and the
 folder's atomic edits are one concept that `zoo add`, the service and the router all read through.
 """
 from __future__ import annotations

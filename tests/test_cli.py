@@ -356,6 +356,19 @@ def _parsers(parser, path=("modelsat",)):
                 yield from _parsers(sub, path + (name,))
 
 
+def test_every_subcommand_names_a_command_that_exists() -> None:
+    """The parser names each subcommand's handler by its name in modelsat/commands.py (imported after parsing): a
+    name that is not there would fail only when that command runs."""
+    import modelsat.commands
+    from modelsat.cli import build_parser
+
+    leaves = [(path, parser.get_default("fn")) for path, parser in _parsers(build_parser())
+              if parser.get_default("fn") is not None]
+    assert len(leaves) == 11, leaves
+    assert all(callable(getattr(modelsat.commands, fn, None)) for _, fn in leaves), leaves
+    assert {fn for _, fn in leaves} == {n for n in vars(modelsat.commands) if n.startswith("cmd_")}
+
+
 def test_every_option_has_help_and_shows_its_default() -> None:
     import argparse
 

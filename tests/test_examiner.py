@@ -318,6 +318,20 @@ def test_wrong_model_url_or_key_stop_the_run(fake, tmp_path: Path, monkeypatch) 
         run(fake, apt, tmp_path / "f.parquet", limit=0)
 
 
+def test_an_endpoint_nothing_answers_at_ends_the_run_at_once(tmp_path: Path) -> None:
+    """Connection refused on the first question, before any answer: one error at once, not every question's retries
+    (490 questions x 6 attempts took ~18 minutes to end)."""
+    import socket
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]                                   # closed again: nothing listens there
+    with pytest.raises(ExaminerError, match=rf"nothing answers at http://127.0.0.1:{port}/v1/chat/completions "
+                                            r"\(connection error .*check --endpoint"):
+        examine(f"http://127.0.0.1:{port}/v1", "m", make_aptitude(), tmp_path / "a.parquet", progress=False,
+                retries=1, backoff=0.01)
+
+
 def test_cli_endpoint_run_feeds_zoo_add(fake, tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     """`modelsat aptitude run --endpoint` on a checkpoint's test, then `modelsat zoo add` of its output; with
     --limit the file covers part of the test: refused, or with --missing wrong, accepted up to 5% missing."""

@@ -17,8 +17,8 @@ adds, to p_correct, `lam ×` one of three aptitude-only priors:
   - `category-apt`: the same with the guess fitted on the aptitude questions' own categories only (what a
     checkpoint could ship without the train split);
   - `kernel-τ`: its scores on every aptitude question, weighted by softmax(cosine / τ) (a soft neighbourhood);
-  - `combined`: `a ×` local-k plus `b ×` category, for the k, a, b of RESULTS §13's hand-weighted route (the route
-    priors are gone from modelsat: this analysis is what motivated the aptitude evidence, `model.evidence`).
+  - `combined`: `a ×` local-k plus `b ×` category, for the k, a, b of old §13's hand-weighted route (dev/LOG.md; the
+    route priors are gone from modelsat: this analysis is what motivated the aptitude evidence, `model.evidence`).
 Prints one JSON object. Use it on val only.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ def category_signal(table: RoutingTable, apt_ids: list[str], val: list[str], mod
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dev.analyses.aptitude_signal", description=__doc__.split("\n")[0])
     p.add_argument("--aptitude", required=True)
     p.add_argument("--splits", required=True)
     p.add_argument("--config", default=str(REPO / "configs/default.yaml"), help="for the table and the zoos")

@@ -32,7 +32,7 @@ def complete(table: RoutingTable, ids: list[str], models: list[str]) -> tuple[np
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dev.analyses.headroom", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="its config (table, zoos) and splits are read")
     p.add_argument("--splits", default="train,val,test")
     args = p.parse_args()

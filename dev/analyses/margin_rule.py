@@ -25,7 +25,7 @@ MARGINS = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08]
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dev.analyses.margin_rule", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--predictions", required=True, help="predictions-<split>.npz written by eval_modelsat.py")
     args = p.parse_args()

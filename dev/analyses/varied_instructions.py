@@ -41,7 +41,7 @@ INSTRUCTIONS = [
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m dev.analyses.varied_instructions", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/modelsat-smollm2-mmlupro")
     args = p.parse_args()
     try:

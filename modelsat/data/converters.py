@@ -9,7 +9,7 @@ Sources: `mmlu-pro` (compact parquet), `mmlu-pro-raw` (published `model_outputs_
 parquet), `table` (a folder as `RoutingTable.save` writes it, or the same in CSV/JSONL).
 Every error names the file, the 0-based row and the column.
 
-One module for the public formats (~326 lines): each converter is 30-60 lines and they share the checks.
+Why one module: each converter is 30-60 lines and they share the checks.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 
 Every check raises `TableError` naming the file, the 0-based data row and the column. Nothing is dropped silently.
 
-Why ~350 lines in one module: the table and the checks of its three files (questions, results, models)
+Why one module: the table and the checks of its three files (questions, results, models)
 are one concept; every reader of a routing table goes through these checks.
 """
 from __future__ import annotations

@@ -10,8 +10,9 @@ first use) -> model -> optimizer -> one loop with validation every epoch and a c
 complete router checkpoint (DESIGN §2.6) plus `training_state.pt` (optimizer, scheduler, step) for
 `train.resume=true`, which continues at the saved step with the same data order.
 
-Why one module: the training loop reads top to bottom (build_model → build_dataloader → the loop
-in main → validate), with resuming and the evidence table it needs beside it.
+Why one module: training reads top to bottom from named steps (build_model, build_dataloader, group_logits and
+loss_fn, validate; check_out_dir, build_accelerator, build_optimizer, cache_lower_states, resume), which `main` runs
+in order around one loop.
 """
 from __future__ import annotations
 
@@ -262,6 +263,74 @@ def load_training_state(resume_dir: Path) -> dict:
     return state
 
 
+def check_out_dir(cfg: Config) -> Path:
+    """`train.out_dir`, checked before any work: a ConfigError where it (or a parent) is a file."""
+    out_dir = Path(cfg.train.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():    # found now, not after training when final/ is written
+        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
+    if (file := blocking_file(out_dir)) is not None:   # a parent that is a file (`data.parquet/run`)
+        raise ConfigError(f"train.out_dir {out_dir} cannot be made: {file} is a file, not a folder; choose another "
+                          "train.out_dir")
+    return out_dir
+
+
+def build_accelerator(cfg: Config, out_dir: Path) -> Accelerator:
+    """The run's Accelerator (gradient accumulation, precision, trackers); a ConfigError for settings it refuses."""
+    trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
+    try:
+        # Several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine, or
+        # configs/accelerate/cpu-2proc.yaml): data-parallel on the CPU over gloo.
+        multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+        return Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
+                           mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir), cpu=multi_cpu,
+                           # the main process may fill the state cache for a long while before the others
+                           kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=6))])
+    except ValueError as e:  # a tracker accelerate does not know, a precision this machine lacks
+        raise ConfigError(f"train.log_with={cfg.train.log_with!r}, train.mixed_precision="
+                          f"{cfg.train.mixed_precision!r}: {e}") from e
+
+
+def build_optimizer(model: RouterModel, cfg: Config) -> torch.optim.Optimizer:
+    """AdamW with two learning rates: `train.lr` for LoRA, `train.connector_lr` for the connector (as LLaVA)."""
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    return torch.optim.AdamW([{"params": lora, "lr": cfg.train.lr}, {"params": rest, "lr": cfg.train.connector_lr}],
+                             weight_decay=cfg.train.weight_decay)
+
+
+def cache_lower_states(model: RouterModel, texts: list[str], cfg: Config, accelerator: Accelerator,
+                       log) -> StateCache:
+    """The frozen lower layers' output for every instruction the run reads, in `<data.table_dir>/states`: the main
+    process fills it (once; later runs find it), the others wait, then read it."""
+    root = Path(cfg.data.table_dir) / "states"
+    with accelerator.main_process_first():
+        cache = StateCache(root, model.lower.fingerprint)
+        if accelerator.is_main_process:
+            prefixes = model.prefix_ids(texts)
+            done = cache.fill(model.lower.to(accelerator.device), prefixes, model.pad_id)
+            unique = len({prefix_key(p) for p in prefixes})       # questions of one text share a state
+            log(f"instruction states after the {cfg.model.frozen_layers} frozen layers: {done} computed, "
+                f"{unique - done} already in {cache.dir}")
+    return StateCache(root, model.lower.fingerprint)
+
+
+def resume(resume_dir: Path, core: RouterModel, optimizer: torch.optim.Optimizer, scheduler) -> tuple[int, list, float]:
+    """Load a step folder's weights, optimizer and scheduler state into the run; returns (step, loss history,
+    seconds trained). A CheckpointError, saying what to do, where they do not fit this run."""
+    state = load_training_state(resume_dir)
+    try:
+        load_trained(core, resume_dir)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, RuntimeError, KeyError, OSError) as e:  # e.g. trained with another model.lora_r
+        reason = " ".join(str(e).split())
+        what = reason if _ours(e) else (f"it does not fit this run's model ({reason[:300]}); resume with the "
+                                        "config the run was started with (its config.yaml)")
+        raise CheckpointError(f"cannot resume from {resume_dir}: {what}; or set train.resume=false to start "
+                              "over") from e
+    return state["step"], state["history"], float(state.get("train_time_s", 0.0))
+
+
 def _config_help() -> str:
     """The config fields, each with its default and doc, as `--help` lists them (overrides: key.sub=value)."""
     lines = ["config fields (set in the YAML file or as key.sub=value overrides; default in brackets):"]
@@ -286,25 +355,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
     if configure_logging:
         setup_logging(args.log_level, args.log_json)
     cfg = load_config(args.config, args.overrides)
-    out_dir = Path(cfg.train.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():    # found now, not after training when final/ is written
-        raise ConfigError(f"train.out_dir {out_dir} is a file, not a folder; choose another train.out_dir")
-    if (file := blocking_file(out_dir)) is not None:   # a parent that is a file (`data.parquet/run`)
-        raise ConfigError(f"train.out_dir {out_dir} cannot be made: {file} is a file, not a folder; choose another "
-                          "train.out_dir")
-
-    trackers = None if cfg.train.log_with == "none" else cfg.train.log_with
-    try:
-        # Several processes and no GPU (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine, or
-        # configs/accelerate/cpu-2proc.yaml): data-parallel on the CPU over gloo.
-        multi_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
-        accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum, log_with=trackers,
-                                  mixed_precision=cfg.train.mixed_precision, project_dir=str(out_dir), cpu=multi_cpu,
-                                  # the main process may fill the state cache for a long while before the others
-                                  kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(hours=6))])
-    except ValueError as e:  # a tracker accelerate does not know, a precision this machine lacks
-        raise ConfigError(f"train.log_with={cfg.train.log_with!r}, train.mixed_precision="
-                          f"{cfg.train.mixed_precision!r}: {e}") from e
+    out_dir = check_out_dir(cfg)
+    accelerator = build_accelerator(cfg, out_dir)
     set_seed(cfg.train.seed)
     log = logger.info if accelerator.is_main_process else (lambda *args, **kwargs: None)   # one process tells
 
@@ -339,11 +391,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
         f"trainable {n_train:,} of {n_all:,} parameters")
 
     # ---- optimizer -------------------------------------------------------------------------------
-    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    optimizer = torch.optim.AdamW([{"params": lora, "lr": cfg.train.lr},
-                                   {"params": rest, "lr": cfg.train.connector_lr}],
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     first_loader = build_dataloader(cfg, data, 0)                             # also sizes every epoch
     # as accelerate steps: each process takes ceil(batches / processes) batches (the last ones padded), and the
     # optimizer also steps at the end of an epoch whose batches do not fill the last accumulation
@@ -354,18 +402,8 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
         total_steps = min(total_steps, cfg.train.max_steps)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.train.warmup_steps, total_steps), total_steps)
     if model.lower is not None and cfg.train.cache_states:      # the frozen lower layers' output, computed once
-        root = Path(cfg.data.table_dir) / "states"
-        texts = data.table.texts(run_ids(cfg, data, first_loader, steps_per_epoch, total_steps,
-                                         accelerator.num_processes))
-        with accelerator.main_process_first():                  # the main process fills it, the others read it
-            cache = StateCache(root, model.lower.fingerprint)
-            if accelerator.is_main_process:
-                prefixes = model.prefix_ids(texts)
-                done = cache.fill(model.lower.to(accelerator.device), prefixes, model.pad_id)
-                unique = len({prefix_key(p) for p in prefixes})       # questions of one text share a state
-                log(f"instruction states after the {cfg.model.frozen_layers} frozen layers: {done} computed, "
-                    f"{unique - done} already in {cache.dir}")
-        model.state_cache = StateCache(root, model.lower.fingerprint)
+        ids = run_ids(cfg, data, first_loader, steps_per_epoch, total_steps, accelerator.num_processes)
+        model.state_cache = cache_lower_states(model, data.table.texts(ids), cfg, accelerator, log)
     # The scheduler counts optimizer steps and is stepped here once per step: accelerate's prepared scheduler would
     # step it once per process (it assumes a schedule sized for one process's batches).
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -373,18 +411,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
 
     step, history, spent = 0, [], 0.0
     if cfg.train.resume and (resume_dir := last_step_dir(out_dir)) is not None:
-        state = load_training_state(resume_dir)
-        try:
-            load_trained(core, resume_dir)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-        except (ValueError, RuntimeError, KeyError, OSError) as e:  # e.g. trained with another model.lora_r
-            reason = " ".join(str(e).split())
-            what = reason if _ours(e) else (f"it does not fit this run's model ({reason[:300]}); resume with the "
-                                            "config the run was started with (its config.yaml)")
-            raise CheckpointError(f"cannot resume from {resume_dir}: {what}; or set train.resume=false to start "
-                                  "over") from e
-        step, history, spent = state["step"], state["history"], float(state.get("train_time_s", 0.0))
+        step, history, spent = resume(resume_dir, core, optimizer, scheduler)
         log(f"resumed from {resume_dir} at step {step} ({spent:.0f} s of training before)")
     elif cfg.train.resume:           # a job script may always ask to resume: its first run starts at step 0
         log(f"note: train.resume=true, but {out_dir} holds no step folder with a training_state.pt: starting at step 0")

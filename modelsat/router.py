@@ -288,10 +288,11 @@ class Router:
 
     def add_model(self, name: str, results: pd.DataFrame | str | Path, cost: float | None = None,
                   params_b: float | None = None, persist: bool = False, cost_unit: str = "",
-                  missing: str = "error", **endpoint: str | float | None) -> None:
+                  missing: str = "error", **endpoint: object) -> None:
         """Add a model from its aptitude results (`Zoo.add`: `missing="wrong"` counts a few missing answers as
-        wrong; `endpoint`: where it answers, the keywords endpoint, upstream_model, api_key_env, price_in and
-        price_out); `persist=True` also writes it to the checkpoint's zoo."""
+        wrong; `endpoint`: where it answers and what it serves, the keywords endpoint, upstream_model, api_key_env,
+        price_in, price_out, context_window, capabilities and tokenizer); `persist=True` also writes it to the
+        checkpoint's zoo."""
         self.zoo.add(name, results, cost=cost, params_b=params_b, cost_unit=cost_unit, persist=persist,
                      missing=missing, **endpoint)
         self._forget(name)

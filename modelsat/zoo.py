@@ -13,6 +13,14 @@ environment variable holding its API key, read at request time; the key itself i
 `price_in`/`price_out` (USD per million input/output tokens). Prices give the entry its cost: their mean, in the
 unit "usd_per_1M_tokens" (a request of as many input as output tokens). These keys are written only where set.
 
+An entry may also declare what the model can serve (the gateway keeps only candidates that can serve a request):
+`context_window` (tokens, a positive integer), `capabilities` (a list of names from `CAPABILITIES`: `tools`,
+`vision`, `json_schema`; an empty list declares none) and `tokenizer` (a Hugging Face id or local path whose
+tokenizer counts the model's tokens). Absent means undeclared (unknown), not "none". Written only where set.
+
+Beyond its aptitude answers, a model's graded results (train-split labels, a user's graded prompts, feedback) live
+in the zoo's results bank (`<zoo>/bank.sqlite`, `modelsat/bank.py`), not in its entry file.
+
 Why one module: a zoo entry's file format, its checks (names, costs, endpoints, results) and the
 folder's atomic edits are one concept that `zoo add`, the service and the router all read through.
 """
@@ -43,6 +51,12 @@ INVISIBLE_CATEGORIES = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")   # not allowe
 PRICE_UNIT = "usd_per_1M_tokens"
 """The cost unit of entries priced per token: the mean of `price_in` and `price_out`."""
 ENDPOINT_FIELDS = ("endpoint", "upstream_model", "api_key_env", "price_in", "price_out")
+CAPABILITIES = ("tools", "vision", "json_schema")
+"""What a zoo entry may declare it serves: `tools` (tool definitions and tool messages), `vision` (image content
+parts), `json_schema` (a JSON-schema `response_format`). Extend the tuple to add one."""
+SERVING_FIELDS = ("context_window", "capabilities", "tokenizer")
+"""An entry's declared limits: absent (None) means undeclared, which the gateway allows with a warning."""
+MAX_CONTEXT_WINDOW = 100_000_000
 
 
 class ZooError(ValueError):
@@ -68,6 +82,9 @@ class ZooEntry:
     api_key_env: str | None = None    # environment variable holding the endpoint's API key (never the key)
     price_in: float | None = None     # USD per 1M input tokens
     price_out: float | None = None    # USD per 1M output tokens
+    context_window: int | None = None  # tokens the model reads and writes in one request (None: undeclared)
+    capabilities: list[str] | None = None  # names from CAPABILITIES it serves (None: undeclared; []: none)
+    tokenizer: str | None = None      # Hugging Face id or local path of its tokenizer, to count its tokens
 
     @cached_property
     def accuracy(self) -> float:
@@ -83,7 +100,8 @@ class ZooEntry:
         return json.dumps({"name": self.name, "fingerprint": self.fingerprint, "cost": self.cost,
                            "cost_unit": self.cost_unit, "params_b": self.params_b, "missing": self.missing,
                            "num_missing": self.num_missing, "scores": self.scores,
-                           **{k: getattr(self, k) for k in ENDPOINT_FIELDS if getattr(self, k) is not None}},
+                           **{k: getattr(self, k) for k in ENDPOINT_FIELDS + SERVING_FIELDS
+                              if getattr(self, k) is not None}},
                           indent=1, sort_keys=True, allow_nan=False)
 
 
@@ -179,6 +197,38 @@ def check_endpoint(endpoint: object = None, upstream_model: object = None, api_k
     if (price_in is None) != (price_out is None):
         raise ZooError("give both price_in and price_out (USD per 1M input and output tokens), or neither")
     return {**fields, "price_in": price_in, "price_out": price_out}
+
+
+def check_serving(context_window: object = None, capabilities: object = None, tokenizer: object = None) -> dict:
+    """The declared limits of an entry, checked (ZooError naming the field otherwise): `context_window` a positive
+    integer (tokens; not a bool, not a float), `capabilities` a list of distinct names from CAPABILITIES (a string
+    of comma-separated names is split, as the CLI gives them; returned sorted), `tokenizer` a non-empty string
+    without surrounding spaces. None: undeclared."""
+    if context_window is not None:
+        if isinstance(context_window, (bool, np.bool_)) or not isinstance(context_window, (int, np.integer)) \
+                or not 0 < context_window <= MAX_CONTEXT_WINDOW:
+            raise ZooError(f"context_window must be a positive integer (tokens, at most {MAX_CONTEXT_WINDOW:,}), "
+                           f"got {str(context_window)[:40]!r}")
+        context_window = int(context_window)
+    if capabilities is not None:
+        if isinstance(capabilities, str):
+            capabilities = [c.strip() for c in capabilities.split(",") if c.strip()]
+        if not isinstance(capabilities, (list, tuple)) or any(not isinstance(c, str) for c in capabilities):
+            raise ZooError(f"capabilities must be a list of names from {list(CAPABILITIES)}, got "
+                           f"{str(capabilities)[:80]!r}")
+        unknown = [c for c in capabilities if c not in CAPABILITIES]
+        if unknown:
+            raise ZooError(f"unknown capability {unknown[0][:40]!r}; capabilities are {', '.join(CAPABILITIES)}")
+        if len(set(capabilities)) != len(capabilities):
+            raise ZooError(f"capabilities name {next(c for c in capabilities if capabilities.count(c) > 1)!r} "
+                           "twice; give each once")
+        capabilities = sorted(capabilities)
+    if tokenizer is not None and (not isinstance(tokenizer, str) or not tokenizer.strip()
+                                  or tokenizer != tokenizer.strip() or len(tokenizer) > 2000
+                                  or any(unicodedata.category(c) in ("Cc", "Cs") for c in tokenizer)):
+        raise ZooError(f"tokenizer must be a Hugging Face id or a path (a non-empty string without surrounding "
+                       f"spaces), got {str(tokenizer)[:80]!r}")
+    return {"context_window": context_window, "capabilities": capabilities, "tokenizer": tokenizer}
 
 
 def price_cost(price_in: float, price_out: float) -> float:
@@ -331,17 +381,19 @@ class Zoo:
             params_b: float | None = None, cost_unit: str = "", persist: bool = True, replace: bool = False,
             missing: Literal["error", "wrong"] = "error", endpoint: str | None = None,
             upstream_model: str | None = None, api_key_env: str | None = None, price_in: float | None = None,
-            price_out: float | None = None) -> ZooEntry:
+            price_out: float | None = None, context_window: int | None = None,
+            capabilities: list[str] | str | None = None, tokenizer: str | None = None) -> ZooEntry:
         """Add a model from its aptitude results.
 
         Every aptitude question must be answered; with `missing="wrong"` up to 5% of them may be absent and count
         as wrong. `cost` (in `cost_unit`) and `params_b` are finite numbers >= 0 or None (unknown; NaN is refused);
         the entry's unit must be the zoo's. `endpoint`, `upstream_model`, `api_key_env`, `price_in`, `price_out`:
         where the model answers (`check_endpoint`); prices set the cost (`price_cost`, in PRICE_UNIT) and exclude
-        `cost`.
+        `cost`. `context_window`, `capabilities`, `tokenizer`: what it can serve (`check_serving`; None undeclared).
         """
         check_model_name(name)
         where_to = check_endpoint(endpoint, upstream_model, api_key_env, price_in, price_out)
+        serving = check_serving(context_window, capabilities, tokenizer)
         if where_to["price_in"] is not None:
             if cost is not None or cost_unit not in ("", PRICE_UNIT):
                 raise ZooError(f"model {name!r}: give either prices (USD per 1M tokens, the cost is their mean in "
@@ -373,7 +425,7 @@ class Zoo:
                 "answer them (`modelsat aptitude run` resumes)")
         entry = ZooEntry(name=name, scores={q: float(scores.get(q, 0.0)) for q in sorted(ids)},
                          fingerprint=self.aptitude.fingerprint, cost=cost, cost_unit=cost_unit, params_b=params_b,
-                         missing=missing, num_missing=len(absent), **where_to)
+                         missing=missing, num_missing=len(absent), **where_to, **serving)
         unit = _common_unit(e for n, e in sorted(self.entries.items()) if n != name)  # a replaced entry may change it
         if unit is not None and entry.unit is not None and entry.unit != unit:
             hint = ("give its size with --params-b and no --cost" if unit == "params_b" else
@@ -426,10 +478,11 @@ class Zoo:
 
     def describe(self) -> list[dict]:
         """One row per model: name, aptitude accuracy, cost and its unit, params, missing answers and their rule,
-        and, where set, endpoint, upstream model, the name of its API key's variable (never the key) and prices."""
+        and, where set, endpoint, upstream model, the name of its API key's variable (never the key), prices, and
+        the declared context window, capabilities and tokenizer."""
         return [{"model": n, "aptitude_accuracy": e.accuracy, "cost": e.cost, "cost_unit": e.cost_unit,
                  "params_b": e.params_b, "missing": e.missing, "num_missing": e.num_missing,
-                 **{k: getattr(e, k) for k in ENDPOINT_FIELDS if getattr(e, k) is not None}}
+                 **{k: getattr(e, k) for k in ENDPOINT_FIELDS + SERVING_FIELDS if getattr(e, k) is not None}}
                 for n, e in sorted(self.entries.items())]
 
 
@@ -446,7 +499,8 @@ def _read_entry(path: Path, aptitude: Aptitude) -> ZooEntry:
         entry = ZooEntry(name=d["name"], scores={str(k): float(v) for k, v in d["scores"].items()},
                          fingerprint=d["fingerprint"], cost=d.get("cost"), cost_unit=d.get("cost_unit", ""),
                          params_b=d.get("params_b"), missing=d.get("missing", "error"),
-                         num_missing=d.get("num_missing", 0), **{k: d.get(k) for k in ENDPOINT_FIELDS})
+                         num_missing=d.get("num_missing", 0),
+                         **{k: d.get(k) for k in ENDPOINT_FIELDS + SERVING_FIELDS})
     except ZooError:
         raise
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON, UTF-8 errors
@@ -455,6 +509,10 @@ def _read_entry(path: Path, aptitude: Aptitude) -> ZooEntry:
         check_model_name(entry.name)
         entry.cost, entry.params_b = check_cost(entry.cost, "cost"), check_cost(entry.params_b, "params_b")
         for key, value in check_endpoint(*(getattr(entry, k) for k in ENDPOINT_FIELDS)).items():
+            setattr(entry, key, value)
+        if isinstance(entry.capabilities, str):    # the file holds a list; a string would be split as the CLI's
+            raise ZooError(f"capabilities must be a list, got the string {entry.capabilities[:40]!r}")
+        for key, value in check_serving(*(getattr(entry, k) for k in SERVING_FIELDS)).items():
             setattr(entry, key, value)
         if not isinstance(entry.cost_unit, str):
             raise ZooError(f"cost_unit must be a string, got {entry.cost_unit!r}")

@@ -428,3 +428,44 @@ def test_written_files_and_folders_get_the_usual_modes(tmp_path: Path, aptitude:
         [file_mode] * 3
     assert mode(tmp_path / "folder") == dir_mode
     assert (mode(kept), kept.read_bytes()) == (0o600, b"new")
+
+
+def test_declared_limits_round_trip_and_absent_means_undeclared(tmp_path: Path, aptitude: Aptitude) -> None:
+    zoo = Zoo(aptitude, tmp_path)
+    zoo.add("a", results_for(aptitude, "a"), context_window=8192, capabilities="vision, tools",
+            tokenizer="org/tok")
+    zoo.add("b", results_for(aptitude, "b"), capabilities=[])
+    zoo.add("c", results_for(aptitude, "c"))
+    again = Zoo.load(tmp_path, aptitude)
+    a, b, c = (again.get(n) for n in "abc")
+    assert (a.context_window, a.capabilities, a.tokenizer) == (8192, ["tools", "vision"], "org/tok")
+    assert b.capabilities == [] and b.context_window is None          # declared: none
+    assert c.capabilities is None and c.context_window is None        # undeclared
+    assert "capabilities" not in json.loads(again.files["c"].read_text())
+    rows = {r["model"]: r for r in again.describe()}
+    assert rows["a"]["capabilities"] == ["tools", "vision"] and "context_window" not in rows["c"]
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("context_window", 0, "context_window must be a positive integer"),
+    ("context_window", 4096.0, "context_window must be a positive integer"),
+    ("context_window", True, "context_window must be a positive integer"),
+    ("context_window", "4096", "context_window must be a positive integer"),
+    ("capabilities", ["tools", "telepathy"], "unknown capability 'telepathy'"),
+    ("capabilities", ["tools", "tools"], "name 'tools' twice"),
+    ("capabilities", {"tools": True}, "capabilities must be a list"),
+    ("tokenizer", " org/tok", "tokenizer must be"),
+])
+def test_bad_declared_limits_are_refused_at_add_and_load(tmp_path: Path, aptitude: Aptitude, field: str, value,
+                                                         message: str) -> None:
+    zoo = Zoo(aptitude, tmp_path)
+    with pytest.raises(ZooError, match=message):
+        zoo.add("m", results_for(aptitude, "m"), **{field: value})
+    assert not list(tmp_path.glob("*.json"))                             # nothing written
+    zoo.add("m", results_for(aptitude, "m"))
+    path = zoo.files["m"]
+    entry = json.loads(path.read_text())
+    entry[field] = value
+    path.write_text(json.dumps(entry))
+    with pytest.raises(ZooError, match=str(path.name)):
+        Zoo.load(tmp_path, aptitude)

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from tests.fake_upstream import FakeUpstream, Served
 from modelsat import Router
-from modelsat.service import create_app
+from modelsat.serving.app import create_app
 
 MESSAGES = [{"role": "user", "content": "Which enzyme unwinds the DNA double helix at the replication fork?\n"
              "A. DNA ligase\nB. Helicase\nC. Primase\nD. Topoisomerase"}]

@@ -7,7 +7,7 @@
     for chunk in client.chat.completions.create(model="modelsat:cost_weight=0.5", messages=..., stream=True):
         print(chunk.choices[0].delta.content or "", end="")
 
-Routing, retries and errors are the gateway's (modelsat/gateway.py), over a synchronous httpx.Client; like
+Routing, retries and errors are the gateway's (modelsat/serving/gateway.py), over a synchronous httpx.Client; like
 RouteLLM's `Controller`. Answers are `Completion`s: dicts whose keys read as attributes too.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Iterator
 
 import httpx
 
-from modelsat.gateway import (NOT_JSON, ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate,
+from modelsat.serving.gateway import (NOT_JSON, ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate,
                               json_object, plan, requests_to_try, retryable, status_error, zoo_syncer)
 from modelsat.router import Router
 

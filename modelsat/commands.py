@@ -179,9 +179,9 @@ def cmd_serve(a: argparse.Namespace) -> None:
     except ImportError as e:
         raise ValueError(f"modelsat serve needs the [serve] extra ({e.name} is not installed); run "
                          "`pip install 'modelsat[serve]'`") from e
-    from modelsat.gateway import GatewaySettings
+    from modelsat.serving.gateway import GatewaySettings
     from modelsat.router import Router
-    from modelsat.service import create_app
+    from modelsat.serving.app import create_app
 
     settings = GatewaySettings(max_attempts=a.max_attempts, timeout=a.upstream_timeout,
                                connect_timeout=a.connect_timeout)   # checked before the router loads

@@ -9,7 +9,7 @@ from fake_upstream import FakeUpstream, Served, stream_events
 from test_gateway import MESSAGES, endpoint_checkpoint
 
 import modelsat
-from modelsat.gateway import GatewayError, GatewaySettings
+from modelsat.serving.gateway import GatewayError, GatewaySettings
 from modelsat.zoo import Zoo
 
 

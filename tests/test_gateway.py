@@ -18,8 +18,8 @@ from fake_upstream import FakeUpstream, Served, closed_port_url, completion, str
 from modelsat import Router
 from modelsat.aptitude import Aptitude
 from modelsat.cli import main as cli
-from modelsat.gateway import GatewaySettings
-from modelsat.service import create_app
+from modelsat.serving.gateway import GatewaySettings
+from modelsat.serving.app import create_app
 from modelsat.zoo import PRICE_UNIT, Zoo, ZooError
 
 QUESTION = "A math question about algebra number 3: which option is right?\nA. first\nB. second"

@@ -369,7 +369,7 @@ def test_aptitude_embeddings_read_another_way_are_refused(tiny_checkpoint: Path,
 def server(tiny_checkpoint: Path, tmp_path: Path):
     import uvicorn
 
-    from modelsat.service import create_app
+    from modelsat.serving.app import create_app
 
     shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
     app = create_app(Router.from_checkpoint(tmp_path / "ckpt"), persist=True)

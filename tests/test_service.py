@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from modelsat import Router
-from modelsat.service import create_app
+from modelsat.serving.app import create_app
 
 INSTRUCTION = "A math question about algebra number 3: which option is right?\nA. first\nB. second"
 NOT_FINITE = ["NaN", "Infinity", "-Infinity", "1e309", "-1e309"]   # Python's json reads them all (1e309 -> inf)
@@ -93,7 +93,7 @@ def test_rank_refuses_bodies_that_are_not_a_json_object(client, raw: bytes) -> N
 
 
 def test_body_size_is_bounded_with_and_without_content_length(client) -> None:
-    from modelsat.service import MAX_BODY_BYTES
+    from modelsat.serving.app import MAX_BODY_BYTES
 
     big = json.dumps({"instruction": "x" * (MAX_BODY_BYTES + 10)}).encode()
     assert post(client, "/rank", big).status_code == 413

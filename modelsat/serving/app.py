@@ -7,7 +7,7 @@
                    "api_key_env"?: str, "price_in"?: float, "price_out"?: float}
     DELETE /models/{name}
     GET  /health
-    POST /v1/chat/completions, GET /v1/models   the OpenAI-compatible gateway (modelsat/gateway.py)
+    POST /v1/chat/completions, GET /v1/models   the OpenAI-compatible gateway (modelsat/serving/gateway.py)
 The zoo folder is re-read when its files change (checked at most once a second), so `modelsat zoo add/remove` in
 another process shows without a restart.
 OpenAPI docs at /docs. Bodies are validated and bounded in size: bad input gets a 4xx naming the field, never a
@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelsat.gateway import GatewaySettings, mount, zoo_syncer
+from modelsat.serving.gateway import GatewaySettings, mount, zoo_syncer
 from modelsat.router import MAX_INSTRUCTION_CHARS, Router, check_text
 from modelsat.zoo import check_model_name
 

@@ -19,8 +19,11 @@ from typing import Iterator
 
 import httpx
 
-from modelsat.serving.gateway import (NOT_JSON, ROUTE_MODEL, GatewayError, GatewaySettings, Plan, ZooEntry, annotate,
-                              json_object, plan, requests_to_try, retryable, status_error, zoo_syncer)
+from modelsat.serving.answers import BadAnswer, check_completion, usage_tokens
+from modelsat.serving.errors import GatewayError
+from modelsat.serving.plan import (ROUTE_MODEL, GatewaySettings, Plan, annotate, plan, requests_to_try, retryable,
+                                   status_error, zoo_syncer)
+from modelsat.zoo import ZooEntry
 from modelsat.router import Router
 
 
@@ -152,13 +155,15 @@ class Client:
                 if response.status_code >= 400:
                     if not retryable(response.status_code):
                         raise GatewayError(response.status_code, f"{entry.name!r} refused the request: "
-                                           f"{status_error(response)}", "upstream_error")
-                    p.fail(entry, status_error(response))
+                                           f"{status_error(response.status_code, response.content)}", "upstream_error")
+                    p.fail(entry, status_error(response.status_code, response.content))
                 elif not p.stream:
-                    data = json_object(response)
-                    if data is not None:
-                        return Completion.wrap(annotate(p, entry, data))
-                    p.fail(entry, NOT_JSON)
+                    try:
+                        data = check_completion(response.content)
+                    except BadAnswer as e:
+                        p.fail(entry, str(e))
+                    else:
+                        return Completion.wrap(annotate(p, entry, data, usage_tokens(data.get("usage"))))
                 else:
                     lines = response.iter_lines()
                     first = None

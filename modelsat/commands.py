@@ -179,7 +179,7 @@ def cmd_serve(a: argparse.Namespace) -> None:
     except ImportError as e:
         raise ValueError(f"modelsat serve needs the [serve] extra ({e.name} is not installed); run "
                          "`pip install 'modelsat[serve]'`") from e
-    from modelsat.serving.gateway import GatewaySettings
+    from modelsat.serving.plan import GatewaySettings
     from modelsat.router import Router
     from modelsat.serving.app import create_app
 

@@ -9,7 +9,8 @@ from fake_upstream import FakeUpstream, Served, stream_events
 from test_gateway import MESSAGES, endpoint_checkpoint
 
 import modelsat
-from modelsat.serving.gateway import GatewayError, GatewaySettings
+from modelsat.serving.errors import GatewayError
+from modelsat.serving.plan import GatewaySettings
 from modelsat.zoo import Zoo
 
 

@@ -18,7 +18,7 @@ from fake_upstream import FakeUpstream, Served, closed_port_url, completion, str
 from modelsat import Router
 from modelsat.aptitude import Aptitude
 from modelsat.cli import main as cli
-from modelsat.serving.gateway import GatewaySettings
+from modelsat.serving.plan import GatewaySettings
 from modelsat.serving.app import create_app
 from modelsat.zoo import PRICE_UNIT, Zoo, ZooError
 
@@ -71,11 +71,27 @@ def reset(request, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "sk-test-123")
     if "fakes" in request.fixturenames:
         for fake, _ in request.getfixturevalue("fakes").values():
-            fake.mode, fake.delay, fake.requests[:], fake.count = "ok", 0.0, [], 0
+            fake.mode, fake.delay, fake.requests[:], fake.count, fake.slow, fake.every = "ok", 0.0, [], 0, 2.0, 10
 
 
 def chat(http: httpx.Client, **body) -> httpx.Response:
     return http.post("/v1/chat/completions", json={"model": "modelsat", "messages": MESSAGES, **body})
+
+
+def relayed(events: list[bytes], answer_id: str, model: str) -> bytes:
+    """The SSE events as the gateway relays them: each chunk with the gateway's answer id and the zoo name."""
+    out = []
+    for event in events:
+        if event.startswith(b"data: {"):
+            chunk = {**json.loads(event[6:]), "id": answer_id, "model": model}
+            event = b"data: " + json.dumps(chunk, ensure_ascii=False).encode() + b"\n\n"
+        out.append(event)
+    return b"".join(out)
+
+
+def answer_id(content: bytes) -> str:
+    """The id of a relayed stream (its first chunk's)."""
+    return json.loads(content.split(b"\n\n")[0][6:])["id"]
 
 
 def order(http: httpx.Client) -> list[str]:
@@ -192,7 +208,7 @@ def test_a_zoo_name_is_forwarded_unrouted_and_the_suffix_sets_the_cost_weight(ga
      "finite number in [0, 1e6]"),   # an integer too large for a float: was an OverflowError, a 500
     ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"cost_weight": True}}, 400, "finite number in [0, 1e6]"),
     ({"model": "modelsat:top_k=2", "messages": MESSAGES}, 400, "unknown setting 'top_k'"),
-    ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"cost_wieght": 1}}, 400, "cost_weight` and/or"),
+    ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"cost_wieght": 1}}, 400, "`cost_weight`, `models` and/or"),
     ({"model": "modelsat:cost_weight=1", "messages": MESSAGES, "modelsat": {"cost_weight": 1}}, 400, "twice"),
     ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"models": ["no-endpoint"]}}, 400, "has no endpoint"),
     ({"model": "modelsat", "messages": MESSAGES, "modelsat": {"models": ["nope"]}}, 404, "not in the zoo"),
@@ -222,7 +238,7 @@ def test_bodies_that_are_not_json_and_zoos_without_endpoints_get_a_4xx(gateway, 
 
 # ----- retries ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode,error", [("500", "HTTP 500: {\"error\""), ("timeout", "timed out"),
-                                        ("malformed", "not a JSON object"), ("401", "HTTP 401")])
+                                        ("malformed", "not strict JSON"), ("401", "HTTP 401")])
 def test_a_failing_candidate_is_retried_on_the_next_ranked(gateway, fakes, mode, error) -> None:
     first, second = order(gateway)
     fakes[first][0].mode = mode
@@ -294,7 +310,9 @@ def test_a_stream_arrives_chunk_by_chunk_and_byte_identical(gateway, fakes) -> N
             first_at = first_at or time.monotonic()
             got.append(chunk)
     assert first_at < fake.finished - 1.0    # the first chunk came before the upstream sent its last (1.6 s later)
-    assert b"".join(got) == b"".join(stream_events(best[-1], f"{best}-upstream-id"))
+    content = b"".join(got)
+    assert answer_id(content).startswith("chatcmpl-msat-")
+    assert content == relayed(stream_events(best[-1], f"{best}-upstream-id"), answer_id(content), best)
     assert len(got) >= 5
     assert fake.requests[-1][0]["stream"] is True
 
@@ -305,12 +323,12 @@ def test_a_stream_failing_before_its_first_byte_is_retried_one_cut_midway_ends(g
     body = {"model": "modelsat", "messages": MESSAGES, "stream": True}
     r = gateway.post("/v1/chat/completions", json=body)
     assert r.status_code == 200 and r.headers["x-modelsat-model"] == second
-    assert r.content == b"".join(stream_events(second[-1], f"{second}-upstream-id"))
+    assert r.content == relayed(stream_events(second[-1], f"{second}-upstream-id"), answer_id(r.content), second)
     fakes[second][0].mode = "cut"
     r = gateway.post("/v1/chat/completions", json={**body, "model": second})
-    events = stream_events(second[-1], f"{second}-upstream-id")
-    assert r.status_code == 200 and r.content.startswith(events[0] + events[1])
-    last = r.content[len(events[0] + events[1]):]
+    sent = relayed(stream_events(second[-1], f"{second}-upstream-id")[:2], answer_id(r.content), second)
+    assert r.status_code == 200 and r.content.startswith(sent)
+    last = r.content[len(sent):]
     assert last.startswith(b"data: ") and "broke midway" in json.loads(last[6:])["error"]["message"]
 
 

@@ -4,32 +4,46 @@
     GET  /models  the zoo
     POST /models  {"name": str, "scores": {question_id: score}, "cost"?: float, "params_b"?: float,
                    "cost_unit"?: str, "missing"?: "error" | "wrong", "endpoint"?: url, "upstream_model"?: str,
-                   "api_key_env"?: str, "price_in"?: float, "price_out"?: float}
+                   "api_key_env"?: str, "price_in"?: float, "price_out"?: float, "context_window"?: int,
+                   "capabilities"?: [str], "tokenizer"?: str}
     DELETE /models/{name}
     GET  /health
+    GET  /metrics                              Prometheus text format (modelsat/serving/metrics.py)
     POST /v1/chat/completions, GET /v1/models   the OpenAI-compatible gateway (modelsat/serving/gateway.py)
-The zoo folder is re-read when its files change (checked at most once a second), so `modelsat zoo add/remove` in
-another process shows without a restart.
+    POST /v1/feedback                          how an answer went (modelsat/serving/feedback.py)
+The zoo folder is re-read when its files change (checked at least once a second by the ranking thread), so
+`modelsat zoo add/remove` in another process, or another worker, shows without a restart.
 OpenAPI docs at /docs. Bodies are validated and bounded in size: bad input gets a 4xx naming the field, never a
-500; an unexpected error gets a JSON 500 and the connection stays open.
+500; an unexpected error gets a JSON 500 and the connection stays open (modelsat/serving/access.py).
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 import threading
+import uuid
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelsat.serving.gateway import GatewaySettings, mount, zoo_syncer
 from modelsat.router import MAX_INSTRUCTION_CHARS, Router, check_text
-from modelsat.zoo import check_model_name
+from modelsat.serving import feedback
+from modelsat.serving.access import AccessLayer
+from modelsat.serving.batching import Ranker
+from modelsat.serving.capabilities import Capabilities
+from modelsat.serving.conversations import Store
+from modelsat.serving.gateway import Gateway, SelfAddress, mount
+from modelsat.serving.metrics import CONTENT_TYPE_LATEST, Metrics
+from modelsat.serving.plan import GatewaySettings, zoo_syncer
+from modelsat.serving.upstream import Forwarding, Lifecycle, Upstreams
+from modelsat.zoo import CAPABILITIES, MAX_CONTEXT_WINDOW, check_model_name
 
 MAX_BODY_BYTES = 1_000_000
 MAX_MODELS = 10_000   # bound on `models` and `top_k`
@@ -97,6 +111,12 @@ class AddModelRequest(BaseModel):
         default=None, max_length=200, description="environment variable holding the endpoint's API key (not the key)")
     price_in: Amount | None = Field(default=None, description="USD per 1M input tokens (sets the cost)")
     price_out: Amount | None = Field(default=None, description="USD per 1M output tokens (sets the cost)")
+    context_window: int | None = Field(default=None, ge=1, le=MAX_CONTEXT_WINDOW, strict=True, description=(
+        "tokens the model reads and writes in one request (absent: undeclared)"))
+    capabilities: list[Literal[CAPABILITIES]] | None = Field(default=None, max_length=len(CAPABILITIES), description=(
+        f"what the model serves, of {', '.join(CAPABILITIES)} ([]: none; absent: undeclared)"))
+    tokenizer: Annotated[str, _text("tokenizer", None)] | None = Field(
+        default=None, max_length=2000, description="Hugging Face id or path of a tokenizer counting its tokens")
 
 
 def _safe(text: str, limit: int = 1000) -> str:
@@ -114,43 +134,47 @@ def _safe_error(error: dict) -> dict:
             "input": _safe(ascii(error.get("input")), 200)}
 
 
-def create_app(router: Router, persist: bool = False, gateway: GatewaySettings | None = None) -> FastAPI:
+def create_app(router: Router, persist: bool = False, gateway: GatewaySettings | None = None, *,
+               state_dir: str | Path | None = None, sticky_ttl: float = 3600.0, feedback_ttl: float = 7 * 86400.0,
+               rank_batch: int = 8, instance: str | None = None) -> FastAPI:
     """The FastAPI app serving `router`; `persist` makes POST /models and DELETE /models/{name} write to the
-    checkpoint's zoo; `gateway`: how /v1/chat/completions forwards (default GatewaySettings())."""
-    closers = []
+    checkpoint's zoo; `gateway`: how /v1/chat/completions forwards (default GatewaySettings()); `state_dir`: the
+    folder of the conversation and answer-id store (`state.sqlite`, shared by workers; None: a new temporary
+    folder); `sticky_ttl`/`feedback_ttl`: seconds a conversation stays on its model / an answer id takes feedback
+    (`sticky_ttl` 0: off); `rank_batch`: requests ranked together at most; `instance`: this gateway's id for loop
+    detection (shared by its workers; None: a new one)."""
+    settings = gateway or GatewaySettings()
+    for name, value in (("sticky_ttl (--sticky-ttl)", sticky_ttl), ("feedback_ttl (--feedback-ttl)", feedback_ttl)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+            raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    lock = threading.Lock()  # the router (zoo, caches, bank) is shared by the ranking thread and the endpoints
+    metrics = Metrics()
+    ranker = Ranker(router, lock, zoo_syncer(router, log=log.warning), max_batch=rank_batch,
+                    observe=lambda seconds, n: (metrics.ranking.observe(seconds), metrics.batch.observe(n)))
+    state = Path(state_dir) if state_dir is not None else Path(tempfile.mkdtemp(prefix="modelsat-state-"))
+    store = Store(state / "state.sqlite", sticky_ttl=sticky_ttl, feedback_ttl=feedback_ttl)
+    lifecycle, upstreams = Lifecycle(), Upstreams(settings)
+    gw = Gateway(router, lock, ranker, Capabilities(), store, metrics, Forwarding(settings, upstreams, lifecycle),
+                 instance or uuid.uuid4().hex[:16], SelfAddress())
+    gw.fwd.rank_rest = gw.rank
+    gw.fwd.on_failure = lambda entry, reason: metrics.failed.labels(entry.name, reason).inc()
+    gw.fwd.on_answer = gw.answered
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        ranker.start()
         yield
-        for close in closers:
-            await close()
+        lifecycle.begin_shutdown()
+        await upstreams.aclose()
+        ranker.stop()
+        store.close()
 
     app = FastAPI(title="modelsat", description="Route instructions to the LLM most likely to answer them well.",
                   lifespan=lifespan)
-    lock = threading.Lock()  # the zoo and the feature cache are shared between requests
-    sync = zoo_syncer(router, log=log.warning)   # call with `lock` held
-    closers.append(mount(app, router, lock, gateway or GatewaySettings(), sync))
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        # An unexpected error is answered here, not by an exception handler: Starlette re-raises after its 500
-        # handler, and uvicorn then drops the keep-alive connection the client would reuse.
-        try:
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-            # Read the body as it arrives, so that a chunked body without Content-Length is bounded too.
-            chunks, size = [], 0
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-                chunks.append(chunk)
-            request._body = b"".join(chunks)   # what Starlette's body() caches: the endpoint reads it from there
-            return await call_next(request)
-        except Exception as e:
-            log.exception("internal error answering %s %s", request.method, request.url.path)
-            return JSONResponse({"detail": f"internal error: {type(e).__name__}"}, status_code=500)
+    app.state.gateway = gw
+    app.add_middleware(AccessLayer, max_body=MAX_BODY_BYTES)
+    mount(app, gw)
+    feedback.mount(app, router, lock, lambda: store, metrics)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -167,36 +191,43 @@ def create_app(router: Router, persist: bool = False, gateway: GatewaySettings |
 
     @app.get("/health")
     async def health() -> dict:
-        # async: answered on the event loop, so requests waiting for the ranking lock cannot hold it up
+        # async: answered on the event loop, so requests waiting for the ranking cannot hold it up
         return {"status": "ok", "models": len(router.zoo), "aptitude_fingerprint": router.aptitude.fingerprint}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/models")
     def models() -> list[dict]:
         with lock:
-            sync()
             return router.zoo.describe()
 
     @app.post("/rank", response_model=list[RankedModel])
     def rank(req: RankRequest) -> list[dict]:
         try:
-            with lock:
-                sync()
-                ranked = router.rank(req.instruction, req.models, req.cost_weight, req.top_k)
+            ranked = ranker.rank_now(req.instruction, req.models, req.cost_weight, req.top_k)
         except ValueError as e:
             raise HTTPException(422, _safe(str(e))) from e
         return [r._asdict() for r in ranked]
 
     @app.post("/models", status_code=201)
-    def add_model(req: AddModelRequest) -> dict:
+    def add_model(req: AddModelRequest, request: Request) -> dict:
+        server = request.scope.get("server")
+        if server:
+            gw.myself.learn(server[0], server[1])
+        loop = gw.myself.why(req.endpoint)
+        if loop:
+            raise HTTPException(422, f"endpoint: model {req.name!r} {loop}; a gateway cannot forward to itself")
         try:
             with lock:
-                sync()
                 if req.name in router.zoo:
                     raise HTTPException(409, f"model {req.name!r} is already in the zoo")
                 router.add_model(req.name, req.scores, cost=req.cost, params_b=req.params_b, persist=persist,
                                  cost_unit=req.cost_unit, missing=req.missing, endpoint=req.endpoint,
                                  upstream_model=req.upstream_model, api_key_env=req.api_key_env,
-                                 price_in=req.price_in, price_out=req.price_out)
+                                 price_in=req.price_in, price_out=req.price_out, context_window=req.context_window,
+                                 capabilities=req.capabilities, tokenizer=req.tokenizer)
         except ValueError as e:
             raise HTTPException(422, _safe(str(e))) from e
         return {"added": req.name, "models": len(router.models)}
@@ -204,9 +235,9 @@ def create_app(router: Router, persist: bool = False, gateway: GatewaySettings |
     @app.delete("/models/{name:path}")
     def remove_model(name: str) -> dict:
         with lock:
-            sync()
             if name not in router.zoo:
                 raise HTTPException(404, f"model {_safe(name, 200)!r} is not in the zoo; see GET /models")
+            name = router.zoo.get(name).name
             router.remove_model(name, persist=persist)
             return {"removed": name, "models": len(router.models)}
 

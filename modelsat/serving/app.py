@@ -134,6 +134,25 @@ def _safe_error(error: dict) -> dict:
             "input": _safe(ascii(error.get("input")), 200)}
 
 
+def _stop_on_signals(lifecycle: Lifecycle) -> None:
+    """On SIGTERM or SIGINT, cancel every wait on an upstream (`Lifecycle.begin_shutdown`: in-flight streams end
+    with an error event, answers not begun get a 503), then let the server's own handler stop it. Only where the
+    app runs in the main thread (uvicorn's `serve`); elsewhere (a server in a thread) nothing is installed."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            before = signal.getsignal(sig)
+
+            def handler(number, frame, before=before) -> None:
+                lifecycle.begin_shutdown()
+                if callable(before):
+                    before(number, frame)
+            signal.signal(sig, handler)
+        except ValueError:   # not the main thread
+            return
+
+
 def create_app(router: Router, persist: bool = False, gateway: GatewaySettings | None = None, *,
                state_dir: str | Path | None = None, sticky_ttl: float = 3600.0, feedback_ttl: float = 7 * 86400.0,
                rank_batch: int = 8, instance: str | None = None) -> FastAPI:
@@ -163,6 +182,7 @@ def create_app(router: Router, persist: bool = False, gateway: GatewaySettings |
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         ranker.start()
+        _stop_on_signals(lifecycle)
         yield
         lifecycle.begin_shutdown()
         await upstreams.aclose()

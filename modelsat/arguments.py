@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-CHECKPOINT_HELP = "a router's checkpoint folder, e.g. checkpoints/modelsat-smollm2-mmlupro"
+from modelsat.checkpoint import shipped_routers
+
+CHECKPOINT_HELP = (f"a router: the name of one shipped with modelsat ({', '.join(shipped_routers())}), a checkpoint "
+                   "folder, or a Hugging Face hub repository id")
+DEBUG_HELP = "on an error, show its traceback (without it, bad input is one line on stderr and exit status 2)"
 
 
 class DefaultsHelpFormatter(argparse.HelpFormatter):

@@ -1,7 +1,7 @@
 """The `modelsat` command: training, ranking, data, aptitude tests, the zoo, evaluation and the HTTP service.
 
-    modelsat train --config default                     # or a YAML file, then key.sub=value overrides
-    modelsat rank --checkpoint checkpoints/modelsat-smollm2-mmlupro "What is the derivative of x^2?"
+    modelsat rank "What is the derivative of x^2?"       # the shipped router modelsat-smollm2-mmlupro
+    modelsat train --config tiny                        # a shipped config by name, or a YAML file; key.sub=value
 
     modelsat data build --source mmlu-pro --input ../shared/data/mmlu_pro --out data/mmlu-pro/table
     modelsat aptitude build --table data/mmlu-pro/table --out aptitude.json
@@ -10,6 +10,7 @@
     modelsat zoo add --checkpoint DIR --name smollm2 --results smollm2.parquet --cost 0.135
     modelsat evaluate --checkpoint DIR --table data/mmlu-pro/table --split test --zoo mixed
     modelsat serve --checkpoint DIR
+    modelsat checkpoint copy modelsat-smollm2-mmlupro DIR      # a copy of a shipped router that may be written to
     modelsat checkpoint upgrade DIR
 
 This module only parses (`modelsat/commands.py` does the work): it imports the commands, `train` and `rank` after
@@ -26,7 +27,7 @@ import sys
 
 from modelsat.version import __version__
 from modelsat.config import shipped_configs
-from modelsat.arguments import CHECKPOINT_HELP, with_defaults
+from modelsat.arguments import CHECKPOINT_HELP, DEBUG_HELP, with_defaults
 from modelsat.logs import add_logging_arguments, setup_logging
 from modelsat.quiet import quiet_libraries
 
@@ -40,10 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     # train and rank parse their own options (`modelsat train --help`): listed here, run by `main`
     sub.add_parser("train", add_help=False, help="train a router: --config NAME_OR_FILE [key.sub=value ...] "
                    f"(shipped configs: {', '.join(shipped_configs())}; the same as train.py)")
-    sub.add_parser("rank", add_help=False, help="rank the zoo of a router for an instruction: --checkpoint DIR "
-                   "\"INSTRUCTION\" (the same as infer.py)")
+    sub.add_parser("rank", add_help=False, help="rank the zoo of a router for an instruction: \"INSTRUCTION\" "
+                   "[--checkpoint NAME_OR_DIR] (the same as infer.py)")
 
-    data = sub.add_parser("data", help="routing tables and splits").add_subparsers(dest="action", required=True)
+    groups = {name: sub.add_parser(name, help=text) for name, text in (
+        ("data", "routing tables and splits"), ("aptitude", "aptitude tests"),
+        ("zoo", "the candidate models of a checkpoint"))}
+    data = groups["data"].add_subparsers(dest="action", required=True)
     b = data.add_parser("build", help="convert a public source into a routing table")
     b.add_argument("--source", choices=SOURCES, required=True, help="the public source's format")
     b.add_argument("--input", help="file or folder of the source, as published")
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed of the split")
     s.set_defaults(fn="cmd_data_split")
 
-    apt = sub.add_parser("aptitude", help="aptitude tests").add_subparsers(dest="action", required=True)
+    apt = groups["aptitude"].add_subparsers(dest="action", required=True)
     ab = apt.add_parser("build", help="choose T tasks x S discriminative questions")
     ab.add_argument("--table", required=True, help="routing table folder (`modelsat data build`)")
     ab.add_argument("--out", required=True, help="aptitude.json to write")
@@ -87,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--max-tokens", type=int, default=32, help="with --endpoint: max_tokens of each answer")
     ar.set_defaults(fn="cmd_aptitude_run")
 
-    zoo = sub.add_parser("zoo", help="the candidate models of a checkpoint").add_subparsers(dest="action", required=True)
+    zoo = groups["zoo"].add_subparsers(dest="action", required=True)
     za = zoo.add_parser("add", help="add a model from its aptitude results (no retraining)")
     za.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     za.add_argument("--name", required=True, help="the model's name in the zoo")
@@ -143,25 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--upstream-timeout", type=float, default=60.0,
                     help="gateway: seconds to wait for an upstream's answer or next streamed chunk (default 60)")
     sv.add_argument("--connect-timeout", type=float, default=5.0,
-                    help="gateway: seconds to connect to an upstream, or to wait for a free connection (default 5)")
-    sv.add_argument("--deadline", type=float, default=300.0,
-                    help="gateway: seconds for a whole chat request, every attempt and the whole answer, streams "
-                         "included (default 300)")
-    sv.add_argument("--max-answer-bytes", type=int, default=16 << 20,
-                    help="gateway: an upstream answer (or stream) over this many bytes fails (default 16 MiB)")
-    sv.add_argument("--upstream-connections", type=int, default=64,
-                    help="gateway: connections open at most to one upstream host:port (default 64)")
-    sv.add_argument("--workers", type=int, help="worker processes sharing the port (default: one per CPU core, "
-                                                "at most 4)")
-    sv.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
-    sv.add_argument("--rank-batch", type=int, default=8,
-                    help="requests ranked together at most, per worker (1: one at a time; default 8)")
-    sv.add_argument("--state-dir", help="folder of the conversation and answer-id store, shared by the workers "
-                                        "(default: ~/.local/state/modelsat/<checkpoint>-<hash>)")
-    sv.add_argument("--sticky-ttl", type=float, default=3600.0,
-                    help="seconds a conversation stays on the model that answered it (0: off; default 3600)")
-    sv.add_argument("--feedback-ttl", type=float, default=7 * 86400.0,
-                    help="seconds an answer's id takes feedback (POST /v1/feedback; default 7 days)")
+                    help="gateway: seconds to connect to an upstream (default 5)")
     sv.set_defaults(fn="cmd_serve")
 
     ca = sub.add_parser("calibrate", help="the smallest cost_weight that meets a budget on representative instructions")
@@ -174,16 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--models", help="comma-separated candidates (default: the whole zoo)")
     ca.set_defaults(fn="cmd_calibrate")
 
-    ck = sub.add_parser("checkpoint", help="router checkpoints").add_subparsers(dest="action", required=True)
+    groups["checkpoint"] = sub.add_parser("checkpoint", help="router checkpoints: copy a shipped one, upgrade an old one")
+    ck = groups["checkpoint"].add_subparsers(dest="action", required=True)
+    cc = ck.add_parser("copy", help="copy a router (a shipped name, a folder or a hub id) whole to a new folder, "
+                                    "which `zoo add` and the other writes may change")
+    cc.add_argument("checkpoint", help="the router to copy, e.g. modelsat-smollm2-mmlupro")
+    cc.add_argument("out", help="the new folder (absent, or empty)")
+    cc.set_defaults(fn="cmd_checkpoint_copy")
     cu = ck.add_parser("upgrade", help="bring a checkpoint written by an older modelsat to this one's format, in place")
     cu.add_argument("checkpoint", nargs="+", help="checkpoint folder(s)")
     cu.set_defaults(fn="cmd_checkpoint_upgrade")
 
-    p.add_argument("--debug", action="store_true", help="on an error, show its traceback")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     add_logging_arguments(p)
-    for leaf in (b, s, ab, ar, za, zl, zr, ev, sv, ca, cu):  # `--debug` and the log options after the command too
-        leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        add_logging_arguments(leaf, suppress_defaults=True)
+    for parser in (*groups.values(), b, s, ab, ar, za, zl, zr, ev, sv, ca, cc, cu):  # also after the command
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        add_logging_arguments(parser, suppress_defaults=True)
     return with_defaults(p)
 
 

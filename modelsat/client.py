@@ -1,7 +1,7 @@
 """`modelsat.Client`: the gateway in-process, a drop-in for the openai client's chat completions.
 
     from modelsat import Client
-    client = Client(checkpoint="checkpoints/my-router")      # zoo entries with --endpoint
+    client = Client("my-router")      # a router whose zoo entries have an --endpoint (a folder, a name or a hub id)
     r = client.chat.completions.create(model="modelsat", messages=[{"role": "user", "content": "2+2?"}])
     r.choices[0].message.content, r.model, r.modelsat["ranking"]
     for chunk in client.chat.completions.create(model="modelsat:cost_weight=0.5", messages=..., stream=True):
@@ -115,16 +115,20 @@ class _Chat:
 
 
 class Client:
-    """Route and forward chat completions in-process: `Client(checkpoint=DIR)` or `Client(router=router)`;
-    `settings` as `modelsat serve`'s (max_attempts, timeout, connect_timeout). The zoo folder is re-read when it
-    changes (at most once a second). Close it (or use `with`) to release its connections."""
+    """Route and forward chat completions in-process: `Client(NAME_OR_PATH)` (whatever `Router.from_pretrained`
+    takes: a checkpoint folder, a shipped router's name, a hub repository id; with `device` and `dtype`) or
+    `Client(router=router)`; `settings` as `modelsat serve`'s (max_attempts, timeout, connect_timeout). The zoo
+    folder is re-read when it changes (at most once a second). Close it (or use `with`) to release its connections.
+    Raises CheckpointError where the router cannot be loaded, ValueError for both or neither of checkpoint/router."""
 
-    def __init__(self, checkpoint: str | Path | None = None, *, router=None,
-                 settings: GatewaySettings | None = None, http: httpx.Client | None = None) -> None:
+    def __init__(self, checkpoint: str | Path | None = None, *, router: Router | None = None,
+                 device: str | None = "cpu", dtype: str | None = None, settings: GatewaySettings | None = None,
+                 http: httpx.Client | None = None) -> None:
         if (checkpoint is None) == (router is None):
-            raise ValueError("give one of checkpoint= (a router's folder) or router= (a modelsat.Router)")
+            raise ValueError("give one of checkpoint= (a router's folder, a shipped router's name or a hub id) or "
+                             "router= (a modelsat.Router)")
         if router is None:
-            router = Router.from_checkpoint(checkpoint)
+            router = Router.from_pretrained(checkpoint, device=device, dtype=dtype)
         self.router = router
         self.settings = settings or GatewaySettings()
         self._http = http or httpx.Client(timeout=self.settings.httpx_timeout())

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from modelsat.aptitude import Aptitude, build_aptitude
-from modelsat.checkpoint import FORMAT_VERSION, check_checkpoint
+from modelsat.checkpoint import FORMAT_VERSION, check_checkpoint, copy_checkpoint, locate_checkpoint
 from modelsat.data.converters import build_table
 from modelsat.data.splits import make_splits, save_splits
 from modelsat.data.table import RoutingTable, find_table_file, read_table_file
@@ -82,10 +81,17 @@ def cmd_aptitude_run(a: argparse.Namespace) -> None:
         raise ExaminerError(f"{len(summary.failed)} questions got no answer; rerun the same command to ask them again")
 
 
-def _zoo(checkpoint: str):
-    """The zoo of a checkpoint (checked: the folder is complete and the entries match its aptitude test)."""
-    ckpt = check_checkpoint(checkpoint)
-    return Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+def _zoo(checkpoint: str, write: bool = False):
+    """The zoo of a checkpoint (a folder, a shipped router's name or a hub id; checked: the folder is complete and
+    the entries match its aptitude test). `write`: the command will write to it, refused at once, in one line saying
+    to copy it, where it is read only (a shipped router, a hub snapshot)."""
+    located = locate_checkpoint(checkpoint)
+    if write and located.read_only is not None:
+        raise ZooError(located.read_only)
+    ckpt = check_checkpoint(located.path)
+    zoo = Zoo.load(ckpt / "zoo", Aptitude.load(ckpt / "aptitude.json"))
+    zoo.read_only = located.read_only
+    return zoo
 
 
 def _table_costs(results: str, name: str) -> tuple[dict, Path | None]:
@@ -123,7 +129,7 @@ def cmd_zoo_add(a: argparse.Namespace) -> None:
     if a.cost_unit and a.cost is None and a.price_in is None and a.price_out is None:
         raise ValueError(f"--cost-unit {a.cost_unit!r} names the unit of --cost; give --cost or drop it")
     where_to = check_endpoint(a.endpoint, a.upstream_model, a.api_key_env, a.price_in, a.price_out)
-    zoo = _zoo(a.checkpoint)
+    zoo = _zoo(a.checkpoint, write=True)
     meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit, **where_to}
     found, models_file = {}, None
     if a.cost is None and a.params_b is None and a.price_in is None:
@@ -160,7 +166,7 @@ def cmd_zoo_list(a: argparse.Namespace) -> None:
 
 
 def cmd_zoo_remove(a: argparse.Namespace) -> None:
-    zoo = _zoo(a.checkpoint)
+    zoo = _zoo(a.checkpoint, write=True)
     name = zoo.get(a.name).name  # an unknown name is an error; " Yi-34B " finds Yi-34B
     path = zoo.files[name]
     zoo.remove(name)
@@ -176,35 +182,20 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     try:
         import fastapi  # noqa: F401
-        import prometheus_client  # noqa: F401
-        import uvicorn  # noqa: F401
+        import uvicorn
     except ImportError as e:
         raise ValueError(f"modelsat serve needs the [serve] extra ({e.name} is not installed); run "
                          "`pip install 'modelsat[serve]'`") from e
-    import uuid
-
     from modelsat.serving.plan import GatewaySettings
-    from modelsat.serving.workers import default_layout, default_state_dir, serve
+    from modelsat.router import Router
+    from modelsat.serving.app import create_app
 
     settings = GatewaySettings(max_attempts=a.max_attempts, timeout=a.upstream_timeout,
-                               connect_timeout=a.connect_timeout, deadline=a.deadline,
-                               max_answer_bytes=a.max_answer_bytes,
-                               upstream_connections=a.upstream_connections)   # checked before the router loads
-    workers, threads = default_layout()
-    for flag, value in (("--workers", a.workers), ("--threads", a.threads), ("--rank-batch", a.rank_batch)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
-    workers = a.workers or workers
-    threads = a.threads or max(1, (os.cpu_count() or 1) // workers)
-    for flag, value in (("--sticky-ttl", a.sticky_ttl), ("--feedback-ttl", a.feedback_ttl)):
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"{flag} must be a number of seconds >= 0, got {value}")
-    state = Path(a.state_dir) if a.state_dir else default_state_dir(a.checkpoint)
-    options = {"checkpoint": a.checkpoint, "persist": a.persist, "gateway": vars(settings), "state_dir": str(state),
-               "sticky_ttl": a.sticky_ttl, "feedback_ttl": a.feedback_ttl, "rank_batch": a.rank_batch,
-               "instance": uuid.uuid4().hex[:16], "threads": threads, "host": a.host, "port": a.port}
-    print(f"modelsat serve: {workers} worker(s) x {threads} torch thread(s), state in {state}", flush=True)
-    serve(options, workers, a.log_level)
+                               connect_timeout=a.connect_timeout)   # checked before the router loads
+    router = Router.from_checkpoint(a.checkpoint)
+    router.warm_up()
+    app = create_app(router, persist=a.persist, gateway=settings)
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level.lower())
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
@@ -212,9 +203,16 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     from modelsat.router import Router, read_instructions
 
     instructions = read_instructions(a.instructions)               # checked before the router loads
-    result = calibrate(Router.from_checkpoint(a.checkpoint), instructions, max_share_expensive=a.max_share_expensive,
+    result = calibrate(Router.from_pretrained(a.checkpoint), instructions, max_share_expensive=a.max_share_expensive,
                        max_mean_cost=a.max_mean_cost, models=_models_arg(a.models))
     print(json.dumps(result, indent=1, allow_nan=False))
+
+
+def cmd_checkpoint_copy(a: argparse.Namespace) -> None:
+    out = copy_checkpoint(a.checkpoint, a.out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"copied {a.checkpoint} to {out} ({size / 1e6:.1f} MB); `modelsat zoo add --checkpoint {out} ...` may "
+          "change it")
 
 
 def cmd_checkpoint_upgrade(a: argparse.Namespace) -> None:

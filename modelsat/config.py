@@ -223,7 +223,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    out_dir: str = "checkpoints/run"
+    out_dir: str = "runs/run"
     """Run folder: step checkpoints, `final/`, logs."""
     epochs: int = 1
     """Passes over the training instructions."""
@@ -547,6 +547,26 @@ def resolve_config(path: str | Path) -> Path:
     return shipped if shipped.is_file() else path
 
 
+def load_saved_config(path: str | Path) -> Config:
+    """The resolved config a checkpoint carries (`Config.save`, its `config.yaml`), read as `load_config` reads a
+    file, and refused where it cannot be whole: empty, or without one of its sections (data, model, train, in that
+    order: a copy cut short loses the last). Nothing is filled in from the defaults, which describe another router."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            tree = _parse_yaml(path.read_text(encoding="utf-8"), str(path))
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} cannot be read as UTF-8 text: {e}") from e
+        sections = [f.name for f in dataclasses.fields(Config)]
+        _check(tree is not None, f"{path} is empty; a checkpoint's config.yaml holds the resolved config that train.py "
+               "wrote (sections data, model, train): re-copy the checkpoint folder")
+        missing = [k for k in sections if isinstance(tree, dict) and not tree.get(k)]   # not a mapping: load_config says
+        _check(not missing, f"{path} has no {' and no '.join(missing)} section (a copy cut short?); a checkpoint's "
+               "config.yaml holds the resolved config that train.py wrote (sections data, model, train): re-copy "
+               "the checkpoint folder")
+    return load_config(path)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults ← YAML file at `path` ← `key.sub=value` overrides (values parsed as YAML scalars).
 
@@ -561,7 +581,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"config file {path} cannot be read as UTF-8 text: {e}") from e
-        tree = _parse_yaml(text, str(path)) or {}
+        tree = _parse_yaml(text, str(path))
+        _check(tree is not None, f"config file {path} is empty{' (only comments)' if text.strip() else ''}; write the "
+               "settings to change under data:, model: and train: (`modelsat train --help` lists them), or give a "
+               f"shipped config by name ({', '.join(shipped_configs())})")
         _check(isinstance(tree, dict), f"{path}: the top level must be a mapping of sections (data, model, train), "
                                        f"got {type(tree).__name__}")
         _drop_route_priors(tree, path)

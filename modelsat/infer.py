@@ -1,6 +1,7 @@
 """Rank the zoo of a trained router for instructions.
 
-    modelsat rank --checkpoint checkpoints/modelsat-smollm2-mmlupro "What is 2+2?\nA. 3\nB. 4"
+    modelsat rank "What is 2+2?\nA. 3\nB. 4"                       # the shipped router modelsat-smollm2-mmlupro
+    modelsat rank --checkpoint modelsat-smollm2-routerbench "..."   # another shipped one, a folder or a hub id
     modelsat rank --checkpoint DIR --file instructions.jsonl --models a,b,c --cost-weight 0.2 --top-k 3 --json
     python infer.py --checkpoint DIR --instruction "..."      # the script at the repository's root: the same
 
@@ -17,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from modelsat.arguments import CHECKPOINT_HELP, DefaultsHelpFormatter
+from modelsat.arguments import CHECKPOINT_HELP, DEBUG_HELP, DefaultsHelpFormatter
+from modelsat.checkpoint import DEFAULT_ROUTER
 from modelsat.logs import add_logging_arguments, setup_logging
 from modelsat.quiet import quiet_libraries
 
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         cost_weight, top_k = check_cost_weight(args.cost_weight), check_top_k(args.top_k)
     except RouterError as e:
         raise RouterError(f"--{str(e).replace('_', '-', 1)}") from None
-    router = Router.from_checkpoint(args.checkpoint)
+    router = Router.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype)
     rankings = router.rank_many(instructions, models, cost_weight=cost_weight, top_k=top_k)
 
     if args.json:
@@ -99,7 +101,7 @@ def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
     """The options of `modelsat rank` / `infer.py`, each with its help and default."""
     p = argparse.ArgumentParser(prog=prog, description="Rank the zoo of a trained modelsat router.",
                                 formatter_class=DefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", default=DEFAULT_ROUTER, help=CHECKPOINT_HELP)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("text", nargs="?", metavar="INSTRUCTION", help="one instruction (as --instruction)")
     src.add_argument("--instruction", help="one instruction (\\n in the text is read as a new line)")
@@ -109,7 +111,11 @@ def build_parser(prog: str = "infer.py") -> argparse.ArgumentParser:
                    "candidate's cost")
     p.add_argument("--top-k", type=int, help="show the best K (default: every candidate)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--device", default="cpu", help="where the router runs: cpu, cuda, cuda:N, or auto (CUDA where "
+                   "present)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the router LLM's dtype (default: "
+                   "float32; bfloat16 or float16 on a GPU)")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     add_logging_arguments(p)
     return p
 

@@ -1,9 +1,9 @@
 """The inference API: a trained router over its zoo.
 
     from modelsat import Router
-    router = Router.from_checkpoint("checkpoints/modelsat-smollm2-mmlupro")
+    router = Router.from_pretrained("modelsat-smollm2-mmlupro")     # a shipped name, a folder or a hub id
     router.rank("What is the derivative of x^2?\\nA. x\\nB. 2x", top_k=3)
-    router.add_model("my-new-llm", "my_aptitude_results.parquet", cost=7.0)   # no retraining
+    router.add_model("my-new-llm", "my_aptitude_results.parquet", params_b=7.0)   # no retraining
 
 Scores come from the packed forward pass: all candidates of an instruction share one sequence
 (large zoos are split into chunks of `chunk_size` candidates).
@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import numbers
-import os
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -34,18 +33,19 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
 from modelsat.aptitude import Aptitude
 from modelsat.category import CategoryClassifier
 from modelsat.choice import Ranked, ranking, utilities  # noqa: F401 (Ranked is re-exported)
-from modelsat.checkpoint import CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, read_provenance
+from modelsat.checkpoint import (CATEGORY_CLASSIFIER, CheckpointError, check_checkpoint, locate_checkpoint,
+                                 read_provenance)
 from modelsat.checkpoint_writer import write_checkpoint
-from modelsat.config import Config, load_config
+from modelsat.config import Config, load_saved_config
+from modelsat.devices import place, torch_device, torch_dtype
 from modelsat.evidence import Evidence
 from modelsat.model import RouterModel, build_router_model
-from modelsat.pretrained import hub_offline
 from modelsat.weights import load_aptitude_embeddings, load_category_classifier, load_trained
 from modelsat.zoo import Zoo, ZooError
 
@@ -170,10 +170,16 @@ class Router:
     `lora_mergeable`), so the `model` given here can no longer be trained."""
 
     def __init__(self, model: RouterModel, aptitude: Aptitude, zoo: Zoo, config: Config,
-                 chunk_size: int = 32, batch_size: int = 8) -> None:
+                 chunk_size: int = 32, batch_size: int = 8, *, device: str | torch.device | None = "cpu",
+                 dtype: str | torch.dtype | None = None) -> None:
+        """`device`: where it ranks ("cpu", the default; "cuda", "cuda:N"; "auto": CUDA where present); `dtype`: the
+        router LLM's (None: float32; bfloat16 or float16 on a GPU). Raises DeviceError (a ValueError), in one line,
+        for a device torch cannot reach here, e.g. CUDA on a machine without a GPU (`modelsat/devices.py`)."""
+        device, dtype = torch_device(device), torch_dtype(dtype)      # checked before anything is changed
         self.model = model.eval()
         if not model.lora_merged and model.lora_mergeable:
-            model.merge_lora()                         # inference only: one matmul per projection
+            model.merge_lora()                         # inference only: one matmul per projection (merged in fp32)
+        place(model, device, dtype)
         self.aptitude = aptitude
         self.zoo = zoo
         self.config = config
@@ -186,16 +192,10 @@ class Router:
         self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
         self.source: Path | None = None                # the checkpoint folder it was loaded from, if any
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Router":
-        """Load a trained router and its zoo; loading is driven by the files present. A file that does not load
-        raises an error naming it and what to do (a CheckpointError for the router's own files)."""
-        path = check_checkpoint(path)
-        try:
-            return cls._load(path, **kwargs)
-        except OSError as e:                                   # unreadable (permissions, a folder for a file)
-            raise CheckpointError(f"checkpoint {path}: {e}; make its files readable, or re-copy the checkpoint "
-                                  "folder") from e
+    @property
+    def device(self) -> torch.device:
+        """The device the router ranks on."""
+        return self.model.device
 
     @classmethod
     def _load(cls, path: Path, **kwargs) -> "Router":
@@ -203,8 +203,10 @@ class Router:
             where = "" if str(path / "config.yaml") in str(e) else f"{path / 'config.yaml'}: "
             return CheckpointError(f"{where}{e}; fix config.yaml, or re-copy the checkpoint folder")
 
+        device, dtype = torch_device(kwargs.get("device", "cpu")), torch_dtype(kwargs.get("dtype"))  # before loading
+        kwargs.update(device=device, dtype=dtype)
         try:
-            config = load_config(path / "config.yaml")
+            config = load_saved_config(path / "config.yaml")   # whole: an empty or cut file is not read as defaults
         except ValueError as e:
             raise config_error(e) from e
         aptitude = Aptitude.load(path / "aptitude.json")
@@ -227,28 +229,34 @@ class Router:
 
     # ----- Hugging Face conventions (huggingface_hub's ModelHubMixin contract) ---------------------
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, revision: str | None = None,
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, device: str | torch.device | None = "cpu",
+                        dtype: str | torch.dtype | None = None, revision: str | None = None,
                         cache_dir: str | Path | None = None, force_download: bool = False,
                         local_files_only: bool = False, token: str | bool | None = None, **kwargs) -> "Router":
-        """A router from a checkpoint folder, or from a Hugging Face hub repository id (downloaded with
-        `huggingface_hub.snapshot_download`, then loaded as a folder). `kwargs` go to the Router (chunk_size,
-        batch_size). Raises CheckpointError, in one line, where the folder is missing, incomplete or of another
-        format, or the repository cannot be downloaded (offline: only from the hub cache)."""
-        name = pretrained_model_name_or_path
-        if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
-            return cls.from_checkpoint(name, **kwargs)          # its one-line error: a path is needed
-        folder = Path(name).expanduser()
-        if not folder.exists():                                 # no folder or file here: a hub repository id
-            name = str(pretrained_model_name_or_path)
-            try:
-                folder = Path(snapshot_download(name, revision=revision, cache_dir=cache_dir, token=token,
-                                                force_download=force_download,
-                                                local_files_only=local_files_only or hub_offline()))
-            except Exception as e:  # noqa: BLE001 (not found, offline, HTTP, an invalid id)
-                raise CheckpointError(f"{name!r} is neither a checkpoint folder nor a hub repository that can be "
-                                      f"downloaded here ({' '.join(str(e).split())[:160]}); give the folder of a "
-                                      "trained router, e.g. checkpoints/modelsat-smollm2-mmlupro") from e
-        return cls.from_checkpoint(folder, **kwargs)
+        """The one loader: a router and its zoo from a checkpoint folder, the name of a router shipped with modelsat
+        (`modelsat.checkpoint.shipped_routers()`: modelsat-smollm2-mmlupro, -routerbench, -routerdc), or a Hugging
+        Face hub repository id (downloaded with `huggingface_hub.snapshot_download`; offline, only from the hub
+        cache); a folder that exists wins over a name. Loading is driven by the files present and writes nothing.
+        `device`, `dtype`: where it ranks (`Router.__init__`); `kwargs` go to the Router (chunk_size, batch_size).
+
+        A shipped router, an installed package's folder or a hub snapshot is read only: `add_model(persist=True)`,
+        `modelsat zoo add` and the other writes to its zoo are refused, saying to copy it first
+        (`save_pretrained(DIR)`, or `modelsat checkpoint copy NAME DIR`). Raises CheckpointError, in one line, where
+        the router cannot be found or its folder is missing, incomplete or of another format (a file that does not
+        load names itself and what to do), and DeviceError for a device that cannot be used here."""
+        located = locate_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
+                                    force_download=force_download, local_files_only=local_files_only, token=token)
+        path = check_checkpoint(located.path)
+        try:
+            router = cls._load(path, device=device, dtype=dtype, **kwargs)
+        except OSError as e:                                   # unreadable (permissions, a folder for a file)
+            raise CheckpointError(f"checkpoint {path}: {e}; make its files readable, or re-copy the checkpoint "
+                                  "folder") from e
+        router.zoo.read_only = located.read_only
+        return router
+
+    from_checkpoint = from_pretrained
+    """The same loader under its earlier name (kept for code written before modelsat 0.3)."""
 
     def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
                         **push_to_hub_kwargs) -> Path:

@@ -299,6 +299,14 @@ class Zoo:
         self.entries: dict[str, ZooEntry] = {}
         self.files: dict[str, Path] = {}  # name -> the file the entry was read from or written to
         self.unsaved_removals: set[str] = set()  # removed with persist=False: `reload` leaves them out
+        self.read_only: str | None = None        # why the folder must not be written to, and what to do (a shipped
+        #                                          router, a hub snapshot: `checkpoint.locate_checkpoint`)
+
+    def check_writable(self) -> None:
+        """Raise ZooError (`read_only`, which says to copy the router first) where the zoo's folder must not be
+        written to: every write to it (an entry, a removal, the results bank) asks here first."""
+        if self.read_only is not None:
+            raise ZooError(self.read_only)
 
     @classmethod
     def load(cls, root: str | Path, aptitude: Aptitude) -> "Zoo":
@@ -437,6 +445,7 @@ class Zoo:
         if persist:
             if self.root is None:
                 raise ZooError("this zoo has no folder to persist to")
+            self.check_writable()
             path = self.files.get(name) or self.root / _file_name(name)  # a replaced entry keeps its file
             holder = next((n for n, p in self.files.items() if p == path and n != name), None)
             if holder is not None:
@@ -452,6 +461,8 @@ class Zoo:
         """Remove model `name` (compared without surrounding whitespace); with `persist`, delete the file it was read
         from or written to."""
         name = self.get(name).name
+        if persist:
+            self.check_writable()
         path = self.files.get(name) or (self.root / _file_name(name) if self.root is not None else None)
         if persist and path is not None and path not in {p for n, p in self.files.items() if n != name}:
             path.unlink(missing_ok=True)  # never another entry's file (one renamed by hand to this name's)

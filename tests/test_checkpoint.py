@@ -110,7 +110,8 @@ def test_from_pretrained_of_an_unknown_id_offline_is_one_clear_line(monkeypatch)
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(CheckpointError, match="neither a checkpoint folder nor a hub repository") as err:
+    with pytest.raises(CheckpointError, match="neither a checkpoint folder, nor a router shipped with modelsat .*, "
+                                              "nor a hub repository") as err:
         Router.from_pretrained("no-such-org/no-such-router-xyz")
     assert "\n" not in str(err.value)
 

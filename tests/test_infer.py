@@ -130,7 +130,7 @@ def test_an_unexpected_error_is_one_line_with_exit_code_1(tiny_checkpoint: Path,
     def broken(*args, **kwargs):
         raise RuntimeError("something\nunforeseen")
 
-    monkeypatch.setattr(Router, "from_checkpoint", broken)
+    monkeypatch.setattr(Router, "from_pretrained", broken)
     code, _, err = infer(capsys, "--checkpoint", tiny_checkpoint, "--instruction", INSTRUCTION)
     assert code == 1 and err == "infer.py: error: something unforeseen (RuntimeError; rerun with --debug for the " \
                                 "traceback)\n"

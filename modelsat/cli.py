@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     za.add_argument("--price-in", type=float, help="USD per 1M input tokens; with --price-out the cost is their mean "
                                                    "in usd_per_1M_tokens")
     za.add_argument("--price-out", type=float, help="USD per 1M output tokens")
+    za.add_argument("--context-window", type=int, help="tokens the model reads and writes in one request: the "
+                                                       "gateway sends it only requests that fit (default: undeclared)")
+    za.add_argument("--capabilities", help="what the model serves, comma-separated: tools, vision, json_schema "
+                                           "('' declares none; default: undeclared)")
+    za.add_argument("--tokenizer", help="Hugging Face id or path of the model's tokenizer, to count its tokens")
     za.set_defaults(fn="cmd_zoo_add")
     zl = zoo.add_parser("list", help="the models of the zoo")
     zl.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)

@@ -22,7 +22,7 @@ from modelsat.checkpoint import FORMAT_VERSION, check_checkpoint, copy_checkpoin
 from modelsat.data.converters import build_table
 from modelsat.data.splits import make_splits, save_splits
 from modelsat.data.table import RoutingTable, find_table_file, read_table_file
-from modelsat.zoo import Zoo, ZooError, check_cost, check_endpoint, check_model_name
+from modelsat.zoo import Zoo, ZooError, check_cost, check_endpoint, check_model_name, check_serving
 
 
 def _models_arg(text: str | None) -> list[str] | None:
@@ -130,7 +130,8 @@ def cmd_zoo_add(a: argparse.Namespace) -> None:
         raise ValueError(f"--cost-unit {a.cost_unit!r} names the unit of --cost; give --cost or drop it")
     where_to = check_endpoint(a.endpoint, a.upstream_model, a.api_key_env, a.price_in, a.price_out)
     zoo = _zoo(a.checkpoint, write=True)
-    meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit, **where_to}
+    meta = {"cost": a.cost, "params_b": a.params_b, "cost_unit": a.cost_unit, **where_to,
+            **check_serving(a.context_window, a.capabilities, a.tokenizer)}
     found, models_file = {}, None
     if a.cost is None and a.params_b is None and a.price_in is None:
         found, models_file = _table_costs(a.results, a.name)

@@ -4,7 +4,7 @@ something unexpected fails.
 
 - Request id: the client's `x-request-id` where it is 1-64 characters of [A-Za-z0-9._-], else a new one; sent
   back as the `x-request-id` header, put in the access log line and in the gateway's routing log line
-  (`REQUEST_ID`, a context variable).
+  (`REQUEST_ID`, a context variable). The `x-modelsat-worker` header names the process that answered.
 - Body: at most `max_body` bytes (413 otherwise, also for a chunked body without Content-Length), read here and
   handed on whole; after it, the app's `receive` reports the client's disconnect as it happens.
 - Access log: logger "modelsat.access" at INFO, one record per request with the fields method, path, status,
@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import time
 import uuid
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("modelsat_request_id", default="")
+WORKER = str(os.getpid()).encode()     # the process that answered (`x-modelsat-worker`), as in the log lines
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 access_log = logging.getLogger("modelsat.access")
 log = logging.getLogger(__name__)
@@ -53,8 +55,8 @@ class AccessLayer:
         async def send_on(message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                message = {**message, "headers": [*message.get("headers", []),
-                                                  (b"x-request-id", request_id.encode())]}
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode()),
+                                                  (b"x-modelsat-worker", WORKER)]}
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
             await send(message)
@@ -89,7 +91,8 @@ class AccessLayer:
                             extra={"request_id": request_id, "access": {
                                 "method": scope.get("method"), "path": scope.get("path"), "status": state["status"],
                                 "duration_ms": round(1e3 * (time.perf_counter() - start), 2),
-                                "bytes_out": state["bytes"], "client": client[0] if client else None}})
+                                "bytes_out": state["bytes"], "client": client[0] if client else None,
+                                "worker": os.getpid()}})
 
     async def _body(self, scope, receive) -> bytes | int | None:
         """The whole body; the size where over the limit; None where the client disconnected."""

@@ -7,7 +7,7 @@ The answer's id names the model that answered and the text it was routed on (kep
 gateway's state store, shared by every worker). The result goes to `Router.add_feedback` (the results bank, SQLite,
 which the ranking reads without retraining), with the answer's id (or `feedback_id`) as its key: the same id twice
 is counted once (`"counted": false` the second time). Errors are 4xx naming the field: 400 a bad score or text,
-404 an unknown id or model, 410 an expired id.
+404 an unknown id or model, 410 an expired id; a bank that cannot be written (a read-only router) is a 503.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from modelsat.router import Router, check_text
 from modelsat.serving.conversations import ANSWER_PREFIX, Store
 from modelsat.serving.errors import GatewayError, bad_request
 from modelsat.serving.metrics import Metrics
-from modelsat.zoo import ZooError
 
 MAX_FEEDBACK_ID = 200
 
@@ -82,10 +81,12 @@ def record(router: Router, lock: threading.Lock, model: str, instruction: str, s
             raise GatewayError(404, f"model {model[:80]!r} is not in the zoo", param="model")
         try:
             return bool(add(model, instruction, score, feedback_id=feedback_id))
-        except ZooError as e:
-            raise GatewayError(404, str(e)[:300], param="model") from None
-        except ValueError as e:
-            raise bad_request(str(e)[:300], "score" if "score" in str(e) else "instruction") from None
+        except ValueError as e:   # RouterError naming the field, or the bank cannot be written (read only)
+            message = str(e)[:300]
+            field = next((f for f in ("score", "instruction", "feedback_id") if f in message), None)
+            if field is not None:
+                raise bad_request(message, field) from None
+            raise GatewayError(503, f"feedback cannot be stored: {message}", "server_error") from None
 
 
 def mount(app, router: Router, lock: threading.Lock, store: Callable[[], Store | None], metrics: Metrics) -> None:

@@ -31,7 +31,7 @@ from modelsat.arguments import CHECKPOINT_HELP, DEBUG_HELP, with_defaults
 from modelsat.logs import add_logging_arguments, setup_logging
 from modelsat.quiet import quiet_libraries
 
-SOURCES = ["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"]
+SOURCES = ["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     data = groups["data"].add_subparsers(dest="action", required=True)
     b = data.add_parser("build", help="convert a public source into a routing table")
     b.add_argument("--source", choices=SOURCES, required=True, help="the public source's format")
-    b.add_argument("--input", help="file or folder of the source, as published")
+    b.add_argument("--input", help="file or folder of the source, as published (none for demo)")
     b.add_argument("--out", required=True, help="folder to write questions/results/models.parquet to")
     b.add_argument("--download", action="store_true", help="fetch the source from its public home first")
     b.add_argument("--models", help="comma-separated models to keep (default: all)")
     b.set_defaults(fn="cmd_data_build")
+    dd = data.add_parser("demo", help="write the demo data (made up: 300 questions x 6 models) as a 3-column CSV of "
+                                      "text, model, score, the shape of your own results (docs/own-data.md)")
+    dd.add_argument("--out", required=True, help="the .csv file to write")
+    dd.set_defaults(fn="cmd_data_demo")
     s = data.add_parser("split", help="train/val/test question ids, disjoint from the aptitude test")
     s.add_argument("--table", required=True, help="routing table folder (`modelsat data build`)")
     s.add_argument("--aptitude", required=True, help="aptitude.json: its questions are kept out of every split")
@@ -178,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     add_logging_arguments(p)
-    for parser in (*groups.values(), b, s, ab, ar, za, zl, zr, ev, sv, ca, cc, cu):  # also after the command
+    for parser in (*groups.values(), b, dd, s, ab, ar, za, zl, zr, ev, sv, ca, cc, cu):  # also after the command
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         add_logging_arguments(parser, suppress_defaults=True)
     return with_defaults(p)

@@ -37,6 +37,18 @@ def cmd_data_build(a: argparse.Namespace) -> None:
           f"{len(table.results)} results")
 
 
+def cmd_data_demo(a: argparse.Namespace) -> None:
+    from modelsat.data.demo import demo_csv
+    from modelsat.io_utils import atomic_write_text
+
+    if Path(a.out).suffix != ".csv":
+        raise ValueError(f"--out {a.out}: give a .csv file name (the demo is written as text, model, score rows)")
+    rows = demo_csv()
+    atomic_write_text(a.out, rows.to_csv(index=False))
+    print(f"wrote {a.out}: {len(rows)} rows (text, model, score) of {rows['text'].nunique()} made-up questions and "
+          f"{rows['model'].nunique()} made-up models: a demo, not real results")
+
+
 def cmd_data_split(a: argparse.Namespace) -> None:
     splits = make_splits(RoutingTable.load(a.table), Aptitude.load(a.aptitude), val=a.val, test=a.test, seed=a.seed)
     save_splits(splits, a.out, aptitude=Aptitude.load(a.aptitude))

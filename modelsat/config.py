@@ -68,8 +68,9 @@ def _names(values: list[str], where: str) -> None:
 
 @dataclass
 class DataConfig:
-    source: Literal["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"] = "mmlu-pro"
-    """Converter that reads `input` (see `modelsat data build`)."""
+    source: Literal["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table", "demo"] = "mmlu-pro"
+    """Converter that reads `input` (see `modelsat data build`); `table` reads a folder or one file of text, model,
+    score rows (docs/own-data.md); `demo` needs no input (a small made-up table, `modelsat/data/demo.py`)."""
     input: str = "../shared/data/mmlu_pro"
     """Where the public data lies (a folder or file in the source's published format)."""
     download: bool = False

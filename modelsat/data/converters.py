@@ -6,7 +6,8 @@
 
 Sources: `mmlu-pro` (compact parquet), `mmlu-pro-raw` (published `model_outputs_<MODEL>_5shots.zip`),
 `routerdc` (RouterDC JSON), `routerbench` (RouterBench CSV), `leaderboard` (Open LLM Leaderboard
-parquet), `table` (a folder as `RoutingTable.save` writes it, or the same in CSV/JSONL).
+parquet), `table` (a folder as `RoutingTable.save` writes it, the same in CSV/JSONL, or one long file of text,
+model, score rows), `demo` (a small made-up table, `modelsat/data/demo.py`, needing no input).
 Every error names the file, the 0-based row and the column.
 
 Why one module: each converter is 30-60 lines and they share the checks.
@@ -30,7 +31,7 @@ from modelsat.data.table import (RoutingTable, TableError, check_numbers, check_
                                  check_strings, check_unique, fail, require_columns)
 from modelsat.io_utils import atomic_write_bytes
 
-Source = Literal["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table"]
+Source = Literal["mmlu-pro", "mmlu-pro-raw", "routerdc", "routerbench", "leaderboard", "table", "demo"]
 SOURCES: tuple[str, ...] = get_args(Source)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 MMLU_PRO_HOME = "https://github.com/TIGER-AI-Lab/MMLU-Pro/tree/main/eval_results"
@@ -48,7 +49,9 @@ HOMES = {  # where each source is published, for error messages
     "routerdc": "https://github.com/shuhao02/RouterDC (datasets/split2_model7/*.json)",
     "routerbench": "https://github.com/shuhao02/RouterDC (datasets/routerbench_zs/*.csv)",
     "leaderboard": "a folder with items.parquet, results.parquet, models.parquet (metabench item-level results)",
-    "table": "a folder with questions, results and optional models files (.parquet, .csv or .jsonl)",
+    "table": "a folder with questions, results and optional models files (.parquet, .csv or .jsonl), or one file of "
+             "text, model, score rows (docs/own-data.md)",
+    "demo": "nothing: the demo table is made up in code (modelsat/data/demo.py)",
 }
 _RAW_NAME = re.compile(r"model_outputs_(.+)_5shots\.zip")
 
@@ -309,6 +312,11 @@ def build_table(source: Source, input: Path | str | None, download: bool = False
         raise TableError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
     if download and source != "mmlu-pro-raw":
         raise TableError(f"download is available for mmlu-pro-raw only; get {source} from {HOMES[source]}")
+    if source == "demo":
+        from modelsat.data.demo import demo_table   # (made up in code: no input, nothing downloaded)
+
+        table = demo_table()
+        return table.subset(models=models) if models is not None else table
     if input is None:
         raise TableError(f"{source}: pass the input folder ({HOMES[source]})")
     path = Path(input)

@@ -10,7 +10,7 @@ from typing import Iterator
 
 from modelsat.aptitude import Aptitude, build_aptitude, top_up
 from modelsat.config import ConfigError, DataConfig
-from modelsat.data.converters import build_table
+from modelsat.data.converters import HOMES, build_table
 from modelsat.data.splits import load_splits, make_splits, save_splits, source_splits, train_source_ids
 from modelsat.data.table import RoutingTable
 from modelsat.embedding import cached_embedder
@@ -32,9 +32,11 @@ def prepare(cfg: DataConfig, encoder_name: str = "all-minilm-l6-v2", log=print) 
         table = RoutingTable.load(table_dir)
     else:
         source = Path(cfg.input) if cfg.input else None
-        if source is not None and not source.exists() and not cfg.download:
-            raise ConfigError(f"data.input {source} does not exist; point data.input at the {cfg.source} data "
-                              "or set data.download=true to fetch it from its public home")
+        if source is not None and not source.exists() and not cfg.download and cfg.source != "demo":
+            fetch = (" or set data.download=true to fetch it from its public home" if cfg.source == "mmlu-pro-raw"
+                     else f" ({HOMES[cfg.source]})")
+            raise ConfigError(f"data.input {source} does not exist (from the working folder {Path.cwd()}); point "
+                              f"data.input at the {cfg.source} data{fetch}, or train on the demo data: --config tiny")
         log(f"building the routing table from {cfg.source} at {source} -> {table_dir}")
         table = build_table(cfg.source, source, download=cfg.download)
         table.save(table_dir)

@@ -11,6 +11,7 @@ are one concept; every reader of a routing table goes through these checks.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -70,8 +71,9 @@ def check_strings(df: pd.DataFrame, column: str, file: str | Path, allow_empty: 
         bad = _first(s.isna()) if pd.api.types.is_string_dtype(s) else (0 if len(s) else None)
     if bad is not None:
         value = s.iloc[bad]
+        shown = value.item() if isinstance(value, np.generic) else value      # 1.5, not np.float64(1.5)
         raise fail(file, bad, name, "is missing (null); every row needs a value" if _is_null(value)
-                   else f"{value!r} is not a string")
+                   else f"{shown!r} is not a string; write text there")
     if not allow_empty:
         bad = _first(s.str.strip().eq(""))
         if bad is not None:
@@ -132,9 +134,14 @@ def check_results(r: pd.DataFrame, file: str | Path, question_ids: pd.Series | N
     check_numbers(r, "score", file, 0.0, 1.0, names=names)
     if "cost" in r.columns:
         check_numbers(r, "cost", file, 0.0, None, allow_nan=True, names=names)
-    if question_ids is not None and (bad := _first(~r["question_id"].isin(question_ids))) is not None:
-        raise fail(file, bad, (names or {}).get("question_id", "question_id"),
-                   f"unknown question id {r['question_id'].iloc[bad]!r}: it is not in {questions_file}")
+    if question_ids is not None and (bad := _first(~(known := r["question_id"].isin(question_ids)))) is not None:
+        column = (names or {}).get("question_id", "question_id")
+        if not known.any():
+            raise fail(file, None, column, f"none of its {r['question_id'].nunique()} question ids is in "
+                       f"{questions_file} (e.g. {r['question_id'].iloc[0]!r}); the results and the questions must "
+                       "come from the same data: give each result the question_id of its question")
+        raise fail(file, bad, column, f"unknown question id {r['question_id'].iloc[bad]!r}: it is not in "
+                   f"{questions_file}; add the question there, or remove the row")
     check_unique(r, ["model", "question_id"], file, names)
 
 
@@ -150,7 +157,8 @@ def check_models(m: pd.DataFrame, file: str | Path, names: Mapping[str, str] | N
 
 def complete_models(models: pd.DataFrame | None, results: pd.DataFrame) -> pd.DataFrame:
     """One row per model of `results` (sorted), metadata from `models` where given, NaN/"" elsewhere."""
-    names = pd.DataFrame({"model": sorted(pd.unique(results["model"]), key=str) if "model" in results else []})
+    names = pd.DataFrame({"model": pd.Series(sorted(pd.unique(results["model"]), key=str) if "model" in results
+                                             else [], dtype=object)})   # object even when empty: merges on strings
     if models is None or "model" not in models.columns:
         models = pd.DataFrame({"model": pd.Series([], dtype=object)})
     out = names.merge(models.drop_duplicates("model"), on="model", how="left")
@@ -172,8 +180,21 @@ def find_table_file(folder: Path, stem: str, required: bool) -> Path | None:
     return found[0] if found else None
 
 
+REQUIRED = {"questions": QUESTION_COLUMNS, "results": RESULT_COLUMNS, "models": ["model"],
+            "long": ["text", "model", "score"]}
+"""The columns each kind of table file must have (`long`: one file of results with their question texts)."""
+ROWS = {"questions": "one row per question", "results": "one row per (model, question) result",
+        "models": "one row per model (or delete the file: it is optional)",
+        "long": "one row per (question text, model, score) result"}
+
+
 def read_table_file(file: Path, kind: str) -> pd.DataFrame:
-    """Read one table file; strings stay strings, numbers are parsed with errors naming the row."""
+    """Read one table file; strings stay strings, numbers are parsed with errors naming the row. An empty file, or
+    one with a header and no rows, is an error naming the file and the columns it needs (never read as nothing)."""
+    required = REQUIRED[kind]
+    needs = f"{kind} needs the columns {','.join(required)} and {ROWS[kind]}"
+    if file.is_file() and file.stat().st_size == 0:
+        raise fail(file, None, None, f"is empty; {needs}")
     try:
         if file.suffix == ".parquet":
             df = pd.read_parquet(file)
@@ -181,9 +202,13 @@ def read_table_file(file: Path, kind: str) -> pd.DataFrame:
             df = pd.read_csv(file, dtype=str, keep_default_na=False)
         else:
             df = pd.read_json(file, lines=True, dtype=False)
+    except pd.errors.EmptyDataError as e:   # only blank lines
+        raise fail(file, None, None, f"is empty; {needs}") from e
     except Exception as e:  # noqa: BLE001 - any reader failure is a bad file for the user
-        raise fail(file, None, None, f"cannot be read as {file.suffix[1:]}: {e}") from e
-    required = {"questions": QUESTION_COLUMNS, "results": RESULT_COLUMNS, "models": ["model"]}[kind]
+        raise fail(file, None, None, f"cannot be read as {file.suffix[1:]}: {' '.join(str(e).split())}") from e
+    if len(df) == 0:
+        has = f"only a header ({','.join(map(str, df.columns))})" if len(df.columns) else "no rows"
+        raise fail(file, None, None, f"has {has} and no data rows; {needs}")
     require_columns(df, required, file)
     for c in df.columns:
         s = df[c]
@@ -191,7 +216,8 @@ def read_table_file(file: Path, kind: str) -> pd.DataFrame:
             blank = s.isna() | s.map(lambda v: isinstance(v, str) and not v.strip()).astype(bool)
             values = pd.to_numeric(s.where(~blank, np.nan), errors="coerce")
             if (bad := _first(values.isna() & ~blank)) is not None:
-                raise fail(file, bad, c, f"{s.iloc[bad]!r} is not a number")
+                raise fail(file, bad, c, f"{s.iloc[bad]!r} is not a number; write a number there"
+                           + (", or leave it empty" if c != "score" else " in [0, 1]"))
             df[c] = values.astype(np.float64)
         elif c in ("question_id", "model") and pd.api.types.is_integer_dtype(s):
             df[c] = s.astype(str)  # integer ids in a user's parquet/jsonl become strings
@@ -248,11 +274,15 @@ class RoutingTable:
 
     @classmethod
     def load(cls, path: str | Path) -> RoutingTable:
-        """Read a folder holding questions, results and optional models files (.parquet, .csv or .jsonl)."""
+        """Read a folder holding questions, results and optional models files (.parquet, .csv or .jsonl), or one
+        long file of results with their question texts (`from_long`)."""
         path = Path(path)
+        if path.is_file() and path.suffix in tuple(f".{f}" for f in FORMATS):
+            return cls.from_long(path)
         if not path.is_dir():
-            raise fail(path, None, None, "is not a folder; a routing table is a folder with questions, results "
-                       "and (optionally) models as .parquet, .csv or .jsonl")
+            raise fail(path, None, None, "is not a folder, nor a .csv/.jsonl/.parquet file; a routing table is a "
+                       "folder with questions, results and (optionally) models files, or one file of text, model, "
+                       "score rows (docs/own-data.md)")
         qf, rf, mf = find_table_file(path, "questions", True), find_table_file(path, "results", True), find_table_file(path, "models", False)
         q, r = read_table_file(qf, "questions"), read_table_file(rf, "results")
         m = read_table_file(mf, "models") if mf is not None else None
@@ -267,6 +297,37 @@ class RoutingTable:
         keep_q = [c for c in QUESTION_COLUMNS + OPTIONAL_QUESTION_COLUMNS if c in q.columns]
         keep_r = [c for c in RESULT_COLUMNS + OPTIONAL_RESULT_COLUMNS if c in r.columns]
         return cls(q[keep_q], r[keep_r], m)
+
+    @classmethod
+    def from_long(cls, file: str | Path) -> RoutingTable:
+        """A table from one file of results with their questions' texts (.csv, .jsonl or .parquet): the columns
+        `text`, `model`, `score` (in [0, 1]), and optionally `question_id` (else made from the text), `category`
+        (else "all"), `task`, `benchmark`, `source` (else the file's name), `answer` and `cost` (per query). Rows of
+        one question must agree on its text and fields. Errors name the file, the row and the column."""
+        file = Path(file)
+        df = read_table_file(file, "long")
+        check_strings(df, "text", file)
+        check_strings(df, "model", file)
+        for c in ("question_id", "category", "task", "benchmark", "source", "answer"):
+            if c in df.columns:
+                check_strings(df, c, file, allow_empty=c in _MAY_BE_EMPTY)
+        if "question_id" not in df.columns:
+            df["question_id"] = ["q/" + hashlib.sha1(t.encode()).hexdigest()[:12] for t in df["text"]]
+        defaults = {"category": "all", "task": "", "benchmark": file.stem, "source": file.stem}
+        q = df.assign(**{c: v for c, v in defaults.items() if c not in df.columns})
+        q = q[[c for c in QUESTION_COLUMNS + OPTIONAL_QUESTION_COLUMNS if c in q.columns]]
+        first = q.drop_duplicates("question_id", keep="first")
+        for c in q.columns.drop("question_id"):
+            disagree = q[c].to_numpy() != q["question_id"].map(first.set_index("question_id")[c]).to_numpy()
+            if (bad := _first(disagree)) is not None:
+                row = int(np.flatnonzero(q["question_id"].to_numpy() == q["question_id"].iloc[bad])[0])
+                raise fail(file, bad, c, f"question {q['question_id'].iloc[bad]!r} has {q[c].iloc[bad]!r} here but "
+                           f"{q[c].iloc[row]!r} at row {row}; the rows of one question must agree")
+        results = df[[c for c in RESULT_COLUMNS + OPTIONAL_RESULT_COLUMNS if c in df.columns]]
+        check_results(results, file)
+        table = cls(first.reset_index(drop=True), results)
+        table.validate(origin=str(file))
+        return table
 
     def save(self, path: str | Path) -> None:
         """Write questions.parquet, results.parquet and models.parquet into the folder `path`, all or nothing.

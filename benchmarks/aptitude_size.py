@@ -34,7 +34,7 @@ from modelsat.data.table import RoutingTable
 from modelsat.encoder import EvidenceEncoder
 from modelsat.embedding import cached_embedder
 from modelsat.metrics import bootstrap_ci, routed_outcomes
-from modelsat.evidence import DIM, NAMES, Evidence
+from modelsat.evidence import APTITUDE_DIM as DIM, APTITUDE_NAMES as NAMES, AptitudeEvidence as Evidence
 from modelsat.loss import fit_offset
 
 ZOOS = ("7b", "mixed", "large")

@@ -13,6 +13,9 @@ Steps, each timed once with wall clock, in this order:
   - with `--candidates 10,100`: `Router.rank` on one instruction at a time over that many candidates (median ms over
     the first 20 instructions). Beyond the zoo's own models the candidates are copies of them added under new names
     through `Router.add_model` (from their aptitude results, as any new model joins), so the count is what varies.
+  - with `--big-bank N`: on a copy of the checkpoint, one zoo model's results bank grows by N results (random unit
+    embeddings, random scores: the search does not care what they are), then `Router.rank` over the whole zoo is
+    timed again on the same instructions (`big_bank`: median ms before and after, and the time to bank them).
 `start_to_first_ranking_s` = load + warm-up + the first ranking: what `infer.py` waits for one instruction.
 The instructions are the first `--n` questions of the checkpoint's aptitude test (present in every checkpoint; the
 timing does not depend on which questions they are). Prints one JSON object.
@@ -23,6 +26,8 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 from modelsat import Router
+from modelsat.bank import text_key
 
 
 def main() -> None:
@@ -40,6 +46,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=40, help="instructions to rank")
     p.add_argument("--candidates", default="", help="comma-separated candidate counts to time, e.g. 10,100 "
                                                     "(default: only the zoo as it is)")
+    p.add_argument("--big-bank", type=int, default=0, help="also time ranking after one model's bank grows by this "
+                   "many results (e.g. 1000000), on a copy of the checkpoint")
     p.add_argument("--recompute-embeddings", action="store_true",
                    help="ignore the checkpoint's stored aptitude embeddings: warm_up encodes the questions")
     args = p.parse_args()
@@ -87,6 +95,10 @@ def main() -> None:
             timed.append(time.perf_counter() - start)
         by_count[count] = round(1000 * float(np.median(timed)), 1)
 
+    big = None
+    if args.big_bank:
+        big = time_big_bank(args.checkpoint, texts[:20], args.big_bank)
+
     print(json.dumps({
         "checkpoint": args.checkpoint, "models": zoo_size, "aptitude_questions": len(router.aptitude.question_ids),
         "evidence": router.reads_evidence,
@@ -97,11 +109,49 @@ def main() -> None:
         "rank_ms": {"median": round(1000 * float(np.median(times)), 1),
                     "p90": round(1000 * float(np.percentile(times, 90)), 1), "n": len(times)},
         "rank_many_per_s": round(len(texts) / many_s, 2), "batch_size": router.batch_size,
-        "rank_ms_by_candidates": by_count, "chunk_size": router.chunk_size,
+        "rank_ms_by_candidates": by_count, "chunk_size": router.chunk_size, "big_bank": big,
         "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }, indent=1))
+
+
+def time_big_bank(checkpoint: str, texts: list[str], n: int) -> dict:
+    """Median ms of `Router.rank` over the whole zoo before and after one model's bank grows by `n` results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "router"
+        shutil.copytree(Router.from_pretrained(checkpoint).source, ckpt)
+        router = Router.from_pretrained(ckpt)
+        router.warm_up()
+
+        def median_ms() -> float:
+            timed = []
+            for text in texts:
+                start = time.perf_counter()
+                router.rank(text)
+                timed.append(time.perf_counter() - start)
+            return round(1000 * float(np.median(timed)), 1)
+
+        median_ms()                                                        # warm
+        before = median_ms()
+        name, rng = router.models[0], np.random.default_rng(0)
+        dim = router.aptitude_embeddings().shape[1]
+        start = time.perf_counter()
+        for s in range(0, n, 100_000):
+            size = min(100_000, n - s)
+
+            def embed(idx: list[int]) -> np.ndarray:
+                x = rng.normal(size=(len(idx), dim)).astype(np.float32)
+                return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+            router.results_bank.add(name, [text_key(f"big {s + i}") for i in range(size)],
+                                    rng.integers(0, 2, size).astype(float).tolist(), "results", embed=embed)
+        banked_s = time.perf_counter() - start
+        router.rank(texts[0])                                               # reads the grown bank once
+        after = median_ms()
+        return {"model": name, "results": router.bank_size(name), "before_ms": before, "after_ms": after,
+                "added_ms": round(after - before, 1), "bank_s": round(banked_s, 1),
+                "cells": None if router.results_bank.centroids is None else len(router.results_bank.centroids)}
 
 
 if __name__ == "__main__":

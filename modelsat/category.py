@@ -1,8 +1,11 @@
-"""A guess of the instruction's category, for the aptitude evidence's `category` value: each candidate's aptitude
-accuracy per category, weighted by the guess (`modelsat/evidence.py`).
+"""A guess of the instruction's category, for the evidence's `category` value: each candidate's accuracy per
+category, weighted by the guess (`modelsat/evidence.py`).
 
-    classifier = CategoryClassifier.fit(train_embeddings, train_categories, aptitude_categories)
-    category = classifier.proba(instruction_embeddings) @ classifier.per_category(outcomes)     # (Q, M)
+    classifier = CategoryClassifier.fit_if_possible(train_embeddings, train_categories, aptitude_categories)
+    category = classifier.proba(instruction_embeddings) @ accuracy_per_category                 # (Q,)
+
+Data whose questions carry one category or none has no classifier (`fit_if_possible` returns None): the evidence's
+category value is then the candidate's overall accuracy.
 
 The classifier is a logistic regression (scikit-learn) over unit sentence embeddings, fitted by `train.py` on the
 train split's questions and their dataset categories (no model results). It is stored in the checkpoint as
@@ -47,9 +50,18 @@ class CategoryClassifier:
         return cls(classes, torch.tensor(coef, dtype=torch.float32), torch.tensor(intercept, dtype=torch.float32),
                    torch.tensor([position.get(c, -1) for c in aptitude_categories], dtype=torch.long))
 
+    @classmethod
+    def fit_if_possible(cls, embeddings: torch.Tensor | np.ndarray, categories: Sequence[str],
+                        aptitude_categories: Sequence[str]) -> "CategoryClassifier | None":
+        """`fit`, or None where the questions carry fewer than two distinct categories (blank ones ignored as
+        such: a table without categories has one)."""
+        if len({str(c) for c in categories}) < 2:
+            return None
+        return cls.fit(embeddings, categories, aptitude_categories)
+
     def proba(self, embeddings: torch.Tensor) -> np.ndarray:
         """(Q, C) the probability of each category for (Q, D) unit embeddings of instructions."""
-        logits = embeddings.float() @ self.weight.T + self.bias
+        logits = torch.as_tensor(embeddings).float() @ self.weight.T + self.bias
         return torch.softmax(logits.double(), dim=-1).numpy()
 
     def per_category(self, outcomes: np.ndarray) -> np.ndarray:

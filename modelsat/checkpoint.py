@@ -35,9 +35,11 @@ from modelsat.io_utils import atomic_dir
 from modelsat.version import __version__
 
 FORMAT_FILE = "modelsat.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The checkpoint format this modelsat writes and reads. 1: before modelsat 0.2 (no modelsat.json, the adapter's base
-model a path on the training machine, no model card); `upgrade_checkpoint` turns it into 2."""
+model a path on the training machine, no model card). 2: modelsat 0.2, whose evidence read the aptitude answers alone
+(no `model.evidence_source` in its config). 3: the results bank (`zoo/bank.sqlite`, `model.evidence_source`).
+`upgrade_checkpoint` turns 1 and 2 into 3."""
 APTITUDE_EMBEDDINGS = "aptitude_embeddings.safetensors"
 CATEGORY_CLASSIFIER = "category_classifier.safetensors"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
@@ -143,7 +145,7 @@ def check_checkpoint(path: str | Path) -> Path:
     path = check_files(path)
     version = checkpoint_format(path)
     if version < FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} is in format {version} (written before modelsat 0.2); this modelsat "
+        raise CheckpointError(f"checkpoint {path} is in format {version} (written by an older modelsat); this modelsat "
                               f"reads format {FORMAT_VERSION}: run `modelsat checkpoint upgrade {path}` once")
     if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {path} is in format {version}, newer than the format {FORMAT_VERSION} this "

@@ -22,6 +22,7 @@ from modelsat.io_utils import atomic_dir, atomic_write_text
 from modelsat.model import RouterModel
 from modelsat.model_card import model_card
 from modelsat.pretrained import portable_name
+from modelsat.bank import BANK_FILE, ResultsBank, copy_bank
 from modelsat.version import __version__
 from modelsat.weights import save_aptitude_embeddings, save_category_classifier, save_trained
 from modelsat.zoo import Zoo
@@ -38,10 +39,10 @@ def _write_provenance(tmp: Path, cfg: Config, aptitude: Aptitude, zoo: Zoo, metr
 def save_checkpoint(path: Path, model: RouterModel, cfg: Config, aptitude: Aptitude,
                     splits: dict[str, list[str]], metrics: dict, table: RoutingTable, zoo_models: list[str],
                     state: dict[str, Any] | None = None, aptitude_embeddings: torch.Tensor | None = None,
-                    category_classifier: CategoryClassifier | None = None) -> None:
+                    category_classifier: CategoryClassifier | None = None, bank: Path | None = None) -> None:
     """Write a complete router checkpoint to a temporary folder, then rename it onto `path` (with
     `aptitude_embeddings`, the (A, D) unit embeddings of the aptitude questions, and `category_classifier`, both
-    computed with the model's sentence encoder)."""
+    computed with the model's sentence encoder, and `bank`, the results bank file of the zoo)."""
     zoo = Zoo(aptitude)
     for m in zoo_models:
         scores = table.outcome_matrix(aptitude.question_ids, [m])[:, 0]
@@ -49,16 +50,18 @@ def save_checkpoint(path: Path, model: RouterModel, cfg: Config, aptitude: Aptit
                 **table.model_meta(m))                                                      # blank: unknown
     write_checkpoint(path, model, cfg, aptitude, zoo, splits={**splits, "aptitude_fingerprint": aptitude.fingerprint},
                      metrics=metrics, state=state, aptitude_embeddings=aptitude_embeddings,
-                     category_classifier=category_classifier)
+                     category_classifier=category_classifier, bank=bank)
 
 
 def write_checkpoint(path: str | Path, model: RouterModel, cfg: Config, aptitude: Aptitude, zoo: Zoo,
                      splits: dict | None = None, metrics: dict | None = None, state: dict[str, Any] | None = None,
                      aptitude_embeddings: torch.Tensor | None = None,
-                     category_classifier: CategoryClassifier | None = None) -> None:
+                     category_classifier: CategoryClassifier | None = None,
+                     bank: ResultsBank | Path | None = None) -> None:
     """Write a complete checkpoint of `model` with the zoo `zoo` (its entries as they are in memory) to a temporary
     folder, then rename it onto `path` (replacing an earlier checkpoint there): what trained, the config, the
-    aptitude test, the zoo, the optional files, the model card and the format file. `splits` and `metrics` are
+    aptitude test, the zoo and its results bank (`bank`, an open one or a file), the optional files, the model card
+    and the format file. `splits` and `metrics` are
     provenance (written where given). Raises CheckpointError where `path` is a non-empty folder that is not a
     checkpoint (its files would be lost)."""
     path = Path(path)
@@ -74,6 +77,8 @@ def write_checkpoint(path: str | Path, model: RouterModel, cfg: Config, aptitude
         if metrics is not None:
             atomic_write_text(tmp / "metrics.json", json.dumps(metrics, indent=1))
         zoo.save(tmp / "zoo")
+        if bank is not None:
+            copy_bank(bank, tmp / "zoo" / BANK_FILE)
         if state is not None:
             torch.save(state, tmp / "training_state.pt")
         if aptitude_embeddings is not None:
@@ -84,14 +89,19 @@ def write_checkpoint(path: str | Path, model: RouterModel, cfg: Config, aptitude
 
 
 def upgrade_checkpoint(path: str | Path) -> bool:
-    """Bring a checkpoint of format 1 to FORMAT_VERSION in place: the adapter's base model recorded by its portable
-    name, a model card, the format file (written last: an interrupted upgrade leaves format 1, to be run again).
-    Returns False where it was already current. Raises CheckpointError where it is incomplete or newer."""
+    """Bring a checkpoint of format 1 or 2 to FORMAT_VERSION in place: the adapter's base model recorded by its
+    portable name; `model.evidence_source: aptitude` where it reads evidence (its evidence read the aptitude answers
+    alone, before the results bank); a model card; the format file (written last: an interrupted upgrade leaves the
+    old format, to be run again). Returns False where it was already current. Raises CheckpointError where it is
+    incomplete or newer."""
     path = check_files(path)                   # no folder, a file, incomplete: its error
     if checkpoint_format(path) >= FORMAT_VERSION:
         check_checkpoint(path)                  # newer: its error
         return False
     cfg = load_config(path / "config.yaml")
+    if cfg.model.evidence:
+        cfg.model.evidence_source = "aptitude"
+        cfg.save(path / "config.yaml")
     aptitude = Aptitude.load(path / "aptitude.json")
     zoo = Zoo.load(path / "zoo", aptitude)
     adapter = path / "adapter_config.json"

@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     zr.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     zr.add_argument("--name", required=True, help="the model's name in the zoo")
     zr.set_defaults(fn="cmd_zoo_remove")
+    zb = zoo.add_parser("add-results", help="bank a model's graded results (prompt text or question_id, score): "
+                        "routing reads them at once, no retraining")
+    zb.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    zb.add_argument("--name", required=True, help="the model's name in the zoo")
+    zb.add_argument("--results", required=True, help="a .csv, .jsonl or .parquet file with the columns text (or "
+                    "question_id) and score in [0, 1]")
+    zb.set_defaults(fn="cmd_zoo_add_results")
 
     ev = sub.add_parser("evaluate", help="routers side by side on a split")
     ev.add_argument("--checkpoint", help="a trained Model-SAT router (omit to run the baselines only)")

@@ -168,14 +168,16 @@ def cmd_zoo_list(a: argparse.Namespace) -> None:
     if a.json:
         print(json.dumps(rows, indent=1, allow_nan=False))  # strict JSON: no Infinity or NaN
         return
-    print(f"{'model':<40} {'aptitude acc':>12} {'cost':>10} {'cost unit':<12} {'params_b':>9} {'missing':>13}")
+    print(f"{'model':<40} {'aptitude acc':>12} {'bank':>7} {'cost':>10} {'cost unit':<12} {'params_b':>9} "
+          f"{'missing':>13}")
     for r in rows:
         cost = "" if r["cost"] is None else f"{r['cost']:.4g}"
         unit = r["cost_unit"] if r["cost"] is not None else "params_b" if r["params_b"] is not None else ""
         params = "" if r["params_b"] is None else f"{r['params_b']:.1f}"
         missing = f"{r['num_missing']} as wrong" if r["missing"] == "wrong" else "0"
         at = f"  {r['endpoint']} ({r['upstream_model']})" if r.get("endpoint") else ""
-        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {cost:>10} {unit:<12} {params:>9} {missing:>13}{at}")
+        print(f"{r['model']:<40} {r['aptitude_accuracy']:>12.3f} {r['bank_results']:>7} {cost:>10} {unit:<12} "
+              f"{params:>9} {missing:>13}{at}")
 
 
 def cmd_zoo_remove(a: argparse.Namespace) -> None:
@@ -184,6 +186,19 @@ def cmd_zoo_remove(a: argparse.Namespace) -> None:
     path = zoo.files[name]
     zoo.remove(name)
     print(f"removed {name} (deleted {path}); the zoo now has {len(zoo)} models")
+
+
+def cmd_zoo_add_results(a: argparse.Namespace) -> None:
+    from modelsat.bank import read_graded
+    from modelsat.router import Router                                # (torch: the results are embedded)
+
+    zoo = _zoo(a.checkpoint, write=True)                  # a read-only router or an unknown model: said at once
+    name = zoo.get(a.name).name
+    read_graded(a.results)                                # a bad file: said before the router loads
+    router = Router.from_pretrained(a.checkpoint)
+    added = router.add_results(name, a.results)
+    print(f"banked {added} results of {name} in {router.zoo.root}; its bank now holds {router.bank_size(name)} "
+          "results beyond its aptitude answers")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:

@@ -173,10 +173,14 @@ class ModelConfig:
     """Extra soft tokens per candidate pooled over its per-task tokens by the instruction's sentence embedding
     (matched to the task embeddings): the candidate's results on the tasks that resemble the instruction. 0: none."""
     evidence: bool = False
-    """One more soft token per candidate, and a learned offset to its Yes−No logit, from its aptitude evidence for
-    the instruction (`modelsat/evidence.py`: its results on the aptitude questions nearest the instruction and in
-    the instruction's likely category); the router learns how to weigh them. Needs the aptitude questions'
-    embeddings and a category classifier, which train.py computes and stores in the checkpoint."""
+    """One more soft token per candidate, and a learned offset to its Yes−No logit, from its evidence for the
+    instruction (`modelsat/evidence.py`: its results on the questions nearest the instruction and in the
+    instruction's likely category, how many and how near); the router learns how to weigh them. Needs the aptitude
+    questions' embeddings and a category classifier, which train.py computes and stores in the checkpoint."""
+    evidence_source: Literal["bank", "aptitude"] = "bank"
+    """What the evidence reads: `bank`, each model's aptitude answers and its results bank (`modelsat/bank.py`;
+    train-split labels, a user's graded prompts, feedback), 13 values; `aptitude`, the aptitude answers alone with the
+    9 values of modelsat 0.2 (its checkpoints; `modelsat checkpoint upgrade` sets it)."""
     evidence_offset: Literal["mlp", "linear"] = "mlp"
     """Form of the evidence's learned logit offset: `mlp` (2E → 32 → 1 over [e, logit e]) or `linear` (one weight
     per evidence value; chosen by pooled 5-fold CV of train, dev/LOG.md 2026-11-30)."""
@@ -271,6 +275,16 @@ class TrainConfig:
     pooled 5-fold CV of train: listwise, dev/LOG.md 2026-11-30)."""
     evidence_fit_lr: float = 0.01
     """Adam learning rate of the stage-0 fit."""
+    bank_labels: bool = True
+    """With model.evidence_source=bank: the training models' banks hold their train-split labels (in training out of
+    fold, so that no instruction sees its own result; whole in the checkpoint's `zoo/bank.sqlite`). false: their
+    banks hold nothing beyond the aptitude answers (the evidence of a model that joined by its aptitude test)."""
+    bank_folds: int = 5
+    """Folds of the train split for the out-of-fold evidence: an instruction's evidence reads the other folds' labels."""
+    bank_thin: float = 0.5
+    """Fraction of the (instruction, training model) pairs whose bank is thinned at random to the aptitude answers
+    plus 0, 100, 500 or 2,000 of its other-fold labels (`training_evidence.THIN_LEVELS`), so that the router keeps
+    working for a model that joined by its aptitude test alone and learns how far to trust thin evidence."""
     save_every: int = 200
     """Checkpoint every N optimizer steps (0: only at the end)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -296,6 +310,9 @@ class TrainConfig:
                  "stage1_steps", "evidence_fit_epochs", "save_every")
         _at_most(self, "train", 10**6, "epochs", "group_size", "batch_size", "grad_accum")
         _check(self.seed <= SEED_MAX, f"train.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
+        _check(2 <= self.bank_folds <= 100, f"train.bank_folds must be an integer in [2, 100], got {self.bank_folds}")
+        _check(math.isfinite(self.bank_thin) and 0 <= self.bank_thin <= 1,
+               f"train.bank_thin must be a number in [0, 1], got {self.bank_thin}")
         for name in ("lr", "connector_lr", "evidence_fit_lr"):
             value = getattr(self, name)
             _check(math.isfinite(value) and value > 0, f"train.{name} must be a finite number > 0, got {value}")

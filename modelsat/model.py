@@ -38,7 +38,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from modelsat.config import ModelConfig
-from modelsat.evidence import DIM as EVIDENCE_DIM
+from modelsat.evidence import evidence_dim
 from modelsat.encoder import CapabilityEncoder, capability_features, feature_dim, task_embeddings
 from modelsat.pretrained import SentenceEncoder, head_and_tail, load_llm, load_sentence_encoder, portable_name
 from modelsat.states import LowerLayers, StateCache, prefix_key
@@ -412,8 +412,8 @@ def build_router_model(cfg: ModelConfig, per_task: int) -> RouterModel:
     llm.peft_config["default"].base_model_name_or_path = portable_name(cfg.llm)   # not a path on this machine
     capability = CapabilityEncoder(feature_dim(cfg.encoder_mode, sentence_encoder.dim, per_task),
                                    llm.get_input_embeddings().embedding_dim, cfg.connector, cfg.num_soft_tokens,
-                                   cfg.instruction_tokens, sentence_encoder.dim, EVIDENCE_DIM if cfg.evidence else 0,
-                                   cfg.evidence_offset)
+                                   cfg.instruction_tokens, sentence_encoder.dim,
+                                   evidence_dim(cfg.evidence_source) if cfg.evidence else 0, cfg.evidence_offset)
     model = RouterModel(llm, tokenizer, capability, cfg, sentence_encoder, lower)
     model.eval()
     return model

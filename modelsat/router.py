@@ -44,8 +44,10 @@ from modelsat.checkpoint import (CATEGORY_CLASSIFIER, CheckpointError, check_che
 from modelsat.checkpoint_writer import write_checkpoint
 from modelsat.config import Config, load_saved_config
 from modelsat.devices import place, torch_device, torch_dtype
-from modelsat.evidence import Evidence
+from modelsat.bank import BANK_FILE, BankError, ResultsBank, read_graded, text_key
+from modelsat.evidence import AptitudeEvidence, Candidate, NeighbourSearch, category_accuracy
 from modelsat.model import RouterModel, build_router_model
+from modelsat.pretrained import WINDOW_RULE
 from modelsat.weights import load_aptitude_embeddings, load_category_classifier, load_trained
 from modelsat.zoo import Zoo, ZooError
 
@@ -188,6 +190,10 @@ class Router:
         self._outcomes: dict[str, np.ndarray] = {}     # model name -> (A,) aptitude outcomes, task-major
         self._tokens: dict[str, torch.Tensor] = {}     # model name -> (N, H) connector tokens of its features
         self._aptitude_emb: torch.Tensor | None = None  # (A, D) unit sentence embeddings of the aptitude questions
+        self._bank: ResultsBank | None = None          # the zoo's results bank (`results_bank`), opened on first use
+        self._candidates: dict[str, tuple[tuple, Candidate]] = {}   # name -> (its bank state, what evidence reads)
+        self._search: tuple[tuple, NeighbourSearch] | None = None   # for the last set of candidates ranked
+        self._proba: tuple[int, np.ndarray] | None = None           # (bank generation, (N, C) category of key rows)
         self.category_classifier: CategoryClassifier | None = None   # the evidence's (from the checkpoint)
         self._zoo_signature = zoo.signature()          # the zoo folder as last read (`sync_zoo`)
         self.source: Path | None = None                # the checkpoint folder it was loaded from, if any
@@ -222,7 +228,8 @@ class Router:
         router.source = path
         router._aptitude_emb = load_aptitude_embeddings(path, aptitude, config.model.sentence_encoder)
         router.category_classifier = load_category_classifier(path, aptitude, config.model.sentence_encoder)
-        if config.model.evidence and router.category_classifier is None:
+        if config.model.evidence and config.model.evidence_source == "aptitude" and router.category_classifier is None:
+            # (the bank's evidence has none where the training data had fewer than two categories)
             raise CheckpointError(f"{path} has model.evidence=true but no {CATEGORY_CLASSIFIER} (train.py writes it "
                                   "with the evidence); re-copy the checkpoint folder, or retrain it with train.py")
         return router
@@ -269,10 +276,17 @@ class Router:
         write_checkpoint(save_directory, self.model, self.config, self.aptitude, self.zoo, splits=splits,
                          metrics=metrics,
                          aptitude_embeddings=self.aptitude_embeddings() if self.reads_evidence else self._aptitude_emb,
-                         category_classifier=self.category_classifier)
+                         category_classifier=self.category_classifier, bank=self._bank_to_save())
         if push_to_hub:
             self.push_to_hub(repo_id or Path(save_directory).name, folder=save_directory, **push_to_hub_kwargs)
         return Path(save_directory)
+
+    def _bank_to_save(self) -> ResultsBank | Path | None:
+        """The results bank a copy of this router carries: the open one, else the zoo folder's file, if any."""
+        if self._bank is not None:
+            return self._bank
+        file = self.zoo.root / BANK_FILE if self.zoo.root is not None else None
+        return file if file is not None and file.is_file() else None
 
     def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload modelsat router", private: bool | None = None,
                     token: str | None = None, branch: str | None = None, create_pr: bool = False,
@@ -306,10 +320,135 @@ class Router:
         self._forget(name)
 
     def remove_model(self, name: str, persist: bool = False) -> None:
-        """Remove a model (its name compared without surrounding spaces, as in ranking)."""
+        """Remove a model (its name compared without surrounding spaces, as in ranking); `persist=True` also deletes
+        its zoo entry's file and its results bank rows."""
         name = name.strip() if isinstance(name, str) else name
+        name = self.zoo.get(name).name
         self.zoo.remove(name, persist=persist)
+        if persist and self._bank is not None:
+            self._bank.refresh()
         self._forget(name)
+
+    # ----- the results bank (modelsat/bank.py) ------------------------------------------------------
+    @property
+    def results_bank(self) -> ResultsBank:
+        """The zoo's results bank (`<zoo>/bank.sqlite`; in memory for a zoo without a folder), opened on first use
+        with the aptitude questions as its first key rows. Raises BankError where it was embedded another way."""
+        if self._bank is None:
+            emb = self.aptitude_embeddings()
+            stamp = {"encoder": self.config.model.sentence_encoder, "dim": str(emb.shape[1]), "window": WINDOW_RULE}
+            path = self.zoo.root / BANK_FILE if self.zoo.root is not None else None
+            self._bank = ResultsBank.open(path, stamp, prefix=emb.numpy(), readonly=self.zoo.read_only is not None)
+        return self._bank
+
+    def bank_size(self, name: str) -> int:
+        """How many graded results the model's bank holds beyond its aptitude answers (as of now: what other
+        processes banked counts too)."""
+        name = self.zoo.get(name).name
+        self.results_bank.refresh()
+        return len(self.results_bank.rows(name)[0])
+
+    def add_results(self, name: str, results: pd.DataFrame | str | Path) -> int:
+        """Bank graded results of zoo model `name`: a table (a DataFrame, or a .csv/.jsonl/.parquet file) with a
+        `text` (the prompt as the model saw it) or a `question_id` (of the aptitude test, or of a question the bank
+        already holds) and a `score` in [0, 1]. New texts are embedded once by the router's sentence encoder. One
+        transaction: all rows or none. The next ranking reads them: no training, no restart; other processes sharing
+        the checkpoint see them at their next ranking. A result on a question the model already has a result on
+        replaces it. Returns the number of results added or changed. Raises ZooError (unknown model) or BankError
+        (a bad file or row, naming the file, row and column; a read-only checkpoint)."""
+        name = self.zoo.get(name).name
+        self.zoo.check_writable()                     # a shipped router: one line saying to copy it first
+        table = read_graded(results)
+        where = str(results) if isinstance(results, (str, Path)) else "results"
+        keys, texts = [], []
+        banked = self.results_bank.question_ids([q for q in table["question_id"] if q is not None])
+        for i, (text, qid) in enumerate(zip(table["text"], table["question_id"])):
+            if text is None and qid in self.aptitude.texts:
+                text = self.aptitude.texts[qid]
+            if text is not None:
+                check_text(text, f"{where}: row {i}, column 'text'")
+                keys.append(text_key(text))
+            elif qid in banked:
+                keys.append(banked[qid])
+            else:
+                raise BankError(f"{where}: row {i}, column 'question_id': {qid!r} is neither an aptitude question nor "
+                                "a question the bank holds; give the prompt's text in a 'text' column")
+            texts.append(text)
+        return self._bank_rows(name, keys, texts, table["question_id"].tolist(), table["score"].tolist(), "results")
+
+    def add_feedback(self, name: str, instruction: str, score: float, *, feedback_id: str | None = None) -> bool:
+        """Bank one graded answer of zoo model `name` (e.g. a user's rating of its answer to `instruction`): `score`
+        in [0, 1]. Feedback adds up (the same instruction rated twice counts twice), except that a `feedback_id`
+        already banked is skipped: returns False then, True where it was added. Raises ZooError (unknown model),
+        RouterError (an empty or too long instruction, a score that is not a number in [0, 1]) or BankError (a
+        read-only checkpoint)."""
+        name = self.zoo.get(name).name
+        self.zoo.check_writable()
+        check_text(instruction, "instruction")
+        if isinstance(score, (bool, np.bool_)) or not isinstance(score, numbers.Real) or not 0 <= score <= 1:
+            raise RouterError(f"score must be a number in [0, 1], got {_shown(score)}")
+        if feedback_id is not None and (not isinstance(feedback_id, str) or not feedback_id.strip()
+                                        or len(feedback_id) > 200):
+            raise RouterError(f"feedback_id must be a non-empty string of at most 200 characters, got "
+                              f"{_shown(feedback_id)}")
+        added = self._bank_rows(name, [text_key(instruction)], [instruction], [None], [float(score)], "feedback",
+                                feedback_ids=[feedback_id])
+        return added == 1
+
+    def _bank_rows(self, name: str, keys: list[str], texts: list[str | None], question_ids: list[str | None],
+                   scores: list[float], source: str, feedback_ids: list[str | None] | None = None) -> int:
+        def embed(indices: list[int]) -> np.ndarray:
+            return unit_embeddings(self._encoder(), [texts[i] for i in indices]).numpy()
+
+        added = self.results_bank.add(name, keys, scores, source, embed=embed, texts=texts,
+                                      question_ids=question_ids, feedback_ids=feedback_ids)
+        self._candidates.pop(name, None)
+        self._search = None
+        return added
+
+    def _key_proba(self) -> np.ndarray | None:
+        """(N, C) the category classifier's probabilities of every key row (aptitude questions, then the bank's),
+        computed once per row; None without a classifier."""
+        if self.category_classifier is None:
+            return None
+        bank = self.results_bank
+        keys, _ = bank.key_matrix()
+        have = self._proba[1] if self._proba is not None and self._proba[0] == bank.generation else np.zeros(
+            (0, len(self.category_classifier.classes)))
+        if len(have) < len(keys):
+            new = self.category_classifier.proba(torch.from_numpy(keys[len(have):].astype(np.float32)))
+            have = np.concatenate([have, new])
+        self._proba = (bank.generation, have)
+        return have
+
+    def candidate(self, name: str) -> Candidate:
+        """What the evidence reads of zoo model `name` (`modelsat/evidence.py`): its aptitude answers (the first key
+        rows) and its bank results, with their category accuracy; rebuilt when its bank changes."""
+        bank = self.results_bank
+        positions, scores = bank.rows(name)
+        state = (bank.generation, len(positions))
+        cached = self._candidates.get(name)
+        if cached is not None and cached[0] == state:
+            return cached[1]
+        aptitude = self._aptitude_outcomes(name).astype(np.float32)                        # (A,)
+        pos = np.concatenate([np.arange(len(aptitude)), positions])
+        out = np.concatenate([aptitude, scores])
+        proba = self._key_proba()
+        cells = bank.key_matrix()[1][pos] if bank.centroids is not None else None
+        c = Candidate(pos, out, float(aptitude.mean()), None if proba is None else category_accuracy(proba[pos], out),
+                      cells)
+        self._candidates[name] = (state, c)
+        return c
+
+    def _neighbour_search(self, models: Sequence[str]) -> NeighbourSearch:
+        """The evidence's search over `models`' results, kept while the bank and the zoo stay as they are."""
+        bank = self.results_bank
+        bank.refresh()                                  # what other processes banked since the last ranking
+        cands = [self.candidate(m) for m in models]
+        key = (tuple(models), bank.version, tuple(id(c) for c in cands))
+        if self._search is None or self._search[0] != key:
+            self._search = (key, NeighbourSearch(bank.key_matrix()[0], cands, bank.centroids))
+        return self._search[1]
 
     def sync_zoo(self) -> set[str]:
         """Re-read the zoo's folder where its files changed since the last read (`Zoo.signature`), e.g. by
@@ -328,6 +467,8 @@ class Router:
         """Drop what is cached of a model (added, changed or removed)."""
         self._outcomes.pop(name, None)
         self._tokens.pop(name, None)
+        self._candidates.pop(name, None)
+        self._search = None
 
     def _aptitude_outcomes(self, name: str) -> np.ndarray:
         """(A,) the model's aptitude outcomes, task-major (the rows of `aptitude_embeddings`), read once."""
@@ -369,14 +510,17 @@ class Router:
 
     def evidence(self, instructions: Sequence[str], models: Sequence[str],
                  embeddings: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
-        """(Q, M, E) aptitude evidence of `models` for `instructions` (`modelsat/evidence.py`), from the zoo entries'
-        aptitude results, the aptitude questions' embeddings and the checkpoint's category classifier.
+        """(Q, M, E) evidence of `models` for `instructions` (`modelsat/evidence.py`): from each model's aptitude
+        answers and results bank, the questions' embeddings and the checkpoint's category classifier.
         `embeddings`: (Q, D) the instructions' embeddings by the router's own sentence encoder
         (`model.sentence_encoder`), where the caller has them cached (an evaluation over a table); None encodes
         them here. Raises RouterError on a shape that does not fit."""
-        outcomes = np.stack([self._aptitude_outcomes(m) for m in models], axis=1)           # (A, M) task-major
         emb = self.instruction_embeddings(instructions, embeddings)                       # (Q, D)
-        return Evidence(self.aptitude_embeddings(), self.category_classifier)(emb, outcomes)
+        if self.config.model.evidence_source == "aptitude":                               # modelsat 0.2's input
+            outcomes = np.stack([self._aptitude_outcomes(m) for m in models], axis=1)       # (A, M) task-major
+            return AptitudeEvidence(self.aptitude_embeddings(), self.category_classifier)(emb, outcomes)
+        proba = None if self.category_classifier is None else self.category_classifier.proba(emb)
+        return self._neighbour_search(list(models)).evidence(emb, proba)
 
     def instruction_embeddings(self, instructions: Sequence[str],
                                embeddings: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
@@ -407,6 +551,8 @@ class Router:
             self.connector_tokens(name)
         if self.reads_evidence:
             self.aptitude_embeddings()
+            if self.config.model.evidence_source == "bank" and self.models:
+                self._neighbour_search(self.models)
 
     # ----- ranking -------------------------------------------------------------------------------
     def _check_instructions(self, instructions: Sequence[str]) -> list[str]:

@@ -44,7 +44,8 @@ from modelsat.data.prepare import Prepared, prepare
 from modelsat.data.samples import GroupDataset, build_groups, collate_groups
 from modelsat.embedding import cached_embedder
 from modelsat.metrics import probability_metrics, routed_outcomes
-from modelsat.evidence import Evidence
+from modelsat.pretrained import WINDOW_RULE
+from modelsat.training_evidence import EvidenceTable, write_training_bank
 from modelsat.loss import fit_offset, group_loss
 from modelsat.checkpoint import CheckpointError
 from modelsat.checkpoint_writer import save_checkpoint
@@ -66,33 +67,6 @@ def build_model(cfg: Config, data: Prepared) -> tuple[RouterModel, dict[str, tor
     features = {m: model.model_features(model_outcomes(data.aptitude, data.table, m), descriptions)
                 for m in data.train_models}
     return model, features
-
-
-class EvidenceTable:
-    """The aptitude evidence (`modelsat/evidence.py`) of every training model for every train and val question,
-    computed once before training: (Q, M, E) from one sentence encoding of each question (cached beside the table,
-    shared with `modelsat evaluate`), the aptitude questions' embeddings and a category classifier fitted on the
-    train split's categories. Both are stored with the router, which computes the same evidence for any model."""
-
-    def __init__(self, cfg: Config, data: Prepared, log) -> None:
-        ids = list(data.splits["train"]) + list(data.splits["val"])
-        log(f"aptitude evidence: embedding {len(ids)} train/val questions and {len(data.aptitude.question_ids)} "
-            "aptitude questions (cached beside the table after the first run)")
-        embed = cached_embedder(data.table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
-        emb = F.normalize(torch.from_numpy(embed(data.table.texts(ids))).float(), dim=-1)    # (Q, D)
-        self.keys = F.normalize(torch.from_numpy(embed([data.aptitude.texts[q] for q in data.aptitude.question_ids]))
-                                .float(), dim=-1)                                            # (A, D)
-        train = list(data.splits["train"])
-        self.classifier = CategoryClassifier.fit(emb[:len(train)], data.table.categories(train),
-                                                 data.table.categories(data.aptitude.question_ids))
-        outcomes = data.table.outcome_matrix(data.aptitude.question_ids, data.train_models)    # (A, M)
-        self.values = Evidence(self.keys, self.classifier)(emb, outcomes)                   # (Q, M, E)
-        self.row = {q: i for i, q in enumerate(ids)}
-        self.col = {m: j for j, m in enumerate(data.train_models)}
-
-    def __call__(self, question_ids: list[str], models: list[str]) -> torch.Tensor:
-        """(K, E) evidence of the pairs (question_ids[k], models[k])."""
-        return self.values[[self.row[q] for q in question_ids], [self.col[m] for m in models]]
 
 
 def build_dataloader(cfg: Config, data: Prepared, epoch: int) -> DataLoader:
@@ -161,7 +135,7 @@ def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepa
     "seconds"}."""
     ids = list(data.splits["train"])
     start = time.time()
-    losses = fit_offset(model.capability.evidence, evidence.values[[evidence.row[q] for q in ids]],
+    losses = fit_offset(model.capability.evidence, evidence.train_values(),        # each pair at its bank level
                         data.table.outcome_matrix(ids, data.train_models), cfg.train.evidence_fit_loss,
                         cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr)
     model.freeze_evidence_offset()
@@ -376,10 +350,19 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
             raise
         raise ConfigError(f"the config's model section cannot be built: {e}") from e
     features = {m: f.to(accelerator.device) for m, f in features.items()}
-    evidence = EvidenceTable(cfg, data, log) if cfg.model.evidence else None
-    # what the evidence reads, stored with every checkpoint (step folders and final/) so that each loads as a router
-    keys, classifier = ((evidence.keys, evidence.classifier) if evidence is not None and accelerator.is_main_process
-                        else (None, None))
+    if cfg.model.evidence and cfg.model.evidence_source != "bank":
+        raise ConfigError("model.evidence_source=aptitude is the input of modelsat 0.2's checkpoints, which load but "
+                          "do not train; train with evidence_source=bank (train.bank_labels=false reads the aptitude "
+                          "answers alone)")
+    evidence = EvidenceTable.build(cfg, data, log) if cfg.model.evidence else None
+    # what the evidence reads, stored with every checkpoint (step folders and final/) so that each loads as a router:
+    # the aptitude questions' embeddings, the category classifier and the results bank (the train-split labels)
+    keys, classifier, bank = None, None, None
+    if evidence is not None and accelerator.is_main_process:
+        keys, classifier = evidence.aptitude_keys, evidence.classifier
+        if cfg.train.bank_labels:
+            stamp = {"encoder": cfg.model.sentence_encoder, "dim": str(keys.shape[1]), "window": WINDOW_RULE}
+            bank = write_training_bank(out_dir / "bank.sqlite", evidence, data, stamp)
     stage0 = None
     if cfg.train.evidence_fit_epochs:
         if cfg.train.resume and last_step_dir(out_dir) is not None:
@@ -465,7 +448,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
                 save_checkpoint(out_dir / f"step-{step:06d}", core, cfg, data.aptitude, data.splits,
                                 {"step": step, "epoch": epoch, "history": history}, data.table,
                                 data.train_models, state,
-                                aptitude_embeddings=keys, category_classifier=classifier)
+                                aptitude_embeddings=keys, category_classifier=classifier, bank=bank)
             if step >= total_steps or out_of_time():
                 break
         if accelerator.is_main_process:
@@ -486,7 +469,7 @@ def main(argv: list[str] | None = None, prog: str = "train.py", configure_loggin
         metrics.update({"train_time_s": round(time.time() - start, 1), "trainable_parameters": n_train,
                         "total_parameters": n_all, **({"stage0": stage0} if stage0 else {})})
         save_checkpoint(out_dir / "final", core, cfg, data.aptitude, data.splits, metrics, data.table,
-                        data.train_models, aptitude_embeddings=keys, category_classifier=classifier)
+                        data.train_models, aptitude_embeddings=keys, category_classifier=classifier, bank=bank)
         log(f"wrote {out_dir / 'final'}")
     # Leaving the process group. The ranks meet first (a rank that tore gloo down while the main one still validated
     # and saved hung, about one run in three). Then the DDP wrapper, whose reducer holds a reference to the group, is

@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from modelsat.aptitude import Aptitude, AptitudeError
+from modelsat.bank import BANK_FILE, bank_counts, forget_model
 from modelsat.io_utils import atomic_write_text
 
 MAX_MISSING_FRACTION = 0.05
@@ -459,11 +460,13 @@ class Zoo:
 
     def remove(self, name: str, persist: bool = True) -> None:
         """Remove model `name` (compared without surrounding whitespace); with `persist`, delete the file it was read
-        from or written to."""
+        from or written to, and its results in the zoo's results bank (`modelsat/bank.py`)."""
         name = self.get(name).name
         if persist:
             self.check_writable()
         path = self.files.get(name) or (self.root / _file_name(name) if self.root is not None else None)
+        if persist and self.root is not None:
+            forget_model(self.root / BANK_FILE, name)
         if persist and path is not None and path not in {p for n, p in self.files.items() if n != name}:
             path.unlink(missing_ok=True)  # never another entry's file (one renamed by hand to this name's)
         if not persist:
@@ -490,8 +493,11 @@ class Zoo:
     def describe(self) -> list[dict]:
         """One row per model: name, aptitude accuracy, cost and its unit, params, missing answers and their rule,
         and, where set, endpoint, upstream model, the name of its API key's variable (never the key), prices, and
-        the declared context window, capabilities and tokenizer."""
-        return [{"model": n, "aptitude_accuracy": e.accuracy, "cost": e.cost, "cost_unit": e.cost_unit,
+        the declared context window, capabilities and tokenizer; `bank_results`: how many graded results its results
+        bank holds beyond the aptitude answers."""
+        banked = bank_counts(self.root / BANK_FILE) if self.root is not None else {}
+        return [{"model": n, "aptitude_accuracy": e.accuracy, "bank_results": banked.get(n, 0), "cost": e.cost,
+                 "cost_unit": e.cost_unit,
                  "params_b": e.params_b, "missing": e.missing, "num_missing": e.num_missing,
                  **{k: getattr(e, k) for k in ENDPOINT_FIELDS + SERVING_FIELDS if getattr(e, k) is not None}}
                 for n, e in sorted(self.entries.items())]

@@ -7,13 +7,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from modelsat.category import CategoryClassifier
 from modelsat.checkpoint import APTITUDE_EMBEDDINGS, CATEGORY_CLASSIFIER, CheckpointError
 from modelsat.config import ModelConfig
-from modelsat.evidence import DIM, NAMES, NEIGHBOURS, TEMPERATURE, Evidence
+from modelsat.evidence import (DIM, NAMES, NEIGHBOURS, TEMPERATURE, AptitudeEvidence, Candidate, NeighbourSearch,
+                               category_accuracy)
 from modelsat.model import build_router_model
 from modelsat.weights import load_trained, save_trained
 
@@ -26,41 +28,81 @@ def _unit(x: np.ndarray) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.tensor(x, dtype=torch.float32), dim=-1)
 
 
+def _hand(x: torch.Tensor, keys: torch.Tensor, pos: np.ndarray, out: np.ndarray, aptitude: float,
+          category: float | None) -> list[float]:
+    """The evidence of one candidate for one instruction, computed the slow way from its definition."""
+    sim = (x @ keys[pos].T).double().numpy()
+    order = np.argsort(-sim, kind="stable")
+    k = min(max(NEIGHBOURS), len(pos))
+    top = order[:k]
+    w = np.exp((sim[top] - sim[top].max()) / TEMPERATURE)
+    hand = [out[order[:min(kk, len(pos))]].mean() for kk in NEIGHBOURS]
+    hand += [w @ out[top] / w.sum(), out.mean(), aptitude, out.mean() if category is None else category,
+             np.clip(np.sort(sim)[::-1][:10].mean(), 0, 1), np.clip(np.sort(sim)[::-1][:100].mean(), 0, 1),
+             min(np.log1p(len(pos)) / np.log1p(1e6), 1.0)]
+    return hand
+
+
 def test_evidence_equals_a_hand_computation() -> None:
     rng = np.random.default_rng(0)
-    A, D, M, Q = 240, 8, 3, 4
-    keys, x = _unit(rng.normal(size=(A, D))), _unit(rng.normal(size=(Q, D)))
-    outcomes = rng.integers(0, 2, (A, M)).astype(float)
-    cats = np.array(["math", "law", "bio"])[rng.integers(0, 3, A)]
+    N, D, Q = 700, 8, 4
+    keys, x = _unit(rng.normal(size=(N, D))), _unit(rng.normal(size=(Q, D)))
+    cats = np.array(["math", "law", "bio"])[rng.integers(0, 3, N)]
     clf = CategoryClassifier.fit(keys, list(cats), list(cats))
-    ev = Evidence(keys, clf)(x, outcomes)
-    assert ev.shape == (Q, M, DIM) and ev.dtype == torch.float32 and len(NAMES) == DIM
+    proba_keys = clf.proba(keys)
+    cands = []
+    for n in (650, 60, 7):                                     # thick, thin and very thin banks over shared keys
+        pos = np.sort(rng.choice(N, n, replace=False))
+        out = rng.integers(0, 2, n).astype(np.float32)
+        cands.append(Candidate(pos, out, float(out[:5].mean()), category_accuracy(proba_keys[pos], out)))
+    ev = NeighbourSearch(keys, cands).evidence(x, clf.proba(x))
+    assert ev.shape == (Q, 3, DIM) and ev.dtype == torch.float32 and len(NAMES) == DIM
     for q in range(Q):
-        sim = (x[q] @ keys.T).double().numpy()
-        order = np.argsort(-sim, kind="stable")
-        w = np.exp((sim - sim.max()) / TEMPERATURE)
-        proba = clf.proba(x[q:q + 1])[0]
-        per_cat = np.stack([outcomes[cats == c].mean(0) for c in clf.classes])     # (C, M)
-        for m in range(M):
-            hand = [outcomes[order[:k], m].mean() for k in NEIGHBOURS]
-            hand += [w @ outcomes[:, m] / w.sum(), proba @ per_cat[:, m], outcomes[:, m].mean(),
-                     np.sort(sim)[::-1][:10].mean()]
-            np.testing.assert_allclose(ev[q, m].numpy(), hand, atol=1e-5)
+        for m, c in enumerate(cands):
+            per_cat = [(proba_keys[c.positions, i] @ c.outcomes + 5 * c.outcomes.mean())
+                       / (proba_keys[c.positions, i].sum() + 5) for i in range(3)]
+            category = float(clf.proba(x[q:q + 1])[0] @ np.array(per_cat))
+            np.testing.assert_allclose(ev[q, m].numpy(), _hand(x[q], keys, c.positions, c.outcomes, c.aptitude,
+                                                               category), atol=1e-5)
 
 
-def test_evidence_without_classifier_and_small_tests() -> None:
+def test_evidence_without_classifier_and_bad_shapes() -> None:
     rng = np.random.default_rng(1)
-    keys, x = _unit(rng.normal(size=(6, 4))), _unit(rng.normal(size=(2, 4)))      # fewer questions than k = 10
-    outcomes = rng.integers(0, 2, (6, 2)).astype(float)
-    ev = Evidence(keys)(x, outcomes)
-    whole = outcomes.mean(0)
-    for k in range(len(NEIGHBOURS)):                                               # every k reads all 6 questions
-        np.testing.assert_allclose(ev[:, :, k].numpy(), np.broadcast_to(whole, (2, 2)), atol=1e-6)
+    keys, x = _unit(rng.normal(size=(6, 4))), _unit(rng.normal(size=(2, 4)))      # fewer results than k = 10
+    out = rng.integers(0, 2, 6).astype(np.float32)
+    ev = NeighbourSearch(keys, [Candidate(np.arange(6), out, 0.5)]).evidence(x)
+    for k in range(len(NEIGHBOURS)):                                               # every k reads all 6 results
+        np.testing.assert_allclose(ev[:, 0, k].numpy(), out.mean(), atol=1e-6)
     np.testing.assert_allclose(ev[:, :, NAMES.index("category")], ev[:, :, NAMES.index("overall")])
-    with pytest.raises(ValueError, match="outcomes must be"):
-        Evidence(keys)(x, outcomes[:5])
     with pytest.raises(ValueError, match="instruction embeddings"):
-        Evidence(keys)(x[:, :3], outcomes)
+        NeighbourSearch(keys, [Candidate(np.arange(6), out, 0.5)]).evidence(x[:, :3])
+    with pytest.raises(ValueError, match="as many outcomes as rows"):
+        Candidate(np.arange(6), out[:5], 0.5)
+    with pytest.raises(ValueError, match="rows must lie in"):
+        NeighbourSearch(keys, [Candidate(np.arange(1, 7), out, 0.5)])
+
+
+def test_a_bank_searched_through_cells_reads_the_nearest_cells() -> None:
+    """Above bank.EXACT_LIMIT a candidate is searched through the cells nearest the instruction: with every row's
+    true neighbours in the probed cells, the values equal the exact search."""
+    from modelsat import evidence as ev_module
+
+    rng = np.random.default_rng(2)
+    centres = _unit(rng.normal(size=(4, 6))).numpy()
+    cells = rng.integers(0, 4, 3000)
+    keys = _unit(centres[cells] * 5 + 0.3 * rng.normal(size=(3000, 6)))
+    out = rng.integers(0, 2, 3000).astype(np.float32)
+    x = _unit(centres[:2] * 5)
+    exact = NeighbourSearch(keys, [Candidate(np.arange(3000), out, 0.5)]).evidence(x)
+    original = ev_module.EXACT_LIMIT, ev_module.PROBE_ROWS
+    try:
+        ev_module.EXACT_LIMIT, ev_module.PROBE_ROWS = 1000, 900                  # the nearest cell (~750) and one more
+        probed = NeighbourSearch(keys, [Candidate(np.arange(3000), out, 0.5, cells=cells)], centroids=centres)
+        assert probed.columns[0] is None                                          # searched through cells
+        near = probed.evidence(x)
+    finally:
+        ev_module.EXACT_LIMIT, ev_module.PROBE_ROWS = original
+    np.testing.assert_allclose(near[:, :, :8].numpy(), exact[:, :, :8].numpy(), atol=1e-5)   # nn_k, kernel, overall
 
 
 def _cfg(**kw) -> ModelConfig:
@@ -162,20 +204,35 @@ def test_added_model_gets_hand_computed_evidence_and_utility_has_no_hidden_terms
     scores = {q: float(i % 3 == 0) for i, q in enumerate(qids)}
     router.add_model("m-new", scores, cost=2.5, cost_unit="USD/query")
     text = "A law question about torts number 7: which option is right?\nA. first\nB. second"
-    ev = router.evidence([text], ["m-new"])[0, 0]
-    keys = router.aptitude_embeddings()
     x = torch.nn.functional.normalize(router.model.sentence_encoder.encode([text]).float(), dim=-1)
-    o = np.array([scores[q] for q in qids])[:, None]
-    torch.testing.assert_close(ev, Evidence(keys, router.category_classifier)(x, o)[0, 0])
-    order = torch.argsort(-(x @ keys.T)[0], stable=True).numpy()
-    assert ev[0].item() == pytest.approx(o[order[:10], 0].mean(), abs=1e-6)
-    assert ev[NAMES.index("overall")].item() == pytest.approx(o.mean(), abs=1e-6)
+    keys = router.aptitude_embeddings().half().float()               # the bank's key rows are float16
+    o = np.array([scores[q] for q in qids], dtype=np.float32)
 
-    router.remove_model("m-new")                                     # re-joins with other results: read anew
+    def hand(keys: torch.Tensor, out: np.ndarray) -> list[float]:
+        proba_keys = router.category_classifier.proba(keys)
+        category = float(router.category_classifier.proba(x)[0] @ category_accuracy(proba_keys, out))
+        return _hand(x[0], keys, np.arange(len(out)), out, float(out[:len(o)].mean()), category)
+
+    ev = router.evidence([text], ["m-new"])[0, 0]                      # the aptitude answers alone
+    np.testing.assert_allclose(ev.numpy(), hand(keys, o), atol=1e-5)
+    bank = [f"A question about the law of contracts, case {i}: is the promise binding?" for i in range(30)]
+    graded = np.array([float(i % 2) for i in range(30)], dtype=np.float32)
+    assert router.add_results("m-new", pd.DataFrame({"text": bank, "score": graded})) == 30
+    assert router.add_feedback("m-new", text, 1.0, feedback_id="answer-1")
+    assert not router.add_feedback("m-new", text, 1.0, feedback_id="answer-1")   # the same id counts once
+    banked = torch.nn.functional.normalize(router.model.sentence_encoder.encode(bank + [text]).float(), dim=-1)
+    banked = banked.half().float()                                    # stored as float16
+    ev = router.evidence([text], ["m-new"])[0, 0]
+    np.testing.assert_allclose(ev.numpy(), hand(torch.cat([keys, banked]),
+                                                np.concatenate([o, graded, [1.0]])), atol=1e-4)
+    assert ev[NAMES.index("near10")] > 0.99 / 10                      # its own text is in the bank now
+    assert router.bank_size("m-new") == 31
+
+    router.remove_model("m-new", persist=True)                      # re-joins with other results: read anew
     flipped = {q: 1.0 - v for q, v in scores.items()}
     router.add_model("m-new", flipped)
-    torch.testing.assert_close(router.evidence([text], ["m-new"])[0, 0],
-                               Evidence(keys, router.category_classifier)(x, 1.0 - o)[0, 0])
+    assert router.bank_size("m-new") == 0                             # its bank went with it
+    np.testing.assert_allclose(router.evidence([text], ["m-new"])[0, 0].numpy(), hand(keys, 1.0 - o), atol=1e-5)
     fresh = Router.from_checkpoint(evidence_run / "final")
     fresh.add_model("m-new", flipped)
     np.testing.assert_allclose(router.predict_matrix([text], ["m-new"]), fresh.predict_matrix([text], ["m-new"]),
@@ -259,11 +316,17 @@ def test_router_encodes_each_instruction_once_and_scores_as_the_unmerged_model(r
             call()
 
 
-def test_a_checkpoint_reading_evidence_needs_its_classifier(evidence_run: Path, tmp_path: Path) -> None:
+def test_without_a_category_classifier_the_category_value_is_the_overall_accuracy(evidence_run: Path,
+                                                                                   tmp_path: Path) -> None:
+    """A checkpoint trained on data with fewer than two categories has no classifier: it routes, reading each
+    candidate's overall accuracy as its category value."""
     from modelsat import Router
 
     ckpt = tmp_path / "ckpt"
     shutil.copytree(evidence_run / "final", ckpt)
     (ckpt / CATEGORY_CLASSIFIER).unlink()
-    with pytest.raises(CheckpointError, match="model.evidence=true but no category_classifier"):
-        Router.from_checkpoint(ckpt)
+    router = Router.from_checkpoint(ckpt)
+    assert router.category_classifier is None
+    ev = router.evidence(["What is 2+2?\nA. 3\nB. 4"], router.models)
+    torch.testing.assert_close(ev[..., NAMES.index("category")], ev[..., NAMES.index("overall")])
+    assert router.rank("What is 2+2?\nA. 3\nB. 4")

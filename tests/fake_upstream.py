@@ -9,7 +9,8 @@ kind of upstream fault the gateway must survive (issue 33), listed in FAULTS: "n
 "not_sse" (a JSON answer to a streaming request), "cut_mid_event" (a stream cut inside its third event),
 "trickle" (one byte every `slow` seconds), "huge" (an answer of `big` bytes), "429" (with Retry-After: 7),
 "error_event" (a stream whose first event is an error), "nan_event" (a stream whose third event holds NaN),
-"no_done" (a stream ending without [DONE]), "empty" (200 with no body), "not_utf8" (bytes that are not UTF-8).
+"no_done" (a stream ending without [DONE]), "empty" (200 with no body), "not_utf8" (bytes that are not UTF-8);
+"long" streams 1,000 chunks, `delay` seconds apart.
 "chaos" answers every `every`-th request with the next fault of FAULTS in turn, the others "ok".
 """
 from __future__ import annotations
@@ -61,12 +62,14 @@ class FakeUpstream:
         self.finished = None
         self.faults: dict[str, int] = {}          # chaos: faults answered, by kind
         self.open = 0                             # answers being sent now
+        self.arrivals: list[tuple[float, str]] = []   # (time.monotonic(), the x-request-id header) per request
         self._chaos = itertools.cycle(FAULTS)
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
 
     async def chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append((body, dict(request.headers)))
+        self.arrivals.append((time.monotonic(), request.headers.get("x-request-id", "")))
         self.count += 1
         mode = self.mode
         if mode == "flaky":
@@ -129,6 +132,8 @@ class FakeUpstream:
             events[2] = events[2].replace(b'"finish_reason": null', b'"finish_reason": NaN')
         elif mode == "no_done":
             events = events[:-1]
+        elif mode == "long":
+            events = events[:1] + [events[1]] * 1000 + events[-1:]
         elif mode == "huge":
             chunk = events[1]
             events = events[:1] + [chunk] * (self.big // len(chunk) + 1) + events[-1:]

@@ -271,6 +271,9 @@ def test_feedback_by_answer_id_is_counted_once(gateway, banked) -> None:
     assert banked == [(answer["model"], "Answer with one letter.\n\n" + MESSAGES[1]["content"], 1.0, answer["id"])]
     r = gateway.post("/v1/feedback", json={"model": "up-b", "instruction": "2+2?", "score": 0, "feedback_id": "f1"})
     assert r.json()["counted"] is True and banked[-1] == ("up-b", "2+2?", 0.0, "f1")
+    direct = chat(gateway, model="up-a").json()                 # a model named directly: its answer takes feedback
+    r = gateway.post("/v1/feedback", json={"id": direct["id"], "score": 0})
+    assert r.json()["counted"] is True and banked[-1][0] == "up-a"
 
 
 @pytest.mark.parametrize("body,status,param", [

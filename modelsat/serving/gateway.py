@@ -119,8 +119,10 @@ class Gateway:
 
     async def rank(self, plan: Plan) -> None:
         """Rank what `plan` has left to rank (GatewayError 400 where the router refuses the text)."""
+        start = time.perf_counter()
         try:
             plan.rank(await self.ranker.rank(plan.text, plan.to_rank(), plan.cost_weight or 0.0))
+            plan.rank_ms = round(1e3 * (time.perf_counter() - start) + (plan.rank_ms or 0.0), 2)
         except ValueError as e:
             raise bad_request(f"could not rank: {e}", "messages") from None
 
@@ -128,16 +130,17 @@ class Gateway:
         """An answer was relayed: metrics, the answer's id for feedback, the conversation's key for its next turn."""
         self.metrics.upstream.labels(entry.name).observe(latency)
         self.metrics.answered(entry, self.router.zoo.entries, tokens)
-        if self.store is None or not plan.routed:
+        if self.store is None:
             return
         keys = []
-        if plan.conversation is not None and plan.conversation.startswith("n:"):
+        if plan.routed and plan.conversation is not None and plan.conversation.startswith("n:"):
             keys.append(plan.conversation)
-        if isinstance(message, dict):
+        if plan.routed and isinstance(message, dict):
             keys.append(history_key([*plan.body["messages"], message]))
 
         def write() -> None:
-            self.store.add_answer(plan.answer_id, entry.name, plan.text)
+            if plan.text:
+                self.store.add_answer(plan.answer_id, entry.name, plan.text)
             self.store.remember(keys, entry.name)
         await anyio.to_thread.run_sync(write)
 
@@ -190,7 +193,7 @@ def mount(app, gateway: Gateway) -> None:
                         "needs": plan.needs.capabilities if plan.needs else [], "excluded": len(plan.excluded),
                         "candidates": [e.name for e in plan.candidates[:settings.max_attempts]],
                         "stream": plan.stream, "answer_id": plan.answer_id}})
-        return await forward(plan, gateway.fwd, via)
+        return await forward(plan, gateway.fwd, via, REQUEST_ID.get())
 
     @app.post("/v1/chat/completions", tags=["gateway"])
     async def chat_completions(request: Request):

@@ -95,6 +95,8 @@ class Plan:
     timeouts: int = 0
     rate_limited: list[float | None] = field(default_factory=list)   # Retry-After of each 429 attempt
     started: float = field(default_factory=time.monotonic)
+    rank_ms: float | None = None       # time from asking for the ranking to having it, queue included
+    upstream_ms: float | None = None   # the answering attempt: request sent -> answer checked (a stream: first event)
 
     def fail(self, entry: ZooEntry, error: str, timeout: bool = False, retry_after: float | None = None,
              rate_limited: bool = False) -> None:
@@ -257,7 +259,12 @@ def prepare(router: Router, body: object, capabilities: Capabilities, *, model_o
         why = (refuse and refuse(entry)) or capabilities.cannot_serve(entry, needs)
         if why:
             raise bad_request(f"model {entry.name!r} cannot serve this request: it {why}", "model")
-        return Plan(body, [entry], routed=False, stream=stream, cost_unit=router.zoo.cost_unit, needs=needs)
+        try:   # not routed on, but what feedback on the answer is recorded against
+            text = routing_text(body["messages"])[0]
+        except GatewayError:
+            text = ""
+        return Plan(body, [entry], routed=False, stream=stream, cost_unit=router.zoo.cost_unit, needs=needs,
+                    text=text)
     if "cost_weight" in ext:
         if weight is not None:
             raise bad_request("cost_weight is given twice (the `model` suffix and the \"modelsat\" field); give it "
@@ -378,7 +385,8 @@ def extension(plan: Plan, entry: ZooEntry, tokens: tuple[int, int] | None = None
             "cost_weight": plan.cost_weight, "cost": cost, "cost_unit": plan.cost_unit, "usd": usd(entry, tokens),
             "read": plan.read, "ranking": plan.ranking, "attempts": plan.attempts,
             "needs": plan.needs.capabilities if plan.needs else [], "excluded": plan.excluded,
-            "sticky": plan.sticky is not None, **({"sticky_lost": plan.sticky_lost} if plan.sticky_lost else {})}
+            "sticky": plan.sticky is not None, **({"sticky_lost": plan.sticky_lost} if plan.sticky_lost else {}),
+            "rank_ms": plan.rank_ms, "upstream_ms": plan.upstream_ms}
 
 
 def annotate(plan: Plan, entry: ZooEntry, data: dict, tokens: tuple[int, int] | None = None) -> dict:

@@ -162,13 +162,15 @@ async def _first_events(response: httpx.Response, chunks, splitter: EventSplitte
                 return events, size
 
 
-async def forward(plan: Plan, fwd: Forwarding, via: str = ""):
+async def forward(plan: Plan, fwd: Forwarding, via: str = "", request_id: str = ""):
     """Try `plan`'s candidates in order (at most `max_attempts`, within the deadline) and answer with the first that
-    works: a JSONResponse, a `Relay` (stream), or an upstream's 4xx about the request. GatewayError when all fail
-    (502/504/429) or the gateway is shutting down (503)."""
+    works: a JSONResponse, a `Relay` (stream), or an upstream's 4xx about the request. Each attempt carries
+    `x-modelsat-via` (loop detection) and the request's `x-request-id`. GatewayError when all fail (502/504/429) or
+    the gateway is shutting down (503)."""
     settings = fwd.settings
     deadline = plan.started + settings.deadline
-    for entry, url, headers, content in requests_to_try(plan, settings.max_attempts, {"x-modelsat-via": via}):
+    extra = {"x-modelsat-via": via, **({"x-request-id": request_id} if request_id else {})}
+    for entry, url, headers, content in requests_to_try(plan, settings.max_attempts, extra):
         left = deadline - time.monotonic()
         if left <= 0:
             plan.fail(entry, f"not tried: the request's deadline of {settings.deadline:g} s had passed", timeout=True)
@@ -193,6 +195,7 @@ async def forward(plan: Plan, fwd: Forwarding, via: str = ""):
                 elif not plan.stream:
                     data = check_completion(await _read(response, settings.max_answer_bytes))
                     tokens = usage_tokens(data.get("usage"))
+                    plan.upstream_ms = round(1e3 * (time.perf_counter() - start), 2)
                     if fwd.on_answer is not None:
                         await fwd.on_answer(plan, entry, (data.get("choices") or [{}])[0].get("message"), tokens,
                                             time.perf_counter() - start)
@@ -204,6 +207,7 @@ async def forward(plan: Plan, fwd: Forwarding, via: str = ""):
                                         "text/event-stream")
                     chunks, splitter = response.aiter_bytes(), EventSplitter()
                     events, size = await _first_events(response, chunks, splitter, settings.max_answer_bytes)
+                    plan.upstream_ms = round(1e3 * (time.perf_counter() - start), 2)
                     handed = True
                     return Relay(plan, entry, response, chunks, splitter, events, size, fwd, deadline,
                                  time.perf_counter() - start)

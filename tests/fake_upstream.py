@@ -7,7 +7,7 @@ JSON), "cut" (a stream that breaks after two chunks), "flaky" (every `every`-th 
 kind of upstream fault the gateway must survive (issue 33), listed in FAULTS: "nan" (JSON holding NaN),
 "no_choices" (a JSON object without `choices`), "array" (a JSON list), "redirect" (302 with a completion body),
 "not_sse" (a JSON answer to a streaming request), "cut_mid_event" (a stream cut inside its third event),
-"trickle" (one byte every `slow` seconds), "huge" (an answer of `big` bytes), "429" (with Retry-After: 7),
+"trickle" (one byte every `drip` seconds), "huge" (an answer of `big` bytes), "429" (with Retry-After: 7),
 "error_event" (a stream whose first event is an error), "nan_event" (a stream whose third event holds NaN),
 "no_done" (a stream ending without [DONE]), "empty" (200 with no body), "not_utf8" (bytes that are not UTF-8);
 "long" streams 1,000 chunks, `delay` seconds apart.
@@ -57,6 +57,7 @@ class FakeUpstream:
     def __init__(self, name: str) -> None:
         self.name, self.mode, self.delay, self.slow, self.every = name, "ok", 0.0, 2.0, 10
         self.big = 20 << 20
+        self.drip = 0.5                           # "trickle": seconds between two bytes
         self.requests: list[tuple[dict, dict]] = []
         self.count = 0
         self.finished = None
@@ -120,7 +121,7 @@ class FakeUpstream:
         try:
             for i in range(len(raw)):
                 yield raw[i:i + 1]
-                await asyncio.sleep(self.slow)
+                await asyncio.sleep(self.drip)
         finally:
             self.open -= 1
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from fake_upstream import FakeUpstream, Served, closed_port_url, completion, stream_events
+from fake_upstream import FakeUpstream, Served, closed_port_url, stream_events
 
 from modelsat import Router
 from modelsat.aptitude import Aptitude

@@ -59,7 +59,8 @@ def gateway(served):
 def reset(fakes, monkeypatch):
     monkeypatch.setenv("FAKE_KEY", "sk-test-123")
     for fake, _ in fakes.values():
-        fake.mode, fake.delay, fake.requests[:], fake.count, fake.slow, fake.big = "ok", 0.0, [], 0, 2.0, 2 << 20
+        fake.mode, fake.delay, fake.requests[:], fake.count, fake.slow, fake.big, fake.drip = \
+            "ok", 0.0, [], 0, 2.0, 2 << 20, 0.5
 
 
 def chat(http, model="modelsat", **body) -> httpx.Response:
@@ -118,7 +119,7 @@ def test_a_slow_upstream_fills_only_its_own_pool(gateway, fakes, served) -> None
 # ----- 3. one deadline for the whole request ------------------------------------------------------------------------
 def test_a_trickling_upstream_ends_at_the_deadline(gateway, fakes) -> None:
     fake = fakes["up-a"][0]
-    fake.mode, fake.slow = "trickle", 0.2          # one byte every 0.2 s: never a read timeout, never done
+    fake.mode, fake.drip = "trickle", 0.2          # one byte every 0.2 s: never a read timeout, never done
     start = time.monotonic()
     r = chat(gateway, model="up-a")
     assert r.status_code == 504 and time.monotonic() - start < DEADLINE + 1

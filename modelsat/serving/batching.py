@@ -1,7 +1,8 @@
 """The ranking thread of a `modelsat serve` worker: concurrent requests are ranked together, in batches.
 
 The router's forward pass is CPU-bound and not thread-safe with the zoo changing under it, so one thread owns it:
-requests queue their (text, candidates, cost_weight) and await the result. The thread takes up to `max_batch`
+requests queue their (text, candidates, cost_weight) and await the result; a request that ends while its ranking
+waits (its deadline, its client gone) drops it from the queue. The thread takes up to `max_batch`
 queued requests with the same candidates and scores them in one `Router.predict_matrix` call (one padded batch),
 then orders each request's candidates by its own cost_weight (`modelsat/choice.py`, the rule `Router.rank` uses).
 Batching pays where several requests wait at once (`benchmarks/bench_gateway.py` measures it); `max_batch=1`
@@ -32,6 +33,7 @@ class _Job:
     cost_weight: float
     top_k: int | None
     done: Callable[[list[Ranked] | None, BaseException | None], None]
+    cancelled: bool = False      # its request ended (deadline, client gone) before the ranking began: skipped
 
 
 class Ranker:
@@ -66,12 +68,20 @@ class Ranker:
             thread.join(10)
 
     def submit(self, text: str, models: list[str], cost_weight: float = 0.0, top_k: int | None = None,
-               done: Callable[[list[Ranked] | None, BaseException | None], None] = None) -> None:
-        """Queue a ranking; `done(ranking, error)` is called from the ranking thread."""
+               done: Callable[[list[Ranked] | None, BaseException | None], None] = None) -> _Job:
+        """Queue a ranking; `done(ranking, error)` is called from the ranking thread. Returns the job (set its
+        `cancelled` to drop it while it waits)."""
         self.start()
+        job = _Job(text, tuple(models), cost_weight, top_k, done)
         with self._wake:
-            self._jobs.append(_Job(text, tuple(models), cost_weight, top_k, done))
+            self._jobs.append(job)
             self._wake.notify()
+        return job
+
+    @property
+    def waiting(self) -> int:
+        """Rankings queued, not yet begun."""
+        return len(self._jobs)
 
     async def rank(self, text: str, models: list[str], cost_weight: float = 0.0,
                    top_k: int | None = None) -> list[Ranked]:
@@ -84,8 +94,11 @@ class Ranker:
                 if not future.done():
                     future.set_exception(error) if error is not None else future.set_result(result)
             loop.call_soon_threadsafe(settle)
-        self.submit(text, models, cost_weight, top_k, done)
-        return await future
+        job = self.submit(text, models, cost_weight, top_k, done)
+        try:
+            return await future
+        finally:
+            job.cancelled = not future.done()   # its request ended first (deadline, client gone): not ranked
 
     def rank_now(self, text: str, models: list[str] | None, cost_weight: float = 0.0,
                  top_k: int | None = None) -> list[Ranked]:
@@ -108,13 +121,16 @@ class Ranker:
                 self._wake.wait(self.idle)
             if self._stopped:
                 return None
+            while self._jobs and self._jobs[0].cancelled:
+                self._jobs.popleft()
             if not self._jobs:
                 return []
             first = self._jobs.popleft()
             batch, rest = [first], deque()
             while self._jobs and len(batch) < self.max_batch:
                 job = self._jobs.popleft()
-                (batch if job.models == first.models else rest).append(job)
+                if not job.cancelled:
+                    (batch if job.models == first.models else rest).append(job)
             self._jobs.extendleft(reversed(rest))
             return batch
 

@@ -169,13 +169,14 @@ def mount(app, gateway: Gateway) -> None:
     """Add `POST /v1/chat/completions` and `GET /v1/models` to the FastAPI `app`."""
     metrics, settings = gateway.metrics, gateway.fwd.settings
 
-    async def chat(raw: bytes, via: str, plan_box: dict) -> Response:
+    async def chat(raw: bytes, via: str, plan_box: dict, arrived: float) -> Response:
         try:
             body = json.loads(raw, parse_constant=_no_constant)
         except (ValueError, RecursionError) as e:
             raise bad_request(f"the request body is not valid JSON ({str(e)[:200]}); send a JSON object in UTF-8") \
                 from None
         plan = plan_box["plan"] = await anyio.to_thread.run_sync(gateway.prepare, body)
+        plan.started = arrived               # the deadline runs from the request's arrival
         if plan.conversation and plan.conversation.startswith("h:") or plan.sticky or plan.sticky_lost:
             metrics.conversations.labels("kept" if plan.sticky else "lost" if plan.sticky_lost else "new").inc()
         if plan.sticky_lost:
@@ -198,6 +199,7 @@ def mount(app, gateway: Gateway) -> None:
     @app.post("/v1/chat/completions", tags=["gateway"])
     async def chat_completions(request: Request):
         """An OpenAI chat completion, routed (`model: "modelsat"`) or forwarded to the named zoo model."""
+        arrived = time.monotonic()
         server = request.scope.get("server")
         if server:
             gateway.myself.learn(server[0], server[1])
@@ -209,7 +211,7 @@ def mount(app, gateway: Gateway) -> None:
                                    "zoo entry's endpoint leads back to a gateway; remove that entry", "loop_detected")
             raw = await request.body()
             response = await _until_disconnect(request.receive, lambda: chat(raw, ",".join([*via, gateway.instance]),
-                                                                             plan_box))
+                                                                             plan_box, arrived))
             if response is None:
                 status, response = 499, Response(status_code=499)   # nobody reads it: the client has left
             else:

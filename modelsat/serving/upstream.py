@@ -11,7 +11,7 @@
   A 4xx other than 401/403/404/408/429 concerns the request and is passed on (its body where it is a strict JSON
   object, else wrapped in an error body); 429s come back as 429 with the shortest Retry-After where every
   attempt was rate-limited; 1xx/3xx count as failures (redirects are not followed).
-- **Streams** (`Relay`) are relayed whole event by event, each chunk's `id` and `model` set to the gateway's. A
+- **Streams** (`relay.Relay`) are relayed whole event by event, each chunk's `id` and `model` set to the gateway's. A
   break, a bad event, the size limit, the deadline or a shutdown ends the stream with one whole error event after
   the last complete one. A client that disconnects cancels the upstream call at once, and no fallback starts.
 - **Shutdown.** `Lifecycle.begin_shutdown` (called on SIGTERM) cancels every wait on an upstream: requests not
@@ -30,10 +30,11 @@ import anyio
 import httpx
 from starlette.responses import JSONResponse, Response
 
-from modelsat.serving.answers import (BadAnswer, EventSplitter, StreamText, check_completion, error_event,
-                                      read_event, retry_after, rewrite_chunk, strict_json, usage_tokens)
+from modelsat.serving.answers import (BadAnswer, EventSplitter, check_completion, read_event, retry_after, strict_json,
+                                      usage_tokens)
 from modelsat.serving.errors import GatewayError
 from modelsat.serving.plan import GatewaySettings, Plan, annotate, headers_for, requests_to_try, retryable, status_error
+from modelsat.serving.relay import Relay
 from modelsat.zoo import ZooEntry
 
 ERROR_BODY_BYTES = 64 << 10    # an upstream's error answer is read up to this
@@ -240,91 +241,3 @@ async def forward(plan: Plan, fwd: Forwarding, via: str = "", request_id: str = 
         if plan.sticky and plan.unranked and fwd.rank_rest is not None:
             await fwd.rank_rest(plan)      # the conversation's model failed: rank the others now
     raise plan.exhausted()
-
-
-class Relay(Response):
-    """An ASGI response relaying an upstream's stream event by event (see the module's docstring)."""
-
-    def __init__(self, plan: Plan, entry: ZooEntry, response: httpx.Response, chunks, splitter: EventSplitter,
-                 events: list, size: int, fwd: Forwarding, deadline: float, latency: float) -> None:
-        self.plan, self.entry, self.response, self.chunks, self.splitter = plan, entry, response, chunks, splitter
-        self.events, self.size, self.fwd, self.deadline, self.latency = events, size, fwd, deadline, latency
-        self.text = StreamText()
-        self.status_code, self.background = 200, None
-        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-                            *((k.encode(), v.encode()) for k, v in headers_for(entry).items())]
-
-    async def __call__(self, scope, receive, send) -> None:
-        left = {"client": False}
-        complete = False
-        try:
-            async with anyio.create_task_group() as group:
-                async def watch() -> None:
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    left["client"] = True
-                    group.cancel_scope.cancel()    # the client left: stop reading the upstream now
-                group.start_soon(watch)
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                error = await self._pump(send)
-                complete = error is None
-                if error is not None:
-                    await send({"type": "http.response.body", "body": error_event(
-                        f"the stream from {self.entry.name!r} {error}; it was not retried"), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                group.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.response.aclose()
-                if complete and self.fwd.on_answer is not None and self.text.complete:
-                    await self.fwd.on_answer(self.plan, self.entry, self.text.message(), self.text.usage,
-                                             self.latency)
-
-    async def _send_event(self, send, event) -> bool:
-        """Send one checked event; True once the stream is done."""
-        if event.kind == "data":
-            self.text.add(event.data)
-            await send({"type": "http.response.body", "more_body": True,
-                        "body": rewrite_chunk(event.data, self.plan.answer_id, self.entry.name)})
-        elif event.kind == "done":
-            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": True})
-            return True
-        else:
-            await send({"type": "http.response.body", "body": event.raw, "more_body": True})
-        return False
-
-    async def _pump(self, send) -> str | None:
-        """Relay the events; None when the stream ended with [DONE], else what went wrong."""
-        for event in self.events:
-            await self._send_event(send, event)
-        limit = self.fwd.settings.max_answer_bytes
-        while True:
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                return f"passed the request's deadline of {self.fwd.settings.deadline:g} s"
-            raw, broke = None, None
-            with self.fwd.lifecycle.guard() as guard, anyio.move_on_after(left) as timer:
-                try:
-                    raw = await anext(self.chunks, None)
-                except httpx.HTTPError as e:
-                    broke = f"broke midway ({type(e).__name__})"
-            if guard.cancelled_caught:
-                return "was cut: the gateway is shutting down"
-            if timer.cancelled_caught:
-                return f"passed the request's deadline of {self.fwd.settings.deadline:g} s"
-            if broke:
-                return broke
-            if raw is None:
-                return "broke midway (it ended without [DONE]" + (
-                    ", in the middle of an event)" if self.splitter.pending.strip() else ")")
-            self.size += len(raw)
-            if self.size > limit:
-                return f"broke midway (over the limit of {limit} bytes)"
-            try:
-                for event in map(read_event, self.splitter.feed(raw)):
-                    if event.kind == "error":
-                        return f"broke midway (the upstream sent an error: {str(event.data['error'])[:200]})"
-                    if await self._send_event(send, event):
-                        return None
-            except BadAnswer as e:
-                return f"broke midway ({e})"

@@ -30,12 +30,12 @@ install: $(BIN)/modelsat
 # outside the checkout, `pip install .[serve]`, `modelsat serve` (scripts/install_check.sh, a few minutes).
 test: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/pytest -q tests
-	HF_HUB_OFFLINE=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 	PYTHON=$(PYTHON) bash scripts/install_check.sh
 
 # The documentation site in ./site (`make docs`; `.venv/bin/mkdocs serve` to read it while writing).
 docs: install
-	HF_HUB_OFFLINE=1 $(BIN)/mkdocs build --strict
+	HF_HUB_OFFLINE=1 NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 main: install
 	HF_HUB_OFFLINE=1 bash scripts/main.sh $(CONFIG)

@@ -511,12 +511,13 @@ def forget_model(path: str | Path, name: str) -> int:
         conn.close()
 
 
-def bank_counts(path: str | Path) -> dict[str, int]:
-    """Results per model in the bank file `path` ({} where there is none), read without loading it."""
+def bank_counts(path: str | Path, immutable: bool = False) -> dict[str, int]:
+    """Results per model in the bank file `path` ({} where there is none), read without loading it. `immutable`:
+    the bank is read-only package data (a shipped router), read without creating its -wal/-shm files."""
     path = Path(path)
     if not path.is_file():
         return {}
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{path}?mode=ro{'&immutable=1' if immutable else ''}", uri=True)
     try:
         return dict(conn.execute("SELECT m.name, COUNT(*) FROM results r JOIN models m ON m.id = r.model "
                                  "GROUP BY m.name").fetchall())

@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     add_logging_arguments(p)
-    for parser in (*groups.values(), b, dd, s, ab, ar, za, zl, zr, ev, sv, ca, cc, cu):  # also after the command
+    for parser in (*groups.values(), b, dd, s, ab, ar, za, zb, zl, zr, ev, sv, ca, cc, cu):  # also after the command
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         add_logging_arguments(parser, suppress_defaults=True)
     return with_defaults(p)

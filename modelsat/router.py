@@ -47,7 +47,7 @@ from modelsat.devices import place, torch_device, torch_dtype
 from modelsat.bank import BANK_FILE, BankError, ResultsBank, read_graded, text_key
 from modelsat.evidence import AptitudeEvidence, Candidate, NeighbourSearch, category_accuracy
 from modelsat.model import RouterModel, build_router_model
-from modelsat.pretrained import WINDOW_RULE
+from modelsat.pretrained import WINDOW_RULE, ModelLoadError
 from modelsat.weights import load_aptitude_embeddings, load_category_classifier, load_trained
 from modelsat.zoo import Zoo, ZooError
 
@@ -219,7 +219,7 @@ class Router:
         zoo = Zoo.load(path / "zoo", aptitude)
         try:
             model = build_router_model(config.model, per_task=aptitude.per_task)
-        except CheckpointError:
+        except (CheckpointError, ModelLoadError):   # a backbone that cannot be found: its own line says what to do
             raise
         except ValueError as e:
             raise config_error(e) from e
@@ -286,6 +286,8 @@ class Router:
         if self._bank is not None:
             return self._bank
         file = self.zoo.root / BANK_FILE if self.zoo.root is not None else None
+        if file is not None and file.is_file() and self.zoo.read_only is not None:
+            return self.results_bank        # opened immutable: copying a shipped bank writes nothing beside it
         return file if file is not None and file.is_file() else None
 
     def push_to_hub(self, repo_id: str, *, commit_message: str = "Upload modelsat router", private: bool | None = None,
@@ -453,7 +455,10 @@ class Router:
     def sync_zoo(self) -> set[str]:
         """Re-read the zoo's folder where its files changed since the last read (`Zoo.signature`), e.g. by
         `modelsat zoo add/remove` in another process; returns the names added, changed or removed (their cached
-        features are dropped). A bad file raises ZooError and leaves the zoo as it was."""
+        features are dropped). The results bank is re-read too where another process appended to it (every ranking
+        also does so). A bad file raises ZooError and leaves the zoo as it was."""
+        if self._bank is not None:
+            self._bank.refresh()
         signature = self.zoo.signature()
         if signature == self._zoo_signature or self.zoo.root is None:
             return set()

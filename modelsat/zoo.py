@@ -495,7 +495,8 @@ class Zoo:
         and, where set, endpoint, upstream model, the name of its API key's variable (never the key), prices, and
         the declared context window, capabilities and tokenizer; `bank_results`: how many graded results its results
         bank holds beyond the aptitude answers."""
-        banked = bank_counts(self.root / BANK_FILE) if self.root is not None else {}
+        banked = (bank_counts(self.root / BANK_FILE, immutable=self.read_only is not None) if self.root is not None
+                  else {})                                      # a read-only zoo's bank: nothing written beside it
         return [{"model": n, "aptitude_accuracy": e.accuracy, "bank_results": banked.get(n, 0), "cost": e.cost,
                  "cost_unit": e.cost_unit,
                  "params_b": e.params_b, "missing": e.missing, "num_missing": e.num_missing,

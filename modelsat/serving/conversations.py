@@ -80,6 +80,7 @@ class Store:
             db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA cache_size=-512")    # KiB: one connection per thread, so keep each one's cache small
             self._local.db = db
         return db
 

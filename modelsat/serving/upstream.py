@@ -238,6 +238,7 @@ async def forward(plan: Plan, fwd: Forwarding, via: str = "", request_id: str = 
             raise _shutting_down()
         if reason is not None:
             fwd.on_failure(entry, reason)
-        if plan.sticky and plan.unranked and fwd.rank_rest is not None:
-            await fwd.rank_rest(plan)      # the conversation's model failed: rank the others now
+        if plan.sticky and plan.unranked and fwd.rank_rest is not None and deadline > time.monotonic():
+            with anyio.move_on_after(deadline - time.monotonic()):
+                await fwd.rank_rest(plan)      # the conversation's model failed: rank the others now
     raise plan.exhausted()

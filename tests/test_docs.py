@@ -23,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,23 +116,31 @@ def _env() -> dict[str, str]:
 
 
 def _run(block: Block, folder: Path) -> subprocess.CompletedProcess:
-    """Run one block in `folder` in a process group of its own, ended (with what it started) when the block ends."""
+    """Run one block in `folder` in a process group of its own; when it ends (or times out), what it left running in
+    the background (a server) is ended with the group. Output goes to a file, which a server left behind cannot hold
+    open the way it would a pipe."""
     args = (["bash", "-euo", "pipefail", "-c", block.code] if RUN[block.lang] == "bash"
             else [sys.executable, "-c", block.code])
-    proc = subprocess.Popen(args, cwd=folder, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        out += f"\n(timed out after {TIMEOUT} s)"
-    finally:
+    log = folder / f".block-{block.line}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, cwd=folder, env=_env(), stdout=out, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
         try:
-            os.killpg(proc.pid, signal.SIGTERM)       # a server the block left in the background
-        except ProcessLookupError:
-            pass
-    return subprocess.CompletedProcess(args, proc.returncode, out, "")
+            proc.wait(timeout=TIMEOUT)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)                    # the block's background processes, if any
+            except ProcessLookupError:
+                break
+            if sig == signal.SIGTERM:
+                time.sleep(0.5)
+        proc.wait()
+    text = log.read_text(errors="replace") + (f"\n(timed out after {TIMEOUT} s)" if timed_out else "")
+    log.unlink()
+    return subprocess.CompletedProcess(args, 1 if timed_out else proc.returncode, text, "")
 
 
 @pytest.mark.needs_models

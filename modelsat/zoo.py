@@ -271,6 +271,9 @@ def read_results(results: pd.DataFrame | str | Path, name: str) -> dict[str, flo
     missing = {"question_id", "score"} - set(results.columns)
     if missing:
         raise ZooError(f"{where}: missing column(s) {sorted(missing)}; expected question_id, score (and model)")
+    if results.empty:
+        raise ZooError(f"{where}: has no rows (only a header?); a results file holds question_id, score (and model) "
+                       "with one row per aptitude question (`modelsat aptitude run` writes one)")
     if "model" in results.columns:
         if results["model"].nunique() > 1 or (len(results) and name not in set(results["model"])):
             rows = results[results["model"] == name]

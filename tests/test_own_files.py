@@ -84,6 +84,14 @@ def test_a_bad_three_column_csv_is_one_line_naming_the_file(tmp_path: Path, caps
     assert str(file) in err and expected in err, err
 
 
+def test_zoo_add_of_a_header_only_results_file_says_it_has_no_rows(tmp_path: Path, capsys) -> None:
+    from modelsat.zoo import ZooError, read_results
+
+    (tmp_path / "r.csv").write_text("question_id,score\n")
+    with pytest.raises(ZooError, match=r"r.csv: has no rows \(only a header\?\)"):
+        read_results(tmp_path / "r.csv", "m")
+
+
 def test_results_matching_no_question_say_so(tmp_path: Path, capsys) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()

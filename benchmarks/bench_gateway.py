@@ -18,6 +18,11 @@ so that workers, threads and memory are what an operator gets. Phases, printed a
 - `throughput`: requests per second and latency (p50/p99, total and beyond the upstream) at `--workers` x
   `--concurrency`, and "today" (1 worker, one ranking at a time, torch's default threads: how the gateway ranked
   before batching and workers) at concurrency 8, in the same run.
+- `compare` (not in the default phases): today and the default layout served side by side, `--rounds` turns of
+  32 requests at concurrency 8 each, in alternating order: on a machine shared with other jobs, the ratio of two
+  runs minutes apart measures the other jobs as much as the gateway.
+`beyond_ranking_in_gateway_ms` is what the gateway measured itself (`modelsat.elapsed_ms` less ranking and
+upstream): the client's own time (this process's threads) is not in it.
 The machine's load average is printed too: on a shared machine it moves every figure.
 """
 from __future__ import annotations
@@ -141,11 +146,14 @@ def run_load(url: str, n: int, concurrency: int, body_of, timeout: float = 600) 
     ok = [(r.json()["modelsat"], ms) for r, ms in results if r.status_code == 200]
     beyond_upstream = [ms - ext["upstream_ms"] for ext, ms in ok]
     beyond_ranking = [ms - ext["upstream_ms"] - (ext["rank_ms"] or 0.0) for ext, ms in ok]
+    inside = [ext["elapsed_ms"] - ext["upstream_ms"] - (ext["rank_ms"] or 0.0) for ext, _ in ok
+              if ext.get("elapsed_ms") is not None]      # measured by the gateway: no client time in it
     return {"requests": n, "concurrency": concurrency, "ok": len(ok), "seconds": round(seconds, 1),
             "rps": round(n / seconds, 2), "latency_ms": {"p50": pct([m for _, m in results], 50),
                                                         "p99": pct([m for _, m in results], 99)},
             "beyond_upstream_ms": {"p50": pct(beyond_upstream, 50), "p99": pct(beyond_upstream, 99)},
             "beyond_ranking_ms": {"p50": pct(beyond_ranking, 50), "p99": pct(beyond_ranking, 99)},
+            "beyond_ranking_in_gateway_ms": {"p50": pct(inside, 50), "p99": pct(inside, 99)},
             "rank_ms": {"p50": pct([e["rank_ms"] or 0.0 for e, _ in ok], 50)},
             "upstream_ms": {"p50": pct([e["upstream_ms"] for e, _ in ok], 50)}}
 
@@ -186,6 +194,7 @@ def main() -> None:
     p.add_argument("--per-thread", type=int, default=4, help="requests per concurrent client in `throughput`")
     p.add_argument("--n", type=int, default=30, help="requests per concurrency level in `overhead`")
     p.add_argument("--batch", type=int, default=8, help="instructions of the `batching` phase")
+    p.add_argument("--rounds", type=int, default=4, help="turns of each layout in `compare`")
     args = p.parse_args()
     src, phases = Path(args.checkpoint), args.phases.split(",")
     cores = os.cpu_count() or 1
@@ -206,6 +215,20 @@ def main() -> None:
             with serve(ckpt, *common, "--threads", str(threads), workers=workers) as (gw, _):
                 run_load(gw, 3, 1, body)                                          # warm up
                 out["overhead"] = {f"concurrency_{c}": run_load(gw, args.n, c, body) for c in (1, 8)}
+        if "compare" in phases:   # today and the default layout, served side by side, measured in turns
+            workers, threads = default_layout(cores)
+            with serve(ckpt, *common, "--rank-batch", "1") as (today, _), \
+                    serve(ckpt, *common, "--threads", str(threads), workers=workers) as (best, _):
+                run_load(today, 3, 1, body), run_load(best, 3, 1, body)
+                rounds = []
+                for r in range(args.rounds):
+                    order = [("today", today), ("default", best)][::1 if r % 2 == 0 else -1]
+                    rounds.append({name: run_load(gw, 8 * args.per_thread, 8, body)["rps"] for name, gw in order})
+            ratios = [x["default"] / x["today"] for x in rounds]
+            out["compare"] = {"default_layout": f"{workers} workers x {threads} threads, rank-batch 8",
+                              "today": "1 worker x 2 threads, one ranking at a time", "concurrency": 8,
+                              "rounds_rps": rounds, "ratio_median": round(float(np.median(ratios)), 2),
+                              "ratios": [round(x, 2) for x in ratios]}
         if "throughput" in phases:
             cells = {}
             with serve(ckpt, *common, "--rank-batch", "1") as (gw, _):           # today: one ranking at a time

@@ -92,6 +92,7 @@ class Plan:
     started: float = field(default_factory=time.monotonic)
     rank_ms: float | None = None       # time from asking for the ranking to having it, queue included
     upstream_ms: float | None = None   # the answering attempt: request sent -> answer checked (a stream: first event)
+    elapsed_ms: float | None = None    # the request's arrival -> its answer ready to send (a stream: its first event)
 
     def fail(self, entry: ZooEntry, error: str, timeout: bool = False, retry_after: float | None = None,
              rate_limited: bool = False) -> None:
@@ -290,7 +291,7 @@ def extension(plan: Plan, entry: ZooEntry, tokens: tuple[int, int] | None = None
             "read": plan.read, "ranking": plan.ranking, "attempts": plan.attempts,
             "needs": plan.needs.capabilities if plan.needs else [], "excluded": plan.excluded,
             "sticky": plan.sticky is not None, **({"sticky_lost": plan.sticky_lost} if plan.sticky_lost else {}),
-            "rank_ms": plan.rank_ms, "upstream_ms": plan.upstream_ms}
+            "rank_ms": plan.rank_ms, "upstream_ms": plan.upstream_ms, "elapsed_ms": plan.elapsed_ms}
 
 
 def annotate(plan: Plan, entry: ZooEntry, data: dict, tokens: tuple[int, int] | None = None) -> dict:

@@ -200,6 +200,7 @@ async def forward(plan: Plan, fwd: Forwarding, via: str = "", request_id: str = 
                     if fwd.on_answer is not None:
                         await fwd.on_answer(plan, entry, (data.get("choices") or [{}])[0].get("message"), tokens,
                                             time.perf_counter() - start)
+                    plan.elapsed_ms = round(1e3 * (time.monotonic() - plan.started), 2)
                     return JSONResponse(annotate(plan, entry, data, tokens), headers=headers_for(entry))
                 else:
                     kind = response.headers.get("content-type", "")
@@ -209,6 +210,7 @@ async def forward(plan: Plan, fwd: Forwarding, via: str = "", request_id: str = 
                     chunks, splitter = response.aiter_bytes(), EventSplitter()
                     events, size = await _first_events(response, chunks, splitter, settings.max_answer_bytes)
                     plan.upstream_ms = round(1e3 * (time.perf_counter() - start), 2)
+                    plan.elapsed_ms = round(1e3 * (time.monotonic() - plan.started), 2)
                     handed = True
                     return Relay(plan, entry, response, chunks, splitter, events, size, fwd, deadline,
                                  time.perf_counter() - start)

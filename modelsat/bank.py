@@ -8,8 +8,8 @@
 A model's aptitude answers stay in its zoo entry (they are how a model joins); the bank holds what is known beyond
 them: for the models a router was trained on, their train-split labels (`source="train"`); for any model, a user's
 graded prompts (`"results"`) and feedback (`"feedback"`, idempotent by `feedback_id`). A question is stored once,
-keyed by the sha256 of its text (or `qid:<id>` where only a table's question id is known), with its unit sentence
-embedding (float16) by the router's encoder, shared by every model with results on it. The file is stamped with the
+keyed by the sha256 of its text (with the question id of its routing table where it came from one), with its unit
+sentence embedding (float16) by the router's encoder, shared by every model with results on it. The file is stamped with the
 encoder, its width and how it reads a long text (`pretrained.WINDOW_RULE`): a bank embedded another way is refused.
 
 Storage: SQLite in WAL mode (the standard library's `sqlite3`), `synchronous=FULL`, writers serialised by
@@ -51,8 +51,9 @@ CREATE TABLE IF NOT EXISTS questions(id INTEGER PRIMARY KEY, key TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS results(id INTEGER PRIMARY KEY AUTOINCREMENT, model INTEGER NOT NULL REFERENCES models(id),
                                    question INTEGER NOT NULL REFERENCES questions(id),
                                    score REAL NOT NULL CHECK (score >= 0 AND score <= 1),
-                                   source TEXT NOT NULL, feedback_id TEXT UNIQUE, added REAL NOT NULL);
+                                   source TEXT NOT NULL, feedback_id TEXT, added REAL);
 CREATE INDEX IF NOT EXISTS results_by_model ON results(model, question, source);
+CREATE UNIQUE INDEX IF NOT EXISTS results_by_feedback ON results(feedback_id) WHERE feedback_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS questions_by_id ON questions(question_id);
 CREATE TABLE IF NOT EXISTS centroids(cell INTEGER PRIMARY KEY, centroid BLOB NOT NULL);
 """
@@ -65,11 +66,6 @@ class BankError(ValueError):
 def text_key(text: str) -> str:
     """The key of a question given by its text: the sha256 of its UTF-8 bytes."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def id_key(question_id: str) -> str:
-    """The key of a question known only by a routing table's or aptitude test's question id."""
-    return f"qid:{question_id}"
 
 
 @dataclass
@@ -265,8 +261,7 @@ class ResultsBank:
         return out
 
     def question_ids(self, question_ids: Sequence[str]) -> dict[str, str]:
-        """The key of each of `question_ids` (a table's ids) that the bank holds: by text where it was stored by text
-        with that id, else `id_key`."""
+        """The key of each of `question_ids` (a routing table's ids) that the bank holds a question of."""
         out: dict[str, str] = {}
         unique = list(dict.fromkeys(str(q) for q in question_ids))
         for s in range(0, len(unique), 500):
@@ -333,9 +328,9 @@ class ResultsBank:
                     continue
                 old = self.conn.execute("SELECT id, score FROM results WHERE model = ? AND question = ? AND "
                                         "source = ?", (model_id, q, source)).fetchone()
-                if old is None:
+                if old is None:                       # (a training label has no time: the file stays small)
                     self.conn.execute("INSERT INTO results(model, question, score, source, added) VALUES "
-                                      "(?, ?, ?, ?, ?)", (model_id, q, score, source, now))
+                                      "(?, ?, ?, ?, ?)", (model_id, q, score, source, None if source == "train" else now))
                     added += 1
                 elif old[1] != score:
                     self.conn.execute("UPDATE results SET score = ?, added = ? WHERE id = ?", (score, now, old[0]))

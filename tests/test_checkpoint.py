@@ -72,7 +72,7 @@ def _format_1(tiny_checkpoint: Path, folder: Path) -> Path:
 def test_an_older_format_is_a_one_line_error_naming_the_version(tiny_checkpoint: Path, tmp_path: Path,
                                                                   capsys) -> None:
     old = _format_1(tiny_checkpoint, tmp_path / "old")
-    with pytest.raises(CheckpointError, match="in format 1 .*reads format 2.*modelsat checkpoint upgrade"):
+    with pytest.raises(CheckpointError, match=f"in format 1 .*reads format {FORMAT_VERSION}.*modelsat checkpoint upgrade"):
         Router.from_checkpoint(old)
     assert cli(["zoo", "list", "--checkpoint", str(old)]) == 2
     err = capsys.readouterr().err
@@ -83,7 +83,7 @@ def test_upgrade_brings_an_older_checkpoint_to_the_current_format(tiny_checkpoin
                                                                    capsys) -> None:
     old = _format_1(tiny_checkpoint, tmp_path / "old")
     assert cli(["checkpoint", "upgrade", str(old)]) == 0
-    assert "upgraded to format 2" in capsys.readouterr().out
+    assert f"upgraded to format {FORMAT_VERSION}" in capsys.readouterr().out
     assert checkpoint_format(old) == FORMAT_VERSION and (old / "README.md").is_file()
     assert json.loads((old / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-llama"
     torch.testing.assert_close(_scores(Router.from_checkpoint(old)), _scores(Router.from_checkpoint(tiny_checkpoint)),
@@ -163,3 +163,40 @@ def test_push_to_hub_uploads_a_complete_checkpoint(tiny_checkpoint: Path, monkey
     assert url.endswith("/commit/abc") and calls["create"] == ("me/router", True, True)
     assert calls["upload"][0] == "me/router" and {"README.md", FORMAT_FILE, "adapter_model.safetensors", "zoo",
                                                     "config.yaml", "aptitude.json"} <= set(calls["upload"][2])
+
+
+def test_a_modelsat_0_2_checkpoint_reading_the_aptitude_evidence_upgrades_and_ranks(tiny_checkpoint: Path,
+                                                                                    tmp_path: Path) -> None:
+    """Format 2 (modelsat 0.2) had no results bank and no model.evidence_source: its evidence read the aptitude
+    answers alone (9 values). `modelsat checkpoint upgrade` marks it evidence_source=aptitude, and it ranks as before."""
+    import yaml
+
+    from modelsat.aptitude import Aptitude
+    from modelsat.category import CategoryClassifier
+    from modelsat.checkpoint_writer import write_checkpoint
+    from modelsat.config import load_config
+    from modelsat.evidence import APTITUDE_DIM
+    from modelsat.model import build_router_model
+    from modelsat.zoo import Zoo
+
+    cfg = load_config(tiny_checkpoint / "config.yaml")
+    cfg.model.evidence, cfg.model.evidence_source = True, "aptitude"
+    aptitude = Aptitude.load(tiny_checkpoint / "aptitude.json")
+    model = build_router_model(cfg.model, per_task=aptitude.per_task)
+    keys = torch.nn.functional.normalize(
+        model.sentence_encoder.encode([aptitude.texts[q] for q in aptitude.question_ids]).float(), dim=-1)
+    cats = ["a" if i % 2 else "b" for i in range(len(keys))]
+    old = tmp_path / "old"
+    write_checkpoint(old, model, cfg, aptitude, Zoo.load(tiny_checkpoint / "zoo", aptitude), aptitude_embeddings=keys,
+                     category_classifier=CategoryClassifier.fit(keys, cats, cats))
+    saved = yaml.safe_load((old / "config.yaml").read_text())
+    del saved["model"]["evidence_source"]                        # as 0.2 wrote it
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    (old / FORMAT_FILE).write_text(json.dumps({"format": "modelsat-router", "format_version": 2}))
+    with pytest.raises(CheckpointError, match="in format 2 .*modelsat checkpoint upgrade"):
+        Router.from_pretrained(old)
+    assert upgrade_checkpoint(old) is True
+    router = Router.from_pretrained(old)
+    assert router.config.model.evidence_source == "aptitude"
+    assert router.evidence(["What is 2+2?"], router.models).shape == (1, len(router.models), APTITUDE_DIM)
+    assert router.rank("What is 2+2?")[0].model in router.models

@@ -11,6 +11,7 @@ import torch
 
 from conftest import REPO, tiny_overrides, train_tiny
 from modelsat.checkpoint import CheckpointError
+from modelsat.evidence import DIM as EVIDENCE_DIM
 
 import modelsat.train as train  # noqa: E402 (the code of train.py)
 
@@ -296,7 +297,7 @@ def test_stage0_fits_the_evidence_offset_then_keeps_it_frozen(tmp_path: Path) ->
     early, last = load_file(run / "step-000002" / "connector.safetensors"), load_file(run / "final" / "connector.safetensors")
     offset = [k for k in last if k.startswith("evidence.offset.")]
     assert sorted(offset) == ["evidence.offset.0.bias", "evidence.offset.0.weight"]          # linear: E → 1
-    assert last["evidence.offset.0.weight"].shape == (1, 9) and last["evidence.offset.0.weight"].abs().sum() > 0
+    assert last["evidence.offset.0.weight"].shape == (1, EVIDENCE_DIM) and last["evidence.offset.0.weight"].abs().sum() > 0
     for k in offset:                                                                         # fitted, then frozen
         torch.testing.assert_close(early[k], last[k], rtol=0, atol=0)
     assert any(not torch.equal(early[k], last[k]) for k in last if k not in offset)          # the rest trains

@@ -119,7 +119,7 @@ def test_cli_zoo_add_list_remove(tmp_path: Path, aptitude: Aptitude, capsys) -> 
     assert cli(["zoo", "add", "--checkpoint", str(ckpt), "--name", "new-llm", "--results", str(res), "--cost", "3"]) == 0
     assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out.split("\n", 1)[1])
-    assert listed == [{"model": "new-llm", "aptitude_accuracy": 0.5, "cost": 3.0, "cost_unit": "", "params_b": None,
+    assert listed == [{"model": "new-llm", "aptitude_accuracy": 0.5, "bank_results": 0, "cost": 3.0, "cost_unit": "", "params_b": None,
                        "missing": "error", "num_missing": 0}]
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "new-llm"]) == 0
     assert cli(["zoo", "remove", "--checkpoint", str(ckpt), "--name", "new-llm"]) == 2

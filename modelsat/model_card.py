@@ -64,8 +64,11 @@ def model_card(config: Config, aptitude: Aptitude, zoo: Zoo, metrics: dict | Non
              "modelsat, which builds the same model from `config.yaml`.",
              f"- Sentence encoder: `{m.sentence_encoder}` ({_source(m.sentence_encoder)}), frozen.",
              f"- Capability encoder: `{m.encoder_mode}` features through a `{m.connector}` connector into "
-             f"{m.num_soft_tokens} soft tokens per candidate (+{m.instruction_tokens} instruction-pooled); aptitude "
-             f"evidence {'read' if m.evidence else 'not read'}.", "",
+             f"{m.num_soft_tokens} soft tokens per candidate (+{m.instruction_tokens} instruction-pooled); "
+             + (("evidence from each candidate's results bank (its aptitude answers and its graded results, "
+                 "`zoo/bank.sqlite`: `modelsat zoo add-results` grows it without retraining)"
+                 if m.evidence_source == "bank" else "evidence from the aptitude answers alone")
+                if m.evidence else "no evidence read") + ".", "",
              "## Aptitude test", "",
              f"{aptitude.num_tasks} tasks × {aptitude.per_task} questions ({len(aptitude.question_ids)} in all; "
              f"fingerprint `{aptitude.fingerprint[:12]}`). A model joins with its per-question results: "

@@ -163,7 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--upstream-timeout", type=float, default=60.0,
                     help="gateway: seconds to wait for an upstream's answer or next streamed chunk (default 60)")
     sv.add_argument("--connect-timeout", type=float, default=5.0,
-                    help="gateway: seconds to connect to an upstream (default 5)")
+                    help="gateway: seconds to connect to an upstream, or to wait for a free connection (default 5)")
+    sv.add_argument("--deadline", type=float, default=300.0,
+                    help="gateway: seconds for a whole chat request, every attempt and the whole answer, streams "
+                         "included (default 300)")
+    sv.add_argument("--max-answer-bytes", type=int, default=16 << 20,
+                    help="gateway: an upstream answer (or stream) over this many bytes fails (default 16 MiB)")
+    sv.add_argument("--upstream-connections", type=int, default=64,
+                    help="gateway: connections open at most to one upstream host:port (default 64)")
+    sv.add_argument("--workers", type=int, help="worker processes sharing the port (default: one per CPU core, "
+                                                "at most 4)")
+    sv.add_argument("--threads", type=int, help="torch threads per worker (default: cores / workers)")
+    sv.add_argument("--rank-batch", type=int, default=8,
+                    help="requests ranked together at most, per worker (1: one at a time; default 8)")
+    sv.add_argument("--state-dir", help="folder of the conversation and answer-id store, shared by the workers "
+                                        "(default: ~/.local/state/modelsat/<checkpoint>-<hash>)")
+    sv.add_argument("--sticky-ttl", type=float, default=3600.0,
+                    help="seconds a conversation stays on the model that answered it (0: off; default 3600)")
+    sv.add_argument("--feedback-ttl", type=float, default=7 * 86400.0,
+                    help="seconds an answer's id takes feedback (POST /v1/feedback; default 7 days)")
     sv.set_defaults(fn="cmd_serve")
 
     ca = sub.add_parser("calibrate", help="the smallest cost_weight that meets a budget on representative instructions")

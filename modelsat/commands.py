@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -210,20 +211,37 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
     except ImportError as e:
         raise ValueError(f"modelsat serve needs the [serve] extra ({e.name} is not installed); run "
                          "`pip install 'modelsat[serve]'`") from e
+    import uuid
+
     from modelsat.serving.plan import GatewaySettings
-    from modelsat.router import Router
-    from modelsat.serving.app import create_app
+    from modelsat.serving.workers import default_layout, default_state_dir, serve
 
     settings = GatewaySettings(max_attempts=a.max_attempts, timeout=a.upstream_timeout,
-                               connect_timeout=a.connect_timeout)   # checked before the router loads
-    router = Router.from_checkpoint(a.checkpoint)
-    router.warm_up()
-    app = create_app(router, persist=a.persist, gateway=settings)
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level.lower())
+                               connect_timeout=a.connect_timeout, deadline=a.deadline,
+                               max_answer_bytes=a.max_answer_bytes,
+                               upstream_connections=a.upstream_connections)   # checked before the router loads
+    workers, threads = default_layout()
+    for flag, value in (("--workers", a.workers), ("--threads", a.threads), ("--rank-batch", a.rank_batch)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be an integer >= 1, got {value}")
+    workers = a.workers or workers
+    threads = a.threads or max(1, (os.cpu_count() or 1) // workers)
+    for flag, value in (("--sticky-ttl", a.sticky_ttl), ("--feedback-ttl", a.feedback_ttl)):
+        if not 0 <= value < float("inf"):
+            raise ValueError(f"{flag} must be a number of seconds >= 0, got {value}")
+    if a.persist:
+        _zoo(a.checkpoint, write=True)              # --persist writes to the zoo: a read-only one is refused now
+    state = Path(a.state_dir) if a.state_dir else default_state_dir(a.checkpoint)
+    options = {"checkpoint": a.checkpoint, "persist": a.persist, "gateway": vars(settings), "state_dir": str(state),
+               "sticky_ttl": a.sticky_ttl, "feedback_ttl": a.feedback_ttl, "rank_batch": a.rank_batch,
+               "instance": uuid.uuid4().hex[:16], "threads": threads, "host": a.host, "port": a.port}
+    print(f"modelsat serve: {workers} worker(s) x {threads} torch thread(s), state in {state}", flush=True)
+    serve(options, workers, a.log_level)
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:

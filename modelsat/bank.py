@@ -12,11 +12,11 @@ keyed by the sha256 of its text (with the question id of its routing table where
 sentence embedding (float16) by the router's encoder, shared by every model with results on it. The file is stamped with the
 encoder, its width and how it reads a long text (`pretrained.WINDOW_RULE`): a bank embedded another way is refused.
 
-Storage: SQLite in WAL mode (the standard library's `sqlite3`), `synchronous=FULL`, writers serialised by
-`BEGIN IMMEDIATE`: several processes (the service's workers) append at once, and a committed (acknowledged) write
-survives a kill -9. Readers keep the bank in memory and read only the rows appended since (`refresh`, one
-`PRAGMA data_version` per call when nothing changed); an update or deletion bumps a generation counter that makes
-readers reload whole.
+Storage: SQLite (the standard library's `sqlite3`), in WAL mode from the first write on, `synchronous=FULL`,
+writers serialised by `BEGIN IMMEDIATE`: several processes (the service's workers) append at once, and a committed
+(acknowledged) write survives a kill -9. Readers keep the bank in memory and read only the rows appended since
+(`refresh`, one `PRAGMA data_version` per call when nothing changed); an update or deletion bumps a generation
+counter that makes readers reload whole.
 
 Search: a model with more than `EXACT_LIMIT` results is searched through cells (an inverted file, as IVF indexes do:
 Jégou et al., 2011): once the store holds more than `EXACT_LIMIT` questions, k-means centroids (scikit-learn) are fitted
@@ -52,7 +52,7 @@ CREATE TABLE IF NOT EXISTS results(id INTEGER PRIMARY KEY AUTOINCREMENT, model I
                                    question INTEGER NOT NULL REFERENCES questions(id),
                                    score REAL NOT NULL CHECK (score >= 0 AND score <= 1),
                                    source TEXT NOT NULL, feedback_id TEXT, added REAL);
-CREATE INDEX IF NOT EXISTS results_by_model ON results(model, question, source);
+CREATE INDEX IF NOT EXISTS results_by_model ON results(model, question) WHERE source = 'results';
 CREATE UNIQUE INDEX IF NOT EXISTS results_by_feedback ON results(feedback_id) WHERE feedback_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS questions_by_id ON questions(question_id);
 CREATE TABLE IF NOT EXISTS centroids(cell INTEGER PRIMARY KEY, centroid BLOB NOT NULL);
@@ -137,8 +137,7 @@ class ResultsBank:
                                        check_same_thread=False, isolation_level=None)
         else:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")   # WAL from the first write on (`_ensure_wal`): reading leaves the file as it is
         try:
             if not (self.readonly and self.path is not None and self.path.is_file()):
                 conn.executescript(SCHEMA)
@@ -271,6 +270,12 @@ class ResultsBank:
         return out
 
     # ----- writing -------------------------------------------------------------------------------------------------
+    def _ensure_wal(self) -> None:
+        """Switch the file to WAL mode (kept in the file from then on), where it is not yet: several processes then
+        write and read at once. A bank that was only read stays as shipped (a rollback journal)."""
+        if self.path is not None and self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.conn.execute("PRAGMA journal_mode=WAL")
+
     def _check_writable(self) -> None:
         if self.readonly:
             raise BankError(f"the results bank {self.path} is in a folder that cannot be written (e.g. a router "
@@ -283,11 +288,13 @@ class ResultsBank:
             store_text: bool = True) -> int:
         """Add one model's results in one transaction (all or none): question `keys` with their `scores` in [0, 1].
         Questions the bank lacks are embedded by `embed(indices into keys)` → (n, D) unit float array (their texts,
-        `texts`, stored where `store_text`; `question_ids` stored where known). A result of `source` "train" or
-        "results" replaces the model's earlier one on the same question; "feedback" results add up, and one whose
-        `feedback_ids` entry was seen before is skipped. Returns the number of results added or replaced. Raises
+        `texts`, stored where `store_text`; `question_ids` stored where known). A result of `source` "results"
+        replaces the model's earlier "results" one on the same question; "feedback" results add up, and one whose
+        `feedback_ids` entry was seen before is skipped; "train" results (a checkpoint's train-split labels) are
+        written once into a new bank by train.py, unindexed. Returns the number of results added or replaced. Raises
         BankError where the bank is read-only or a question is new and `embed` is None."""
         self._check_writable()
+        self._ensure_wal()
         if source not in SOURCES:
             raise BankError(f"source must be one of {SOURCES}, got {source!r}")
         n = len(keys)
@@ -317,6 +324,11 @@ class ResultsBank:
             added, updated = 0, False
             for i in range(n):
                 q, score = known[keys[i]], float(scores[i])
+                if source == "train":                 # written once, by train.py, into a new bank: no lookup,
+                    self.conn.execute("INSERT INTO results(model, question, score, source) VALUES (?, ?, ?, ?)",
+                                      (model_id, q, score, source))           # no index, no time: a small file
+                    added += 1
+                    continue
                 if source == "feedback":
                     fid = feedback_ids[i]
                     if fid is not None and self.conn.execute("SELECT 1 FROM results WHERE feedback_id = ?",
@@ -327,10 +339,10 @@ class ResultsBank:
                     added += 1
                     continue
                 old = self.conn.execute("SELECT id, score FROM results WHERE model = ? AND question = ? AND "
-                                        "source = ?", (model_id, q, source)).fetchone()
-                if old is None:                       # (a training label has no time: the file stays small)
+                                        "source = 'results'", (model_id, q)).fetchone()
+                if old is None:
                     self.conn.execute("INSERT INTO results(model, question, score, source, added) VALUES "
-                                      "(?, ?, ?, ?, ?)", (model_id, q, score, source, None if source == "train" else now))
+                                      "(?, ?, ?, ?, ?)", (model_id, q, score, source, now))
                     added += 1
                 elif old[1] != score:
                     self.conn.execute("UPDATE results SET score = ?, added = ? WHERE id = ?", (score, now, old[0]))
@@ -344,6 +356,7 @@ class ResultsBank:
     def remove_model(self, model: str) -> int:
         """Delete every bank result of `model` (its zoo entry is being removed); returns how many."""
         self._check_writable()
+        self._ensure_wal()
         with _write(self.conn):
             row = self.conn.execute("SELECT id FROM models WHERE name = ?", (model,)).fetchone()
             if row is None:

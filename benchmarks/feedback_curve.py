@@ -7,11 +7,11 @@ For each model of `data.unseen_models` (never trained on; it joined its zoo by i
 config's zoo that holds it, the router's gain over the best single model on the test split (points, 95% paired
 bootstrap CI), as its bank grows by results it would get as feedback: its aptitude answers alone, then +100, +500
 and +2,000 of its train-split results (seeded random draws, each larger draw holding the smaller ones; banked through
-`Router.add_results` by question id). A candidate's p_correct depends on that candidate alone (packing is exact), so
+`Router.add_results` by their texts). A candidate's p_correct depends on that candidate alone (packing is exact), so
 the zoo's other columns are scored once and only the unseen model's column again at each size. `--trained-on`: a
 router trained with the same config but no unseen model (`data.unseen_models=[]`), whose bank holds every training
 model's train labels: the same zoo scored by it is the reference ("the same model trained on"). Writes
-`<out>/feedback_curve.json` and the figure `benchmarks/figures/feedback_curve.png` (with `--figure`).
+`<out>/feedback_curve.json` (and each scored matrix, `p-MODEL-SIZE.npy`) and the figure `benchmarks/figures/feedback_curve.png` (with `--figure`).
 """
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ def main() -> None:
     out: dict = {"checkpoint": args.checkpoint, "split": args.split, "sizes": list(SIZES), "models": {}}
     reference = Router.from_pretrained(args.trained_on) if args.trained_on else None
     start = time.time()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     for unseen in cfg.data.unseen_models:
         zoo = next((z for z, ms in cfg.data.zoos.items() if unseen in ms), None)
         if zoo is None:
@@ -79,8 +80,8 @@ def main() -> None:
         ids = [q for q, k in zip(splits[args.split], keep) if k]
         y, texts = y[keep], table.texts(ids)
         emb = embed(texts)
-        train_acc = np.nanmean(table.outcome_matrix(train, models), axis=0)
-        best = int(np.argmax(train_acc))
+        ytr = table.outcome_matrix(train, models)                   # the evaluation's yardstick (modelsat/evaluate.py):
+        best = int(np.argmax(ytr[~np.isnan(ytr).any(axis=1)].mean(axis=0)))   # train rows with every zoo model's result
         col = models.index(unseen)
         labels = table.outcome_matrix(train, [unseen])[:, 0]
         have = np.flatnonzero(~np.isnan(labels))
@@ -98,16 +99,16 @@ def main() -> None:
             for size in SIZES:
                 if size > banked:
                     pick = order[banked:size]
-                    router.add_results(unseen, pd.DataFrame({"question_id": [train[i] for i in pick],
+                    router.add_results(unseen, pd.DataFrame({"text": table.texts([train[i] for i in pick]),
                                                              "score": labels[pick]}))
                     banked = size
                     matrix[:, col] = scores(router, texts, emb, [unseen])[:, 0]
                 row["curve"].append({"bank": size, **gain(matrix, y, best)})
+                np.save(Path(args.out) / f"p-{unseen}-{size}.npy", matrix)
         if reference is not None:
             row["trained_on"] = gain(scores(reference, texts, emb, models), y, best)
         out["models"][unseen] = row
     out["seconds"] = round(time.time() - start, 1)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "feedback_curve.json").write_text(json.dumps(out, indent=1))
     if args.figure:
         plot(out, Path(args.figure))

@@ -9,8 +9,9 @@ A model's aptitude answers stay in its zoo entry (they are how a model joins); t
 them: for the models a router was trained on, their train-split labels (`source="train"`); for any model, a user's
 graded prompts (`"results"`) and feedback (`"feedback"`, idempotent by `feedback_id`). A question is stored once,
 keyed by the sha256 of its text (with the question id of its routing table where it came from one), with its unit
-sentence embedding (float16) by the router's encoder, shared by every model with results on it. The file is stamped with the
-encoder, its width and how it reads a long text (`pretrained.WINDOW_RULE`): a bank embedded another way is refused.
+sentence embedding (float16) by the router's encoder, shared by every model with results on it. The file is stamped
+with the encoder, its width and how it reads a long text (`pretrained.WINDOW_RULE`): a bank embedded another way is
+refused.
 
 Storage: SQLite (the standard library's `sqlite3`), in WAL mode from the first write on, `synchronous=FULL`,
 writers serialised by `BEGIN IMMEDIATE`: several processes (the service's workers) append at once, and a committed
@@ -18,10 +19,16 @@ writers serialised by `BEGIN IMMEDIATE`: several processes (the service's worker
 (`refresh`, one `PRAGMA data_version` per call when nothing changed); an update or deletion bumps a generation
 counter that makes readers reload whole.
 
-Search: a model with more than `EXACT_LIMIT` results is searched through cells (an inverted file, as IVF indexes do:
-Jégou et al., 2011): once the store holds more than `EXACT_LIMIT` questions, k-means centroids (scikit-learn) are fitted
-on a sample and every question is assigned its nearest one; a search reads the cells nearest the instruction until
-it holds `PROBE_ROWS` of the model's results (`modelsat/evidence.py`). Below the limit every result is read (exact).
+Search: a model with more than `EXACT_LIMIT` results is searched through cells (an inverted file, as IVF indexes
+do: Jégou et al., 2011): once the store holds more than `EXACT_LIMIT` questions, k-means centroids (scikit-learn) are
+fitted on a sample and every question is assigned its nearest one; a search reads the cells nearest the instruction
+until it holds `PROBE_ROWS` of the model's results (`modelsat/evidence.py`). Below the limit every result is read
+(exact).
+
+Why one module: the file's schema, its one writer path (`ResultsBank.add`, one transaction), its incremental reader
+(`refresh`) and the helpers that read or copy the file without loading it (`bank_counts`, `forget_model`,
+`copy_bank`, `read_graded` for results files) all depend on the same tables and stamp; split, each would have to
+restate them.
 """
 from __future__ import annotations
 
@@ -137,7 +144,8 @@ class ResultsBank:
                                        check_same_thread=False, isolation_level=None)
         else:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-            conn.execute("PRAGMA synchronous=FULL")   # WAL from the first write on (`_ensure_wal`): reading leaves the file as it is
+            conn.execute("PRAGMA synchronous=FULL")   # WAL from the first write on (`_ensure_wal`): a reader leaves
+                                                      # the file as it is
         try:
             if not (self.readonly and self.path is not None and self.path.is_file()):
                 conn.executescript(SCHEMA)
@@ -386,7 +394,7 @@ class ResultsBank:
         fitted = int(self._meta("cells_fitted_at") or 0)
         if count <= EXACT_LIMIT or (fitted and count < 16 * fitted):
             return
-        from sklearn.cluster import MiniBatchKMeans   # scikit-learn is imported by what clusters (modelsat/baselines.py)
+        from sklearn.cluster import MiniBatchKMeans   # (imported by what clusters: `zoo list` stays quick)
 
         ids, emb = [], []
         for qid, blob in self.conn.execute("SELECT id, embedding FROM questions ORDER BY id"):

@@ -174,7 +174,8 @@ class AptitudeEvidence:
     """The (Q, M, E) aptitude evidence of modelsat 0.2 (E = APTITUDE_DIM): nn_k and a softmax kernel over the aptitude
     questions nearest the instruction, the category value with the aptitude questions' own categories, the overall
     aptitude accuracy and how near the test comes (the mean of the 10 largest similarities, the same for every
-    candidate). `keys`: (A, D) unit embeddings of the aptitude questions. Raises ValueError on shapes that do not fit."""
+    candidate). `keys`: (A, D) unit embeddings of the aptitude questions. Raises ValueError on shapes that do not
+    fit."""
 
     def __init__(self, keys: torch.Tensor, classifier: CategoryClassifier | None = None) -> None:
         if keys.ndim != 2 or keys.shape[0] < 1:
@@ -189,7 +190,8 @@ class AptitudeEvidence:
             raise ValueError(f"outcomes must be (A, M) with A = {self.keys.shape[0]} aptitude questions, "
                              f"got {outcomes.shape}")
         if instructions.ndim != 2 or instructions.shape[1] != self.keys.shape[1]:
-            raise ValueError(f"instruction embeddings must be (Q, {self.keys.shape[1]}), got {tuple(instructions.shape)}")
+            raise ValueError(f"instruction embeddings must be (Q, {self.keys.shape[1]}), got "
+                             f"{tuple(instructions.shape)}")
         sim = (instructions.float() @ self.keys.T).double()                        # (Q, A)
         o = torch.from_numpy(outcomes)                                              # (A, M)
         ks = [min(k, sim.shape[1]) for k in APTITUDE_NEIGHBOURS]

@@ -15,6 +15,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from modelsat.aptitude import Aptitude
+from modelsat.checkpoint import shipped_routers
 from modelsat.config import Config
 from modelsat.pretrained import OFFLINE_PACKAGES, SMOLLM2, portable_name
 from modelsat.zoo import Zoo
@@ -56,7 +57,7 @@ def model_card(config: Config, aptitude: Aptitude, zoo: Zoo, metrics: dict | Non
              "the candidate answers correctly, minus an optional cost term, without running any candidate. A new LLM "
              "joins the zoo by taking the aptitude test below; no retraining.", "",
              "```python", "from modelsat import Router", "",
-             "router = Router.from_pretrained(\"PATH_OR_HUB_ID\")",
+             f"router = Router.from_pretrained({name if name in shipped_routers() else 'PATH_OR_HUB_ID'!r})",
              "router.rank(\"What is the derivative of x^2?\", top_k=3)", "```", "",
              "## Backbones", "",
              f"- Router LLM: `{m.llm}` ({_source(m.llm)}), {layers}, LoRA r={m.lora_r}, alpha={m.lora_alpha} on "

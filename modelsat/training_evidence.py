@@ -145,7 +145,8 @@ class EvidenceTable:
         out = []
         for q, m in zip(question_ids, models):
             j = self.col[m]
-            out.append(self.values[self.level(q, m), self.row[q], j] if q in self.row else self.val_values[self.val_row[q], j])
+            out.append(self.values[self.level(q, m), self.row[q], j] if q in self.row
+                       else self.val_values[self.val_row[q], j])
         return torch.stack(out)
 
     def train_values(self) -> torch.Tensor:

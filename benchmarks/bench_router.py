@@ -15,7 +15,9 @@ Steps, each timed once with wall clock, in this order:
     through `Router.add_model` (from their aptitude results, as any new model joins), so the count is what varies.
   - with `--big-bank N`: on a copy of the checkpoint, one zoo model's results bank grows by N results (random unit
     embeddings, random scores: the search does not care what they are), then `Router.rank` over the whole zoo is
-    timed again on the same instructions (`big_bank`: median ms before and after, and the time to bank them).
+    timed again on the same instructions (`big_bank`: median ms before and after, and the time to bank them);
+    `added_ms` is paired, robust to a busy machine: the median of ranking the grown model alone minus that of
+    ranking another zoo model (an ordinary bank) alone, interleaved over 3 passes of the instructions.
 `start_to_first_ranking_s` = load + warm-up + the first ranking: what `infer.py` waits for one instruction.
 The instructions are the first `--n` questions of the checkpoint's aptitude test (present in every checkpoint; the
 timing does not depend on which questions they are). Prints one JSON object.
@@ -149,8 +151,19 @@ def time_big_bank(checkpoint: str, texts: list[str], n: int) -> dict:
         banked_s = time.perf_counter() - start
         router.rank(texts[0])                                               # reads the grown bank once
         after = median_ms()
+        twin = router.models[1]                  # an ordinary bank: the same LLM work, only the search differs
+        grown, ordinary = [], []
+        for _ in range(3):
+            for text in texts:                   # interleaved, so that the machine's noise falls on both alike
+                for who, out in ((name, grown), (twin, ordinary)):
+                    start = time.perf_counter()
+                    router.rank(text, models=[who])
+                    out.append(time.perf_counter() - start)
+        paired = 1000 * (float(np.median(grown)) - float(np.median(ordinary)))
         return {"model": name, "results": router.bank_size(name), "before_ms": before, "after_ms": after,
-                "added_ms": round(after - before, 1), "bank_s": round(banked_s, 1),
+                "added_ms": round(paired, 1), "alone_ms": {name: round(1000 * float(np.median(grown)), 1),
+                                                           twin: round(1000 * float(np.median(ordinary)), 1)},
+                "twin_results": router.bank_size(twin), "bank_s": round(banked_s, 1),
                 "cells": None if router.results_bank.centroids is None else len(router.results_bank.centroids)}
 
 

@@ -9,6 +9,7 @@ the end of training (`metrics.json`).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def model_card(config: Config, aptitude: Aptitude, zoo: Zoo, metrics: dict | Non
              "the candidate answers correctly, minus an optional cost term, without running any candidate. A new LLM "
              "joins the zoo by taking the aptitude test below; no retraining.", "",
              "```python", "from modelsat import Router", "",
-             f"router = Router.from_pretrained({name if name in shipped_routers() else 'PATH_OR_HUB_ID'!r})",
+             f"router = Router.from_pretrained({json.dumps(name if name in shipped_routers() else 'PATH_OR_HUB_ID')})",
              "router.rank(\"What is the derivative of x^2?\", top_k=3)", "```", "",
              "## Backbones", "",
              f"- Router LLM: `{m.llm}` ({_source(m.llm)}), {layers}, LoRA r={m.lora_r}, alpha={m.lora_alpha} on "

@@ -296,11 +296,14 @@ class ResultsBank:
             store_text: bool = True) -> int:
         """Add one model's results in one transaction (all or none): question `keys` with their `scores` in [0, 1].
         Questions the bank lacks are embedded by `embed(indices into keys)` → (n, D) unit float array (their texts,
-        `texts`, stored where `store_text`; `question_ids` stored where known). A result of `source` "results"
-        replaces the model's earlier "results" one on the same question; "feedback" results add up, and one whose
-        `feedback_ids` entry was seen before is skipped; "train" results (a checkpoint's train-split labels) are
-        written once into a new bank by train.py, unindexed. Returns the number of results added or replaced. Raises
-        BankError where the bank is read-only or a question is new and `embed` is None."""
+        `texts`, stored where `store_text`; `question_ids` stored where known) before the write begins, so that a long
+        embedding holds no lock (another process's writes go on meanwhile). A result of `source` "results" replaces
+        the model's earlier "results" one on the same question (within one call too: the last row of a question
+        wins); "feedback" results add up, and one whose `feedback_ids` entry was banked before for this model is
+        skipped; "train" results (a checkpoint's train-split labels) are written once into a new bank by train.py,
+        unindexed. Returns the number of results added or changed (a row equal to what is banked changes nothing).
+        Raises BankError where the bank is read-only or busy past its timeout, a question is new and `embed` is None,
+        or a feedback id was banked before for another model (an id names one answer of one model)."""
         self._check_writable()
         self._ensure_wal()
         if source not in SOURCES:
@@ -309,17 +312,27 @@ class ResultsBank:
         texts = list(texts) if texts is not None else [None] * n
         question_ids = list(question_ids) if question_ids is not None else [None] * n
         feedback_ids = list(feedback_ids) if feedback_ids is not None else [None] * n
+        order = range(n)
+        if source == "results":                   # one result per question: its last row
+            last = {k: i for i, k in enumerate(keys)}
+            order = sorted(last.values())
         dim = int(self.stamp["dim"])
+        known = self.known(keys)
+        missing = [i for i, k in _first_of(keys) if k not in known]
+        fresh: dict[str, np.ndarray] = {}
+        if missing:                               # embedded before the transaction: no lock held meanwhile
+            if embed is None:
+                raise BankError(f"question {keys[missing[0]]!r} is not in the bank and no text was given to embed")
+            emb = np.asarray(embed(missing), dtype=np.float32)
+            if emb.shape != (len(missing), dim):
+                raise BankError(f"embeddings of shape {emb.shape} for {len(missing)} questions of width {dim}")
+            fresh = {keys[i]: emb[j] for j, i in enumerate(missing)}
         now = time.time()
-        with _write(self.conn):
+        with _write(self.conn, self.path):
             known = self.known(keys)
-            new = [i for i, k in _first_of(keys) if k not in known]
+            new = [i for i, k in _first_of(keys) if k not in known]       # another process may have added some
             if new:
-                if embed is None:
-                    raise BankError(f"question {keys[new[0]]!r} is not in the bank and no text was given to embed")
-                emb = np.asarray(embed(new), dtype=np.float32)
-                if emb.shape != (len(new), dim):
-                    raise BankError(f"embeddings of shape {emb.shape} for {len(new)} questions of width {dim}")
+                emb = np.stack([fresh[keys[i]] for i in new])
                 cells = self._assign(emb)
                 for j, i in enumerate(new):
                     cur = self.conn.execute(
@@ -330,7 +343,7 @@ class ResultsBank:
             self.conn.execute("INSERT OR IGNORE INTO models(name) VALUES (?)", (model,))
             model_id = self.conn.execute("SELECT id FROM models WHERE name = ?", (model,)).fetchone()[0]
             added, updated = 0, False
-            for i in range(n):
+            for i in order:
                 q, score = known[keys[i]], float(scores[i])
                 if source == "train":                 # written once, by train.py, into a new bank: no lookup,
                     self.conn.execute("INSERT INTO results(model, question, score, source) VALUES (?, ?, ?, ?)",
@@ -339,9 +352,14 @@ class ResultsBank:
                     continue
                 if source == "feedback":
                     fid = feedback_ids[i]
-                    if fid is not None and self.conn.execute("SELECT 1 FROM results WHERE feedback_id = ?",
-                                                             (fid,)).fetchone():
-                        continue
+                    if fid is not None:
+                        seen = self.conn.execute("SELECT m.name FROM results r JOIN models m ON m.id = r.model "
+                                                 "WHERE r.feedback_id = ?", (fid,)).fetchone()
+                        if seen is not None and seen[0] != model:
+                            raise BankError(f"feedback_id {fid[:80]!r} was banked before for model {seen[0]!r}, "
+                                            f"not {model!r}: a feedback id names one answer of one model")
+                        if seen is not None:
+                            continue
                     self.conn.execute("INSERT INTO results(model, question, score, source, feedback_id, added) "
                                       "VALUES (?, ?, ?, ?, ?, ?)", (model_id, q, score, source, fid, now))
                     added += 1
@@ -365,7 +383,7 @@ class ResultsBank:
         """Delete every bank result of `model` (its zoo entry is being removed); returns how many."""
         self._check_writable()
         self._ensure_wal()
-        with _write(self.conn):
+        with _write(self.conn, self.path):
             row = self.conn.execute("SELECT id FROM models WHERE name = ?", (model,)).fetchone()
             if row is None:
                 return 0
@@ -425,13 +443,18 @@ def _first_of(keys: Sequence[str]):
 
 
 class _write:
-    """A write transaction: BEGIN IMMEDIATE (one writer at a time across processes), COMMIT or ROLLBACK."""
+    """A write transaction: BEGIN IMMEDIATE (one writer at a time across processes), COMMIT or ROLLBACK. A bank
+    that another process keeps locked past the connection's timeout (30 s) is a BankError naming the file."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None) -> None:
+        self.conn, self.path = conn, path
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise BankError(f"the results bank {self.path} is busy ({e}): another process has been writing to it "
+                            "for over 30 s; try again when it is done") from None
         return self.conn
 
     def __exit__(self, kind, value, tb) -> None:
@@ -442,52 +465,85 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK)
 
 
-def read_graded(results: pd.DataFrame | str | Path, source_name: str = "results") -> pd.DataFrame:
-    """A table of graded results to bank: a `text` or `question_id` column (or both: a row needs one) and `score`
-    in [0, 1], from a DataFrame or a CSV, JSONL or parquet file. Returns the rows as a DataFrame with columns
-    `text` (str or None), `question_id` (str or None) and `score` (float). Raises BankError, in one line, naming the
-    file, row and column, where a file is missing or unreadable, has no rows, lacks the columns, or a row has an
-    empty text and no id, or a score that is not a number in [0, 1] (NaN included)."""
-    where = source_name
+def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: str = "results",
+                model: str | None = None) -> pd.DataFrame:
+    """A table of graded results to bank: a `text` or `question_id` column (or both: each row needs one of them) and
+    `score` in [0, 1] (a number, or text that reads as one: a CSV has no types), from a DataFrame or a CSV, JSONL or
+    parquet file (or records / columns that make a DataFrame). Where the table has a `model` column and `model` is given, every row must name that model.
+    Returns a DataFrame with columns `text` (str or None), `question_id` (str or None), `score` (float) and `where`
+    (how an error names the row: "line N" of a CSV or JSONL file as an editor counts lines, "row N" of a parquet
+    file or a DataFrame, counted from 0). Raises BankError, in one line, naming the file, row and column, where a
+    file is missing or unreadable, has no rows, lacks the columns, or a row has neither a text nor an id, a score
+    that is not a number in [0, 1] (NaN included) or another model."""
+    where, first_line = source_name, None
+    if isinstance(results, (list, tuple, dict)):          # records or columns, as pandas builds a DataFrame of them
+        try:
+            results = pd.DataFrame(results)
+        except (ValueError, TypeError) as e:
+            raise BankError(f"{where}: not a table ({e}); give a DataFrame, a list of records or a file") from None
     if not isinstance(results, pd.DataFrame):
         path = Path(results)
         where = str(path)
         if path.is_dir() or not path.is_file():
             raise BankError(f"results file {path} {'is a folder' if path.is_dir() else 'does not exist'}; give a "
                             ".csv, .jsonl or .parquet file with a text (or question_id) and a score column")
-        readers = {".parquet": pd.read_parquet, ".csv": lambda p: pd.read_csv(p, dtype={"question_id": str}),
+        readers = {".parquet": pd.read_parquet,
+                   ".csv": lambda p: pd.read_csv(p, dtype={"question_id": str, "text": object}),
                    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype={"question_id": str})}
         if path.suffix not in readers:
             raise BankError(f"{path}: unknown results format {path.suffix!r}; use .csv, .jsonl or .parquet")
         try:
             results = readers[path.suffix](path)
+        except UnicodeDecodeError as e:
+            raise BankError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
         except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault
             raise BankError(f"{path}: could not be read as {path.suffix[1:]} ({' '.join(str(e).split())[:160]}); "
                             "give a file with a text (or question_id) and a score column") from e
+        first_line = {".csv": 2, ".jsonl": 1}.get(path.suffix)
+
+    def at(i: int) -> str:
+        return f"line {i + first_line}" if first_line is not None else f"row {i}"
+
     if "score" not in results.columns or not ({"text", "question_id"} & set(results.columns)):
         raise BankError(f"{where}: needs the columns score and text (or question_id), has "
                         f"{sorted(map(str, results.columns))[:10]}")
     if len(results) == 0:
         raise BankError(f"{where} has no rows; give at least one graded result")
-    out = pd.DataFrame(index=range(len(results)))
-    for column in ("text", "question_id"):
-        values = results[column].tolist() if column in results.columns else [None] * len(results)
-        out[column] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
-    bad = next((i for i, v in enumerate(out["text"]) if v is not None and not isinstance(v, str)), None)
-    if bad is not None:
-        raise BankError(f"{where}: row {bad}, column 'text': {str(out['text'][bad])[:40]!r} is not text")
-    out["question_id"] = [None if v is None else str(v) for v in out["question_id"]]
-    empty = next((i for i, (t, q) in enumerate(zip(out["text"], out["question_id"]))
-                  if (t is None or not t.strip()) and (q is None or not q.strip())), None)
-    if empty is not None:
-        raise BankError(f"{where}: row {empty}, column 'text': empty, and no question_id; give the prompt's text")
-    raw = results["score"].tolist()
-    for i, v in enumerate(raw):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not 0 <= v <= 1:
+
+    def column(name: str) -> list:
+        values = results[name].tolist() if name in results.columns else [None] * len(results)
+        return [None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v for v in values]
+
+    texts, ids = column("text"), column("question_id")
+    for i, v in enumerate(texts):
+        if v is not None and not isinstance(v, str):
+            raise BankError(f"{where}: {at(i)}, column 'text': {str(v)[:40]!r} is not text")
+    ids = [None if v is None or not str(v).strip() else str(v) for v in ids]
+    texts = [None if v is None or (not v.strip() and ids[i] is not None) else v for i, v in enumerate(texts)]
+    for i, (t, q) in enumerate(zip(texts, ids)):
+        if q is None and (t is None or not t.strip()):
+            raise BankError(f"{where}: {at(i)}, column 'text': empty, and no question_id; give the prompt's text "
+                            "(or the id of a question the bank holds)")
+    scores = []
+    for i, v in enumerate(results["score"].tolist()):
+        number = v
+        if isinstance(v, str):
+            try:
+                number = float(v.strip())
+            except ValueError:
+                number = None
+        if isinstance(v, bool) or not isinstance(number, (int, float, np.integer, np.floating)) \
+                or not 0 <= number <= 1:
             shown = repr(v[:40]) if isinstance(v, str) else repr(v)[:40]
-            raise BankError(f"{where}: row {i}, column 'score': {shown} is not a number in [0, 1]")
-    out["score"] = [float(v) for v in raw]
-    return out
+            raise BankError(f"{where}: {at(i)}, column 'score': {shown} is not a number in [0, 1]")
+        scores.append(float(number))
+    if model is not None and "model" in results.columns:
+        for i, m in enumerate(results["model"].tolist()):
+            if str(m).strip() != model:
+                raise BankError(f"{where}: {at(i)}, column 'model': {str(m)[:80]!r} is not {model!r}; give one "
+                                "model's results (filter the file by its model column), or drop the column")
+    return pd.DataFrame({"text": pd.Series(texts, dtype=object), "question_id": pd.Series(ids, dtype=object),
+                         "score": scores, "where": [at(i) for i in range(len(scores))]})
 
 
 def copy_bank(source: "ResultsBank | str | Path", dest: str | Path) -> None:

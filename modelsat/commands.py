@@ -195,11 +195,12 @@ def cmd_zoo_add_results(a: argparse.Namespace) -> None:
 
     zoo = _zoo(a.checkpoint, write=True)                  # a read-only router or an unknown model: said at once
     name = zoo.get(a.name).name
-    read_graded(a.results)                                # a bad file: said before the router loads
+    rows = len(read_graded(a.results, model=name))        # a bad file: said before the router loads
     router = Router.from_pretrained(a.checkpoint)
     added = router.add_results(name, a.results)
-    print(f"banked {added} results of {name} in {router.zoo.root}; its bank now holds {router.bank_size(name)} "
-          "results beyond its aptitude answers")
+    same = f" ({rows - added} of the {rows} rows already banked as they are, or repeated)" if added < rows else ""
+    print(f"banked {added} new or changed results of {name} in {router.zoo.root}{same}; its bank now holds "
+          f"{router.bank_size(name)} results beyond its aptitude answers")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:

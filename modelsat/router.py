@@ -351,29 +351,31 @@ class Router:
         return len(self.results_bank.rows(name)[0])
 
     def add_results(self, name: str, results: pd.DataFrame | str | Path) -> int:
-        """Bank graded results of zoo model `name`: a table (a DataFrame, or a .csv/.jsonl/.parquet file) with a
-        `text` (the prompt as the model saw it) or a `question_id` (of the aptitude test, or of a question the bank
-        already holds) and a `score` in [0, 1]. New texts are embedded once by the router's sentence encoder. One
-        transaction: all rows or none. The next ranking reads them: no training, no restart; other processes sharing
-        the checkpoint see them at their next ranking. A result on a question the model already has a result on
-        replaces it. Returns the number of results added or changed. Raises ZooError (unknown model) or BankError
-        (a bad file or row, naming the file, row and column; a read-only checkpoint)."""
+        """Bank graded results of zoo model `name`: a table (a DataFrame, records, or a .csv/.jsonl/.parquet file)
+        with a `text` (the prompt as the model saw it) or a `question_id` (of the aptitude test, or of a question the
+        bank already holds) per row and a `score` in [0, 1] (`modelsat.bank.read_graded`; a `model` column, where
+        there is one, must name `name`). New texts are embedded once by the router's sentence encoder, before the
+        bank is locked. One transaction: all rows or none. The next ranking reads them: no training, no restart;
+        other processes sharing the checkpoint see them at their next ranking. A result on a question the model
+        already has a result on replaces it (the last row of a question in one table). Returns the number of
+        results added or changed. Raises ZooError (unknown model) or BankError (a bad file or row, naming the file,
+        row and column; a read-only checkpoint; a bank another process keeps locked)."""
         name = self.zoo.get(name).name
         self.zoo.check_writable()                     # a shipped router: one line saying to copy it first
-        table = read_graded(results)
+        table = read_graded(results, model=name)
         where = str(results) if isinstance(results, (str, Path)) else "results"
         keys, texts = [], []
         banked = self.results_bank.question_ids([q for q in table["question_id"] if q is not None])
-        for i, (text, qid) in enumerate(zip(table["text"], table["question_id"])):
+        for text, qid, row in zip(table["text"], table["question_id"], table["where"]):
             if text is None and qid in self.aptitude.texts:
                 text = self.aptitude.texts[qid]
             if text is not None:
-                check_text(text, f"{where}: row {i}, column 'text'")
+                check_text(text, f"{where}: {row}, column 'text'")
                 keys.append(text_key(text))
             elif qid in banked:
                 keys.append(banked[qid])
             else:
-                raise BankError(f"{where}: row {i}, column 'question_id': {qid!r} is neither an aptitude question nor "
+                raise BankError(f"{where}: {row}, column 'question_id': {qid!r} is neither an aptitude question nor "
                                 "a question the bank holds; give the prompt's text in a 'text' column")
             texts.append(text)
         return self._bank_rows(name, keys, texts, table["question_id"].tolist(), table["score"].tolist(), "results")

@@ -152,17 +152,70 @@ def test_a_big_bank_is_split_into_cells_and_searched_through_them(tmp_path: Path
     ("text,score\n", "has no rows"),
     ("", "could not be read"),
     ("text,grade\nhello,1\n", "needs the columns score and text"),
-    ("text,score\nhello,1.5\n", "row 0, column 'score': 1.5 is not a number in \\[0, 1\\]"),
-    ("text,score\nhello,0.5\nbye,nan\n", "row 1, column 'score': nan"),
-    ("text,score\nhello,yes\n", "row 0, column 'score': 'yes'"),
-    ("text,score\n\" \",1\n", "row 0, column 'text': empty"),
+    ("text,score\nhello,1.5\n", "line 2, column 'score': 1.5 is not a number in \\[0, 1\\]"),
+    ("text,score\nhello,0.5\nbye,nan\n", "line 3, column 'score': nan"),
+    ("text,score\nhello,yes\n", "line 2, column 'score': 'yes'"),
+    ("text,score\nq one,0.5\nq two,abc\n", "line 3, column 'score': 'abc'"),      # the row that is wrong
+    ("text,score\n\" \",1\n", "line 2, column 'text': empty, and no question_id"),
+    ("text,score\n,1\n", "line 2, column 'text': empty, and no question_id"),        # "" reads as missing
+    ("text,score,model\nhello,1,m-all\nbye,0,m-other\n", "line 3, column 'model': 'm-other' is not 'm-all'"),
 ])
 def test_bad_results_files_are_one_line_naming_file_row_and_field(tmp_path: Path, content: str, message: str) -> None:
     f = tmp_path / "r.csv"
     f.write_text(content)
     with pytest.raises(BankError, match=message) as e:
-        read_graded(f)
+        read_graded(f, model="m-all")
     assert str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_results_file_may_mix_text_rows_and_question_id_rows(tmp_path: Path) -> None:
+    f = tmp_path / "mixed.csv"
+    f.write_text('text,question_id,score\n,mmlu-pro/1,1\nhello,,0\n"  ",mmlu-pro/2,0.5\n')
+    table = read_graded(f)
+    assert table["text"].tolist() == [None, "hello", None]
+    assert table["question_id"].tolist() == ["mmlu-pro/1", None, "mmlu-pro/2"]
+    assert table["score"].tolist() == [1.0, 0.0, 0.5] and table["where"].tolist() == ["line 2", "line 3", "line 4"]
+    records = read_graded([{"text": "a", "score": "1"}, {"question_id": "q", "score": 0}])   # records, as pandas
+    assert records["score"].tolist() == [1.0, 0.0] and records["where"].tolist() == ["row 0", "row 1"]
+
+
+def test_a_write_holds_no_lock_while_it_embeds(tmp_path: Path) -> None:
+    """A long embedding (a big add-results) must not lock other writers out: they write meanwhile."""
+    import threading
+
+    path = tmp_path / "bank.sqlite"
+    one, two = ResultsBank.open(path, STAMP), ResultsBank.open(path, STAMP)
+    started, done = threading.Event(), threading.Event()
+
+    def slow_embed(idx: list[int]) -> np.ndarray:
+        started.set()
+        assert done.wait(10), "the other writer was locked out while this one embedded"
+        return _unit(np.random.default_rng(0), len(idx))
+
+    writer = threading.Thread(target=lambda: one.add("a", ["k1", "k2"], [1.0, 0.0], "results", embed=slow_embed))
+    writer.start()
+    assert started.wait(10)
+    two.conn.execute("PRAGMA busy_timeout = 2000")
+    assert two.add("b", ["k3"], [1.0], "results", embed=_embed_with(np.random.default_rng(1))) == 1
+    done.set()
+    writer.join()
+    assert bank_counts(path) == {"a": 2, "b": 1}
+
+
+def test_a_feedback_id_names_one_answer_of_one_model(tmp_path: Path) -> None:
+    bank = ResultsBank.open(tmp_path / "bank.sqlite", STAMP)
+    embed = _embed_with(np.random.default_rng(0))
+    assert bank.add("a", ["k1"], [1.0], "feedback", embed=embed, feedback_ids=["resp-1"]) == 1
+    assert bank.add("a", ["k1"], [1.0], "feedback", embed=embed, feedback_ids=["resp-1"]) == 0   # a retry
+    with pytest.raises(BankError, match="feedback_id 'resp-1' was banked before for model 'a', not 'b'"):
+        bank.add("b", ["k2"], [0.0], "feedback", embed=embed, feedback_ids=["resp-1"])
+    assert bank_counts(tmp_path / "bank.sqlite") == {"a": 1}
+
+
+def test_one_result_per_question_in_one_call_the_last_row_wins(tmp_path: Path) -> None:
+    bank = ResultsBank.open(tmp_path / "bank.sqlite", STAMP)
+    assert bank.add("a", ["k1", "k1", "k1"], [1.0, 0.0, 0.5], "results", embed=_embed_with(np.random.default_rng(1))) == 1
+    assert bank.rows("a")[1].tolist() == [0.5]
 
 
 # ---- training: out of fold, thinned ------------------------------------------------------------------------------
@@ -297,6 +350,8 @@ def test_add_results_and_feedback_change_the_next_ranking_without_restart(bank_r
     (lambda r: r.add_feedback("m-all", "  ", 1.0), "instruction is empty"),
     (lambda r: r.add_results("m-all", pd.DataFrame({"text": ["a", "b"], "score": [1.0, -0.1]})),
      "row 1, column 'score'"),
+    (lambda r: r.add_results("m-all", pd.DataFrame({"text": ["a"], "model": ["m-7b"], "score": [1.0]})),
+     "row 0, column 'model': 'm-7b' is not 'm-all'"),
     (lambda r: r.add_results("m-all", pd.DataFrame({"question_id": ["nowhere"], "score": [1.0]})),
      "row 0, column 'question_id': 'nowhere' is neither"),
 ])
@@ -320,7 +375,7 @@ def test_cli_zoo_add_results(bank_run: Path, tmp_path: Path, capsys) -> None:
     good.write_text("\n".join(json.dumps({"text": f"A math question about algebra number {i}?", "score": i % 2})
                               for i in range(5)) + "\n")
     assert cli(["zoo", "add-results", "--checkpoint", str(ckpt), "--name", "m-all", "--results", str(good)]) == 0
-    assert "banked 5 results of m-all" in capsys.readouterr().out
+    assert "banked 5 new or changed results of m-all" in capsys.readouterr().out
     assert bank_counts(ckpt / "zoo" / BANK_FILE)["m-all"] == 5
     assert cli(["zoo", "list", "--checkpoint", str(ckpt), "--json"]) == 0
     rows = {r["model"]: r for r in json.loads(capsys.readouterr().out)}

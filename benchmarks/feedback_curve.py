@@ -119,7 +119,7 @@ def plot(out: dict, path: Path) -> None:
     """Gain against bank size, one line per unseen model, the trained-on reference dashed."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7.5, 4.2))
     ax = fig.subplots()
     for k, (name, row) in enumerate(out["models"].items()):
         xs = [c["bank"] for c in row["curve"]]

@@ -207,7 +207,9 @@ class Router:
     def _load(cls, path: Path, **kwargs) -> "Router":
         def config_error(e: ValueError) -> CheckpointError:    # a ConfigError, or settings the LLM cannot take
             where = "" if str(path / "config.yaml") in str(e) else f"{path / 'config.yaml'}: "
-            return CheckpointError(f"{where}{e}; fix config.yaml, or re-copy the checkpoint folder")
+            fix = ("" if "re-copy the checkpoint folder" in str(e)
+                   else "; fix config.yaml, or re-copy the checkpoint folder")
+            return CheckpointError(f"{where}{e}{fix}")
 
         device, dtype = torch_device(kwargs.get("device", "cpu")), torch_dtype(kwargs.get("dtype"))  # before loading
         kwargs.update(device=device, dtype=dtype)

@@ -214,7 +214,8 @@ def test_a_feedback_id_names_one_answer_of_one_model(tmp_path: Path) -> None:
 
 def test_one_result_per_question_in_one_call_the_last_row_wins(tmp_path: Path) -> None:
     bank = ResultsBank.open(tmp_path / "bank.sqlite", STAMP)
-    assert bank.add("a", ["k1", "k1", "k1"], [1.0, 0.0, 0.5], "results", embed=_embed_with(np.random.default_rng(1))) == 1
+    embed = _embed_with(np.random.default_rng(1))
+    assert bank.add("a", ["k1", "k1", "k1"], [1.0, 0.0, 0.5], "results", embed=embed) == 1
     assert bank.rows("a")[1].tolist() == [0.5]
 
 

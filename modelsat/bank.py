@@ -470,11 +470,11 @@ def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: s
     """A table of graded results to bank: a `text` or `question_id` column (or both: each row needs one of them) and
     `score` in [0, 1] (a number, or text that reads as one: a CSV has no types), from a DataFrame or a CSV, JSONL or
     parquet file (or records / columns that make a DataFrame). Where the table has a `model` column and `model` is
-    given, every row must name that model. Returns a DataFrame with columns `text` (str or None), `question_id`
-    (str or None), `score` (float) and `where` (how an error names the row: "line N" of a CSV or JSONL file as an
-    editor counts lines, "row N" of a parquet file or a DataFrame, counted from 0). Raises BankError, in one line, naming the file, row and column, where a
-    file is missing or unreadable, has no rows, lacks the columns, or a row has neither a text nor an id, a score
-    that is not a number in [0, 1] (NaN included) or another model."""
+    given, every row must name that model. Returns a DataFrame with columns `text` (str or None), `question_id` (str or
+    None), `score` (float) and `where` (how an error names the row: "line N" of a CSV or JSONL file as an editor counts
+    lines, "row N" of a parquet file or a DataFrame, counted from 0). Raises BankError, in one line, naming the file,
+    row and column, where a file is missing or unreadable, has no rows, lacks the columns, or a row has neither a text
+    nor an id, a score that is not a number in [0, 1] (NaN included) or another model."""
     where, first_line = source_name, None
     if isinstance(results, (list, tuple, dict)):          # records or columns, as pandas builds a DataFrame of them
         try:

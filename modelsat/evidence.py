@@ -133,8 +133,6 @@ class NeighbourSearch:
         return torch.cat([t[:, :width] for t in tops_s]), torch.cat([t[:, :width] for t in tops_o])
 
 
-
-
 def _top(sim: torch.Tensor, outcomes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, n) similarities and (n,) outcomes → the similarities and outcomes of the max(NEIGHBOURS) nearest, nearest
     first: (Q, k), k = min(n, max(NEIGHBOURS))."""

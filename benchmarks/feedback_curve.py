@@ -11,7 +11,8 @@ and +2,000 of its train-split results (seeded random draws, each larger draw hol
 the zoo's other columns are scored once and only the unseen model's column again at each size. `--trained-on`: a
 router trained with the same config but no unseen model (`data.unseen_models=[]`), whose bank holds every training
 model's train labels: the same zoo scored by it is the reference ("the same model trained on"). Writes
-`<out>/feedback_curve.json` (and each scored matrix, `p-MODEL-SIZE.npy`) and the figure `benchmarks/figures/feedback_curve.png` (with `--figure`).
+`<out>/feedback_curve.json` (and each scored matrix, `p-MODEL-SIZE.npy`) and the figure
+`benchmarks/figures/feedback_curve.png` (with `--figure`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from modelsat.config import load_config
+from benchmarks.eval_modelsat import join_zoo
 from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
 from modelsat.embedding import cached_embedder
@@ -91,9 +92,7 @@ def main() -> None:
             ckpt = Path(tmp) / "router"
             shutil.copytree(source.source, ckpt)
             router = Router.from_pretrained(ckpt)
-            if unseen not in router.models:
-                res = table.results[table.results["question_id"].isin(set(router.aptitude.question_ids))]
-                router.add_model(unseen, res[res["model"] == unseen][["model", "question_id", "score"]])
+            join_zoo(router, table, [unseen])                           # by its aptitude answers, where missing
             matrix = scores(router, texts, emb, models)                         # aptitude answers alone
             banked = 0
             for size in SIZES:

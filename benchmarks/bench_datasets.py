@@ -120,7 +120,7 @@ def main() -> None:
         routers = default_routers(cfg.data.seed) + [ModelSATRouter(router=r) for r in extra]
         m = evaluate(table, {**splits, "test": ids}, aptitude, models, "test", held_out, routers=routers,
                      embed=embed, out=out / name if name in (whole, f"{whole}-unseen") else None, zoo=name,
-                     log=lambda s: None)
+                     log=lambda s: None, aptitude_only=[] if held_out else unseen)
         summary["results"].append({
             "slice": name, "n": m["n_instructions"], "unseen": held_out, "best_single": m["best_single"],
             "oracle": m["oracle"],

@@ -131,10 +131,12 @@ def main() -> None:
         for name, ids, held_out in runs:
             routers = default_routers(0) + [ModelSATRouter(router=stand_in)]
             m = evaluate(table, {**splits, split: ids}, router.aptitude, zoos[zoo], split, held_out,
-                         routers=routers, embed=embed, out=out / f"{zoo}-{name}", zoo=zoo, log=lambda s: None)
+                         routers=routers, embed=embed, out=out / f"{zoo}-{name}", zoo=zoo, log=lambda s: None,
+                         aptitude_only=[] if held_out else zoo_unseen)
             row = {"zoo": zoo, "slice": name, "n": m["n_instructions"], "unseen": held_out,
                    "best_single": m["best_single"], "oracle": m["oracle"],
-                   "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "gap_closed", "applicable")}
+                   "routers": {k: {f: v.get(f) for f in ("accuracy", "gain", "gain_ci", "gap_closed", "applicable",
+                                                          "interaction_auc")}
                                for k, v in m["routers"].items()}}
             summary["results"].append(row)
             ms = m["routers"]["model-sat"]

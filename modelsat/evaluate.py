@@ -32,7 +32,7 @@ from modelsat.data.splits import load_splits, make_splits, save_splits
 from modelsat.data.table import RoutingTable, TableError
 from modelsat.embedding import Embed, cached_embedder
 from modelsat.io_utils import atomic_dir
-from modelsat.metrics import COST_WEIGHTS, N_BOOT, bootstrap_ci, routed_outcomes, router_metrics
+from modelsat.metrics import COST_WEIGHTS, N_BOOT, bootstrap_ci, interaction_auc_diff, routed_outcomes, router_metrics
 from modelsat.report import write_outputs
 
 logger = logging.getLogger(__name__)
@@ -100,13 +100,19 @@ def _train_accuracy(table: Any, splits: dict[str, list[str]], models: list[str])
 def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, models: Sequence[str], split: str = "test",
              unseen: Sequence[str] = (), routers: Sequence[BaseRouter] | None = None, embed: Embed | None = None,
              checkpoint: str | Path | None = None, out: str | Path | None = None, seed: int = 0,
-             zoo: str = "custom", log: Callable[[str], None] = logger.info) -> dict:
+             zoo: str = "custom", log: Callable[[str], None] = logger.info,
+             aptitude_only: Sequence[str] = ()) -> dict:
     """Fit every router with what its setting allows, score it on `split`, and (with `out`) write the outputs.
 
     `models` is the zoo; `unseen` models (added to the zoo if absent) are known only through their aptitude
     results: routers that need their labels are reported `{"applicable": false, "reason": ...}`. Without
     `routers`, every baseline runs (plus Model-SAT with `checkpoint`; otherwise it is marked absent).
-    `embed` defaults to cached MiniLM embeddings. Returns the metrics dict written to metrics.json.
+    `embed` defaults to cached MiniLM embeddings. `aptitude_only`: zoo models that Model-SAT knows by their
+    aptitude answers alone while the baselines read their labels (benchmarks/eval_modelsat.py's main runs).
+    Model-SAT's `versus` holds, per other router, the accuracy difference and (both giving probabilities) the
+    interaction AUC difference on the same pairs, each with its 95% paired bootstrap CI; with `aptitude_only`,
+    also the AUC difference over the other models' pairs (`interaction_auc_labelled`). Returns the metrics dict
+    written to metrics.json.
     """
     if not models and not unseen:
         raise EvaluationError("the zoo is empty: give at least one model")
@@ -128,6 +134,7 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
     texts = table.texts(ids)
     results: dict[str, dict] = {}
     outcomes: dict[str, np.ndarray] = {}                                   # router -> (Q,) outcome of its choices
+    probabilities: dict[str, np.ndarray] = {}                              # router -> (Q, M) p_correct
     for r in routers:
         if unseen and not r.handles_unseen:
             results[r.name] = {"applicable": False, "uses": r.uses, "reason": (
@@ -146,20 +153,33 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
         pred = r.predict(ids, texts, models)
         m = router_metrics(pred, y, best, cats, models, norm, raw_imputed, oracle, r.probabilistic, seed)
         outcomes[r.name] = routed_outcomes(pred, y, norm)
+        if r.probabilistic:
+            probabilities[r.name] = np.asarray(pred, dtype=np.float64)
         results[r.name] = {**m, "uses": r.uses, "params": r.params()}
         if getattr(r, "notes", None):
             results[r.name]["notes"] = r.notes
         log(f"[{zoo}] {r.name}: accuracy {m['accuracy']:.4f}, gain {m['gain']:+.4f}")
     if "model-sat" in outcomes:                  # is Model-SAT above each other router? paired, same resamples
-        results["model-sat"]["versus"] = {
-            name: {"diff": float((outcomes["model-sat"] - other).mean()),
-                   "ci": list(bootstrap_ci(outcomes["model-sat"] - other, seed=seed))}
-            for name, other in outcomes.items() if name != "model-sat"}
+        labelled = [j for j, m in enumerate(models) if m not in set(aptitude_only)]
+        versus = {}
+        for name, other in outcomes.items():
+            if name == "model-sat":
+                continue
+            versus[name] = {"diff": float((outcomes["model-sat"] - other).mean()),
+                            "ci": list(bootstrap_ci(outcomes["model-sat"] - other, seed=seed))}
+            if "model-sat" in probabilities and name in probabilities:
+                a, b = probabilities["model-sat"], probabilities[name]
+                versus[name]["interaction_auc"] = interaction_auc_diff(a, b, y, seed=seed)
+                if aptitude_only and len(labelled) >= 2:
+                    versus[name]["interaction_auc_labelled"] = interaction_auc_diff(
+                        a[:, labelled], b[:, labelled], y[:, labelled], seed=seed)
+        results["model-sat"]["versus"] = versus
     if "model-sat" not in results:
         results["model-sat"] = {"applicable": False, "reason": "absent: no checkpoint given" if checkpoint is None
                                 else "absent: not among the routers run"}
     metrics = {
-        "zoo": zoo, "split": split, "models": models, "unseen": unseen, "n_instructions": len(ids),
+        "zoo": zoo, "split": split, "models": models, "unseen": unseen, "aptitude_only": list(aptitude_only),
+        "n_instructions": len(ids),
         "n_dropped_missing": n_dropped, "oracle": oracle, "random": float(y.mean()),
         "best_single": {"model": models[best], "accuracy": float(y[:, best].mean()),
                         "train_accuracy": float(train_acc[best]), "cost": float(raw_imputed[best])},

@@ -15,6 +15,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
 from modelsat import choice
@@ -97,10 +98,50 @@ def interaction_auc(pred: np.ndarray, y: np.ndarray) -> float:
     way for every instruction (a prior plus a per-instruction difficulty); 1.0: the residual alone routes
     perfectly. NaN where no instruction has both outcomes."""
     pred = np.asarray(pred, dtype=np.float64)                            # a float32 mean is off by ~1e-6
-    residual = np.round(pred - pred.mean(axis=0, keepdims=True), 9)     # rounding noise of the mean is a tie
-    hit = y >= 0.5
-    rows = np.where(hit.any(axis=1) & ~hit.all(axis=1))[0]
-    return float(np.mean([roc_auc_score(hit[i], residual[i]) for i in rows])) if len(rows) else float("nan")
+    hit = np.asarray(y) >= 0.5
+    rows = hit.any(axis=1) & ~hit.all(axis=1)
+    return float(_row_aucs(_residual(pred), hit)[rows].mean()) if rows.any() else float("nan")
+
+
+def _residual(pred: np.ndarray) -> np.ndarray:
+    """(Q, M) predictions less each model's mean over the Q instructions, rounded to 1e-9 (the mean's rounding
+    noise is a tie)."""
+    return np.round(pred - pred.mean(axis=0, keepdims=True), 9)
+
+
+def _row_aucs(residual: np.ndarray, hit: np.ndarray) -> np.ndarray:
+    """(Q,) ROC AUC of each row's (M,) residuals separating its right (hit) from its wrong models, ties counted
+    half (as sklearn's `roc_auc_score`); NaN where a row has one class only. The Mann–Whitney form over each row's
+    average ranks: (Σ ranks of the right − P(P + 1)/2) / (P · N)."""
+    ranks = rankdata(residual, axis=1)                                                 # ties: average rank
+    pos = hit.sum(axis=1)
+    neg = hit.shape[1] - pos
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((pos > 0) & (neg > 0),
+                        ((ranks * hit).sum(axis=1) - pos * (pos + 1) / 2) / np.maximum(pos * neg, 1), np.nan)
+
+
+def interaction_auc_diff(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, n: int = N_BOOT, seed: int = 0,
+                         level: float = 0.95) -> dict:
+    """Router a's interaction AUC minus router b's on the same (Q, M) pairs, with a paired percentile bootstrap CI
+    over `n` resamples of the instructions (each resample recomputes every model's mean prediction, as
+    `interaction_auc` does on it; resamples drawn as `bootstrap_ci`'s with the same seed). Returns {"diff", "ci"}."""
+    a, b = np.asarray(pred_a, dtype=np.float64), np.asarray(pred_b, dtype=np.float64)
+    hit = np.asarray(y) >= 0.5
+    if a.shape != hit.shape or b.shape != hit.shape:
+        raise ValueError(f"predictions and outcomes must be equal (Q, M) shapes, got {a.shape}, {b.shape} and "
+                         f"{hit.shape}")
+    rows = hit.any(axis=1) & ~hit.all(axis=1)
+
+    def diff(idx: np.ndarray) -> float:
+        keep = rows[idx]
+        return float(_row_aucs(_residual(a[idx]), hit[idx])[keep].mean()
+                     - _row_aucs(_residual(b[idx]), hit[idx])[keep].mean()) if keep.any() else float("nan")
+
+    rng = np.random.default_rng(seed)
+    draws = [diff(rng.integers(0, len(hit), len(hit))) for _ in range(n)]
+    lo, hi = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
+    return {"diff": diff(np.arange(len(hit))), "ci": [float(lo), float(hi)]}
 
 
 def reliability(pred: np.ndarray, y: np.ndarray, bins: int = 10) -> dict:

@@ -53,6 +53,18 @@ def report_markdown(metrics: dict) -> str:
         lines += ["Model-SAT − each other router, accuracy on the same instructions (95% paired bootstrap CI): "
                   + "; ".join(f"{n} {v['diff']:+.4f} [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}]"
                               for n, v in versus.items()) + ".", ""]
+        aucs = {n: v for n, v in versus.items() if "interaction_auc" in v}
+        if aucs:
+            lines += ["Model-SAT − each other router, interaction AUC on the same pairs (95% paired bootstrap CI)"
+                      + (f"; over the models it knows by their labels, all but {', '.join(metrics['aptitude_only'])}"
+                         if metrics.get("aptitude_only") else "") + ": "
+                      + "; ".join(f"{n} {v['interaction_auc']['diff']:+.4f} [{v['interaction_auc']['ci'][0]:+.4f}, "
+                                  f"{v['interaction_auc']['ci'][1]:+.4f}]"
+                                  + (f" ({v['interaction_auc_labelled']['diff']:+.4f} "
+                                     f"[{v['interaction_auc_labelled']['ci'][0]:+.4f}, "
+                                     f"{v['interaction_auc_labelled']['ci'][1]:+.4f}])"
+                                     if "interaction_auc_labelled" in v else "")
+                                  for n, v in aucs.items()) + ".", ""]
     lines += ["## Per-category accuracy", ""]
     shown = [n for n, r in routers.items() if r.get("applicable", True)]
     lines += ["| category | n | best single | oracle | " + " | ".join(shown) + " |",

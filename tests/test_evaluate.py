@@ -17,8 +17,8 @@ from modelsat.data.splits import save_splits
 from modelsat.data.table import RoutingTable
 from modelsat.embedding import hashing_embed
 from modelsat.evaluate import EvaluationError, evaluate, resolve_zoo, run_evaluate_cli
-from modelsat.metrics import (bootstrap_ci, choice_weights, cost_curve, frontier_auc, interaction_auc, reliability,
-                              router_metrics)
+from modelsat.metrics import (bootstrap_ci, choice_weights, cost_curve, frontier_auc, interaction_auc,
+                              interaction_auc_diff, reliability, router_metrics)
 from modelsat.report import write_outputs
 
 from test_baselines import WORDS, make_world  # noqa: E402 - the same synthetic world
@@ -85,6 +85,32 @@ def test_interaction_auc_separates_a_fixed_ranking_from_routing():
     assert interaction_auc(prior32, (rng.random((800, 8)) < 0.5).astype(float)) == 0.5
 
 
+def test_interaction_auc_is_the_mean_of_sklearns_per_instruction_aucs():
+    from sklearn.metrics import roc_auc_score
+    rng = np.random.default_rng(1)
+    pred = np.round(rng.random((200, 6)), 1)                                        # many ties
+    pred[:, 4] = pred[:, 3]
+    y = (rng.random((200, 6)) < 0.5).astype(float)
+    residual = np.round(pred - pred.mean(axis=0), 9)
+    rows = [i for i in range(200) if 0 < y[i].sum() < 6]
+    assert interaction_auc(pred, y) == pytest.approx(np.mean([roc_auc_score(y[i], residual[i]) for i in rows]))
+
+
+def test_interaction_auc_diff_is_paired_and_its_ci_covers_it():
+    rng = np.random.default_rng(2)
+    y = (rng.random((300, 5)) < 0.5).astype(float)
+    prior = np.tile(rng.random(5), (300, 1))
+    informed = prior + 0.3 * y + rng.normal(0, 0.3, y.shape)                       # reads the outcomes a little
+    d = interaction_auc_diff(informed, prior, y, n=200)
+    assert d["diff"] == pytest.approx(interaction_auc(informed, y) - interaction_auc(prior, y))
+    assert 0 < d["ci"][0] <= d["diff"] <= d["ci"][1]                               # clearly better: CI above 0
+    assert interaction_auc_diff(prior, prior, y, n=50) == {"diff": 0.0, "ci": [0.0, 0.0]}
+    assert interaction_auc_diff(informed, prior, y, n=50, seed=3) == interaction_auc_diff(informed, prior, y, n=50,
+                                                                                           seed=3)
+    with pytest.raises(ValueError, match="equal"):
+        interaction_auc_diff(prior[:, :4], prior, y)
+
+
 def test_evaluate_known_values(seen_metrics):
     m = seen_metrics
     assert m["n_instructions"] == 20 and m["n_dropped_missing"] == 0
@@ -133,12 +159,31 @@ def test_model_sat_is_compared_with_every_other_router_on_the_same_instructions(
                  embed=hashing_embed, out=tmp_path / "out", log=lambda m: None)
     versus = m["routers"]["model-sat"]["versus"]
     assert set(versus) == {"best-single", "knn"}
-    assert versus["best-single"] == {"diff": 0.0, "ci": [0.0, 0.0]}       # the same picks: no difference at all
+    assert versus["best-single"] == {"diff": 0.0, "ci": [0.0, 0.0],       # the same picks: no difference at all
+                                     "interaction_auc": {"diff": 0.0, "ci": [0.0, 0.0]}}
     assert versus["knn"]["diff"] == pytest.approx(-0.4)                  # kNN is right on every instruction
     lo, hi = versus["knn"]["ci"]
     assert lo <= -0.4 <= hi < 0
     assert "versus" not in m["routers"]["knn"]
     assert "Model-SAT − each other router" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_model_sat_auc_is_compared_on_the_same_pairs_and_on_the_labelled_models(tmp_path):
+    class Stand(KNNRouter):                        # stands in for Model-SAT: a coarser kNN
+        name = "model-sat"
+
+    table, aptitude, splits = make_world()
+    m = evaluate(table, splits, aptitude, ["A", "B", "C"], routers=[Stand(k=15), KNNRouter(k=5), RandomRouter()],
+                 embed=hashing_embed, out=tmp_path / "out", log=lambda m: None, aptitude_only=["C"])
+    r, versus = m["routers"], m["routers"]["model-sat"]["versus"]
+    auc = versus["knn"]["interaction_auc"]
+    assert auc["diff"] == pytest.approx(r["model-sat"]["interaction_auc"] - r["knn"]["interaction_auc"])
+    assert auc["ci"][0] <= auc["diff"] <= auc["ci"][1]
+    assert "interaction_auc_labelled" in versus["knn"]                   # over A and B, the models known by label
+    assert "interaction_auc" not in versus["random"]                     # no probabilities: accuracy only
+    assert m["aptitude_only"] == ["C"]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "interaction AUC on the same pairs" in report and "all but C" in report
 
 
 def test_missing_results_are_dropped_and_counted():

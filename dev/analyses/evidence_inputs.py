@@ -12,7 +12,8 @@ models (their banks: aptitude answers + every train label), of:
   - `proj l{λ} d{d} k{k}`: kNN in a supervised projection of the embeddings — the d leading directions of a ridge
     map (penalty λ) from a train question's embedding to its outcome vector less the model and question means (the
     directions along which the training models' results differ), neighbours by cosine there; EmbedLLM-like;
-  - `model-sat`: the router's own p_correct on the same pairs, from `--predictions` (eval_modelsat's cache).
+  - `model-sat`: the router's own p_correct on the same pairs, from `--predictions` (eval_modelsat's cache);
+  - `values`: each of the evidence's own values (`modelsat/evidence.py`) alone, as routing reads them.
 Then the stage-0 head (`benchmarks/evidence_head.py`'s fit, out of fold and thinned as training does) over the
 evidence with and without the ridge probe as a 14th value: the test of whether the model can use it.
 Prints one JSON object. Nothing here is chosen for a router: it says whether either input is worth a training run.
@@ -35,7 +36,7 @@ from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
 from modelsat.embedding import cached_embedder
 from modelsat.encoder import EvidenceEncoder
-from modelsat.evidence import Candidate, NeighbourSearch, category_accuracy
+from modelsat.evidence import NAMES, Candidate, NeighbourSearch, category_accuracy
 from modelsat.loss import fit_offset
 from modelsat.metrics import interaction_auc
 from modelsat.training_evidence import FULL, THIN_LEVELS, EvidenceTable
@@ -58,7 +59,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m dev.analyses.evidence_inputs", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="checkpoints/modelsat-smollm2-mmlupro")
     p.add_argument("--predictions", default=None, help="eval_modelsat's predictions-val.npz of a router, optional")
-    p.add_argument("--zoos", default="7b,mixed,large")
+    p.add_argument("--zoos", default="7b,mixed,large", help="zoos of the checkpoint's data.zoos, or all")
     args = p.parse_args()
     ckpt = check_checkpoint(args.checkpoint)
     cfg = load_config(ckpt / "config.yaml")
@@ -108,10 +109,11 @@ def main() -> None:
             scores["model-sat"] = pm
     out: dict = {"checkpoint": str(ckpt), "pairs": "val, each zoo's training models", "interaction_auc": {}}
     zoos = args.zoos.split(",")
+    members = {z: table.model_names if z == "all" else cfg.data.zoos[z] for z in zoos}
     for name, s in scores.items():
         out["interaction_auc"][name] = {}
         for zoo in zoos:
-            cols = [j for j, m in enumerate(models) if m in cfg.data.zoos[zoo] and not np.isnan(s[:, j]).all()]
+            cols = [j for j, m in enumerate(models) if m in members[zoo] and not np.isnan(s[:, j]).all()]
             keep = ~np.isnan(yv[:, cols]).any(axis=1)
             out["interaction_auc"][name][zoo] = round(interaction_auc(s[keep][:, cols], yv[keep][:, cols]), 4)
         out["interaction_auc"][name]["mean"] = round(float(np.mean(list(out["interaction_auc"][name].values()))), 4)
@@ -119,6 +121,14 @@ def main() -> None:
     # The head over the evidence, with and without the probe as one more value (as training reads it).
     data = Prepared(table, aptitude, splits, models, list(cfg.data.unseen_models))
     ev = EvidenceTable(cfg, data, xt, xv, xa, log=lambda s: None)
+    out["values"] = {}
+    for i, name in enumerate(NAMES):
+        out["values"][name] = {}
+        for zoo in zoos:
+            cols = [j for j, m in enumerate(models) if m in members[zoo]]
+            keep = ~np.isnan(yv[:, cols]).any(axis=1)
+            value = ev.val_values[:, :, i].numpy()
+            out["values"][name][zoo] = round(interaction_auc(value[keep][:, cols], yv[keep][:, cols]), 4)
     fold = np.random.default_rng(cfg.train.seed).permutation(T) % cfg.train.bank_folds   # as EvidenceTable's
     probes = np.zeros((FULL + 1, T, len(models)))
     for f in range(cfg.train.bank_folds):
@@ -160,7 +170,7 @@ def main() -> None:
             z = head.logit_offset(va.reshape(-1, va.shape[-1])).reshape(va.shape[:2]).numpy()
         out["head"][arm] = {}
         for zoo in zoos:
-            cols = [names.index(m) for m in cfg.data.zoos[zoo]]
+            cols = [names.index(m) for m in members[zoo]]
             y = y_all[:, cols]
             keep = ~np.isnan(y).any(axis=1)
             y, zz = y[keep], z[keep][:, cols]

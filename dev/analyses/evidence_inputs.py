@@ -15,7 +15,8 @@ models (their banks: aptitude answers + every train label), of:
   - `model-sat`: the router's own p_correct on the same pairs, from `--predictions` (eval_modelsat's cache);
   - `values`: each of the evidence's own values (`modelsat/evidence.py`) alone, as routing reads them.
 Then the stage-0 head (`benchmarks/evidence_head.py`'s fit, out of fold and thinned as training does) over the
-evidence with and without the ridge probe as a 14th value: the test of whether the model can use it.
+evidence with and without the ridge probe as a 14th value: the test of whether the model can use it; and, over
+every training model on train (out of fold, whole banks), the head's interaction AUC beside single values'.
 Prints one JSON object. Nothing here is chosen for a router: it says whether either input is worth a training run.
 """
 from __future__ import annotations
@@ -169,6 +170,14 @@ def main() -> None:
         with torch.no_grad():
             z = head.logit_offset(va.reshape(-1, va.shape[-1])).reshape(va.shape[:2]).numpy()
         out["head"][arm] = {}
+        if arm == "evidence":                        # on train, out of fold, every bank whole: the fit's own data
+            whole = ev.values[FULL]
+            with torch.no_grad():
+                zt = head.logit_offset(whole.reshape(-1, whole.shape[-1])).reshape(whole.shape[:2]).numpy()
+            keep = ~np.isnan(yt).any(axis=1)
+            out["train_out_of_fold"] = {"head": round(interaction_auc(zt[keep], yt[keep]), 4), **{
+                name: round(interaction_auc(whole[keep][:, :, i].numpy(), yt[keep]), 4)
+                for i, name in enumerate(NAMES) if name in ("nn400", "kernel", "category")}}
         for zoo in zoos:
             cols = [names.index(m) for m in members[zoo]]
             y = y_all[:, cols]

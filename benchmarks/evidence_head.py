@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default="checkpoints/modelsat-smollm2-mmlupro",
                    help="its config, aptitude test and splits are used (not its weights)")
     p.add_argument("--split", default="val", choices=["val", "test"])
-    p.add_argument("--zoos", default="7b,mixed,large")
+    p.add_argument("--zoos", default="7b,mixed,large", help="zoos of the checkpoint's data.zoos, or all")
     p.add_argument("--out", default="runs/evidence-head")
     p.add_argument("--offset", default="linear", choices=["linear", "mlp"])
     p.add_argument("--loss", default="listwise")
@@ -121,14 +121,15 @@ def main() -> None:
                     args.lr, cfg.train.seed)
     fitted = time.time() - start - built
     summary = {}
+    zoos = {**cfg.data.zoos, "all": table.model_names}
     for zoo in args.zoos.split(","):
-        unseen = [m for m in cfg.data.unseen_models if m in cfg.data.zoos[zoo]]
+        unseen = [m for m in cfg.data.unseen_models if m in zoos[zoo]]
         routers = [EvidenceHeadRouter(ev, head, cfg.train.bank_labels)]
         if args.baselines:
             routers = [BestSingleRouter(), BestPerCategoryRouter(), KNNRouter(), MLPRouter(seed=0)] + routers
         else:
             routers = [BestSingleRouter()] + routers
-        m = evaluate(table, splits, aptitude, cfg.data.zoos[zoo], args.split, unseen, routers=routers, embed=embed,
+        m = evaluate(table, splits, aptitude, zoos[zoo], args.split, unseen, routers=routers, embed=embed,
                      out=Path(args.out) / f"{args.split}-{zoo}", zoo=zoo)
         summary[zoo] = {name: {k: (round(100 * r[k], 2) if k == "gain" else round(r[k], 4)) for k in
                                ("gain", "interaction_auc", "brier") if r.get(k) is not None}

@@ -33,7 +33,7 @@ from modelsat.encoder import EvidenceEncoder
 from modelsat.evaluate import evaluate
 from modelsat.evidence import DIM, Candidate, NeighbourSearch, category_accuracy
 from modelsat.logs import setup_logging
-from modelsat.loss import fit_offset
+from modelsat.loss import fit_offset, tier_groups
 from modelsat.training_evidence import EvidenceTable
 
 
@@ -77,11 +77,15 @@ class EvidenceHeadRouter(BaseRouter):
 
 
 def fit_head(table: EvidenceTable, labels: np.ndarray, offset: str, loss: str, epochs: int, lr: float,
-             seed: int = 0) -> EvidenceEncoder:
-    """The stage-0 head: `EvidenceEncoder(offset=...)`'s offset fitted alone on every train pair at its bank level."""
+             seed: int = 0, tier: int = 0) -> EvidenceEncoder:
+    """The stage-0 head: `EvidenceEncoder(offset=...)`'s offset fitted alone on every train pair at its bank level
+    (over tiers of at most `tier` like models, as train.evidence_fit_tier; 0: every model in one group)."""
     torch.manual_seed(seed)
     head = EvidenceEncoder(DIM, 8, offset=offset)
-    fit_offset(head, table.train_values(), labels, loss, epochs, lr, progress=False)
+    values = table.train_values()
+    if tier:
+        values, labels = tier_groups(values, labels, tier)
+    fit_offset(head, values, labels, loss, epochs, lr, progress=False)
     return head
 
 
@@ -96,6 +100,7 @@ def main() -> None:
     p.add_argument("--loss", default="listwise")
     p.add_argument("--epochs", type=int, default=400)
     p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--tier", type=int, default=None, help="train.evidence_fit_tier (default: the config's)")
     p.add_argument("--bank-labels", default="true", choices=["true", "false"])
     p.add_argument("--bank-thin", type=float, default=None, help="train.bank_thin (default: the config's)")
     p.add_argument("--baselines", action="store_true", help="also score best single, best per category, kNN, MLP")
@@ -117,8 +122,9 @@ def main() -> None:
     ev = EvidenceTable(cfg, data, unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
                        unit([aptitude.texts[q] for q in aptitude.question_ids]), log=lambda s: None)
     built = time.time() - start
+    tier = cfg.train.evidence_fit_tier if args.tier is None else args.tier
     head = fit_head(ev, table.outcome_matrix(splits["train"], train_models), args.offset, args.loss, args.epochs,
-                    args.lr, cfg.train.seed)
+                    args.lr, cfg.train.seed, tier)
     fitted = time.time() - start - built
     summary = {}
     zoos = {**cfg.data.zoos, "all": table.model_names}
@@ -135,6 +141,7 @@ def main() -> None:
                                ("gain", "interaction_auc", "brier") if r.get(k) is not None}
                         for name, r in m["routers"].items() if r.get("applicable", True)}
     print(json.dumps({"split": args.split, "checkpoint": str(ckpt), "offset": args.offset, "loss": args.loss,
+                      "tier": tier,
                       "bank_labels": cfg.train.bank_labels, "bank_thin": cfg.train.bank_thin,
                       "seconds": {"evidence": round(built, 1), "head": round(fitted, 1)}, "zoos": summary}, indent=1))
 

@@ -275,6 +275,10 @@ class TrainConfig:
     pooled 5-fold CV of train: listwise, dev/LOG.md 2026-11-30)."""
     evidence_fit_lr: float = 0.01
     """Adam learning rate of the stage-0 fit."""
+    evidence_fit_tier: int = 0
+    """Stage 0's groups: 0, one group per instruction of every training model (the loss over all of them at once);
+    N >= 2, the training models sorted by train accuracy and cut into tiers of at most N neighbours, one group per
+    (instruction, tier), so that the fit weighs what tells like models apart (`modelsat.loss.tier_groups`)."""
     bank_labels: bool = True
     """With model.evidence_source=bank: the training models' banks hold their train-split labels (in training out of
     fold, so that no instruction sees its own result; whole in the checkpoint's `zoo/bank.sqlite`). false: their
@@ -310,6 +314,8 @@ class TrainConfig:
                  "stage1_steps", "evidence_fit_epochs", "save_every")
         _at_most(self, "train", 10**6, "epochs", "group_size", "batch_size", "grad_accum")
         _check(self.seed <= SEED_MAX, f"train.seed must be an integer in [0, {SEED_MAX}], got {self.seed}")
+        _check(self.evidence_fit_tier == 0 or 2 <= self.evidence_fit_tier <= 10**6,
+               f"train.evidence_fit_tier must be 0 or an integer >= 2, got {self.evidence_fit_tier}")
         _check(2 <= self.bank_folds <= 100, f"train.bank_folds must be an integer in [2, 100], got {self.bank_folds}")
         _check(math.isfinite(self.bank_thin) and 0 <= self.bank_thin <= 1,
                f"train.bank_thin must be a number in [0, 1], got {self.bank_thin}")

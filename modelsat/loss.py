@@ -8,6 +8,8 @@ A group is one instruction's candidates (instruction-centred, this project) or o
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,29 @@ def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: to
         soft = (F.softplus(z[:, None, :] - z[:, :, None]) * pairs).sum(dim=(1, 2))
         per = per + pairwise * torch.where(count > 0, soft / count.clamp_min(1), torch.zeros_like(soft))
     return (weights.to(per) * per).sum()
+
+
+def tier_groups(values: torch.Tensor, labels: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Stage 0's groups over models of like strength: the M models sorted by their mean label (their accuracy over
+    the Q instructions, NaN left out) and cut into ceil(M / size) tiers of neighbours in that order (`numpy.array_split`:
+    sizes differ by at most one), each (instruction, tier) one group. (Q, M, E) evidence and (Q, M) labels →
+    (Q · tiers, W, E) and (Q · tiers, W), W the largest tier, shorter tiers padded with zeros and NaN labels (left out
+    by `fit_offset`). `size` >= M gives back one group per instruction, the models in their own order. Raises
+    ValueError on a size below 2."""
+    if size < 2:
+        raise ValueError(f"a tier needs at least 2 models, got {size}")
+    labels = np.asarray(labels, dtype=np.float32)
+    if size >= labels.shape[1]:
+        return values, labels
+    order = np.argsort(-np.nanmean(labels, axis=0), kind="stable")
+    tiers = np.array_split(order, math.ceil(len(order) / size))
+    width = max(len(t) for t in tiers)
+    v, y = [], []
+    for t in tiers:
+        pad = width - len(t)
+        v.append(torch.cat([values[:, t], values.new_zeros(values.shape[0], pad, values.shape[2])], dim=1))
+        y.append(np.concatenate([labels[:, t], np.full((labels.shape[0], pad), np.nan, np.float32)], axis=1))
+    return torch.cat(v), np.concatenate(y)
 
 
 def fit_offset(encoder: torch.nn.Module, values: torch.Tensor, labels: np.ndarray, loss: str, epochs: int,

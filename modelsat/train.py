@@ -46,7 +46,7 @@ from modelsat.embedding import cached_embedder
 from modelsat.metrics import probability_metrics, routed_outcomes
 from modelsat.pretrained import WINDOW_RULE
 from modelsat.training_evidence import EvidenceTable, write_training_bank
-from modelsat.loss import fit_offset, group_loss
+from modelsat.loss import fit_offset, group_loss, tier_groups
 from modelsat.checkpoint import CheckpointError
 from modelsat.checkpoint_writer import save_checkpoint
 from modelsat.io_utils import blocking_file
@@ -130,13 +130,16 @@ def loss_fn(logits: list[torch.Tensor], labels: list[torch.Tensor], weights: tor
 
 def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepared, cfg: Config, log) -> dict:
     """Stage 0 (train.evidence_fit_epochs > 0): fit the evidence's logit offset alone (`modelsat.loss.fit_offset`)
-    on every (train instruction, training model) pair with a result, with train.evidence_fit_loss, then freeze it.
+    on every (train instruction, training model) pair with a result, with train.evidence_fit_loss (over tiers of like
+    models with train.evidence_fit_tier), then freeze it.
     Full batch and deterministic, so every process fits the same weights. Returns {"epochs", "loss_first", "loss_last",
     "seconds"}."""
     ids = list(data.splits["train"])
     start = time.time()
-    losses = fit_offset(model.capability.evidence, evidence.train_values(),        # each pair at its bank level
-                        data.table.outcome_matrix(ids, data.train_models), cfg.train.evidence_fit_loss,
+    values, labels = evidence.train_values(), data.table.outcome_matrix(ids, data.train_models)   # each pair at its bank level
+    if cfg.train.evidence_fit_tier:
+        values, labels = tier_groups(values, labels, cfg.train.evidence_fit_tier)
+    losses = fit_offset(model.capability.evidence, values, labels, cfg.train.evidence_fit_loss,
                         cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr)
     model.freeze_evidence_offset()
     out = {"epochs": cfg.train.evidence_fit_epochs, "loss_first": losses[0], "loss_last": losses[-1],

@@ -64,6 +64,7 @@ def test_overrides_apply_and_types_convert() -> None:
     (["train.weight_decay=nan"], "train.weight_decay: expected a finite number"),
     (["train.seed=4294967296"], r"train.seed must be an integer in \[0, 4294967295\]"),
     (["train.save_every=-1"], "train.save_every"),
+    (["train.evidence_fit_tier=1"], "train.evidence_fit_tier must be 0 or an integer >= 2, got 1"),
     (["train.out_dir="], "train.out_dir must not be empty"),
     (["model.lora_dropout=1"], r"model.lora_dropout must be in \[0, 1\)"),
     (["model.lora_alpha=0"], "model.lora_alpha must be an integer >= 1"),

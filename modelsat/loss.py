@@ -50,8 +50,8 @@ def group_loss(z: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, weights: to
 
 def tier_groups(values: torch.Tensor, labels: np.ndarray, size: int) -> tuple[torch.Tensor, np.ndarray]:
     """Stage 0's groups over models of like strength: the M models sorted by their mean label (their accuracy over
-    the Q instructions, NaN left out) and cut into ceil(M / size) tiers of neighbours in that order (`numpy.array_split`:
-    sizes differ by at most one), each (instruction, tier) one group. (Q, M, E) evidence and (Q, M) labels →
+    the Q instructions, NaN left out) and cut into ceil(M / size) tiers of neighbours in that order
+    (`numpy.array_split`: sizes differ by at most one), each (instruction, tier) one group. (Q, M, E) evidence and (Q, M) labels →
     (Q · tiers, W, E) and (Q · tiers, W), W the largest tier, shorter tiers padded with zeros and NaN labels (left out
     by `fit_offset`). `size` >= M gives back one group per instruction, the models in their own order. Raises
     ValueError on a size below 2."""

@@ -160,7 +160,7 @@ def evaluate(table: Any, splits: dict[str, list[str]], aptitude: Aptitude, model
             results[r.name]["notes"] = r.notes
         log(f"[{zoo}] {r.name}: accuracy {m['accuracy']:.4f}, gain {m['gain']:+.4f}")
     if "model-sat" in outcomes:                  # is Model-SAT above each other router? paired, same resamples
-        labelled = [j for j, m in enumerate(models) if m not in set(aptitude_only)]
+        labelled = [j for j, m in enumerate(models) if m not in aptitude_only]
         versus = {}
         for name, other in outcomes.items():
             if name == "model-sat":

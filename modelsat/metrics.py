@@ -131,12 +131,9 @@ def interaction_auc_diff(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, 
     if a.shape != hit.shape or b.shape != hit.shape:
         raise ValueError(f"predictions and outcomes must be equal (Q, M) shapes, got {a.shape}, {b.shape} and "
                          f"{hit.shape}")
-    rows = hit.any(axis=1) & ~hit.all(axis=1)
 
     def diff(idx: np.ndarray) -> float:
-        keep = rows[idx]
-        return float(_row_aucs(_residual(a[idx]), hit[idx])[keep].mean()
-                     - _row_aucs(_residual(b[idx]), hit[idx])[keep].mean()) if keep.any() else float("nan")
+        return interaction_auc(a[idx], hit[idx]) - interaction_auc(b[idx], hit[idx])
 
     rng = np.random.default_rng(seed)
     draws = [diff(rng.integers(0, len(hit), len(hit))) for _ in range(n)]

@@ -50,6 +50,12 @@ def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndar
     return w, xm, ym
 
 
+def read_probe(x_fit: np.ndarray, y_fit: np.ndarray, x: np.ndarray, lam: float = 100.0) -> np.ndarray:
+    """A ridge probe fitted on (n, D) embeddings and their (n,) outcomes, read at (Q, D) x: (Q,) in [0, 1]."""
+    w, xm, ym = ridge(x_fit, y_fit, lam)
+    return np.clip(ym + (x - xm) @ w, 0, 1)
+
+
 def knn(keys: np.ndarray, outcomes: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     """(Q, M) mean outcome of each model over its results on the k nearest keys (NaN: no result)."""
     near = np.argpartition(-(queries @ keys.T), k, axis=1)[:, :k]
@@ -82,8 +88,7 @@ def main() -> None:
     def probe(rows: np.ndarray, j: int, x: np.ndarray, lam: float = 100.0) -> np.ndarray:
         """Model j's ridge probe over its bank rows (of `keys`), read at x: (Q,) in [0, 1]."""
         rows = rows[~np.isnan(bank_y[rows, j])]
-        w, xm, ym = ridge(keys[rows], bank_y[rows, j], lam)
-        return np.clip(ym + (x - xm) @ w, 0, 1)
+        return read_probe(keys[rows], bank_y[rows, j], x, lam)
 
     scores = {f"knn{k}": knn(keys, bank_y, v, k) for k in (100, 400)}
     every = np.arange(A + T)
@@ -155,8 +160,7 @@ def main() -> None:
         o = np.concatenate([a, yt[pos[A:] - A, models.index(m)]]) if m in models else a
         cands.append(Candidate(pos, o.astype(np.float32), float(a.mean()),
                                None if clf is None else category_accuracy(proba_keys[pos], o)))
-        w, xm, ym = ridge(keys[pos], o, 100.0)
-        val_probe.append(np.clip(ym + (v - xm) @ w, 0, 1))
+        val_probe.append(read_probe(keys[pos], o, v))
     e_val = NeighbourSearch(ev.keys, cands).evidence(xv, proba_val)
     p_val = torch.from_numpy(np.stack(val_probe, axis=1)).float()[..., None]
     train_acc = np.nanmean(table.outcome_matrix(splits["train"], names), axis=0)

@@ -82,10 +82,7 @@ def fit_head(table: EvidenceTable, labels: np.ndarray, offset: str, loss: str, e
     (over tiers of at most `tier` like models, as train.evidence_fit_tier; 0: every model in one group)."""
     torch.manual_seed(seed)
     head = EvidenceEncoder(DIM, 8, offset=offset)
-    values = table.train_values()
-    if tier:
-        values, labels = tier_groups(values, labels, tier)
-    fit_offset(head, values, labels, loss, epochs, lr, progress=False)
+    fit_offset(head, *tier_groups(table.train_values(), labels, tier), loss, epochs, lr, progress=False)
     return head
 
 

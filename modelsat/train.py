@@ -136,10 +136,8 @@ def fit_evidence_offset(model: RouterModel, evidence: EvidenceTable, data: Prepa
     "seconds"}."""
     ids = list(data.splits["train"])
     start = time.time()
-    values = evidence.train_values()                                     # each pair at its bank level
-    labels = data.table.outcome_matrix(ids, data.train_models)
-    if cfg.train.evidence_fit_tier:
-        values, labels = tier_groups(values, labels, cfg.train.evidence_fit_tier)
+    values, labels = tier_groups(evidence.train_values(),                # each pair at its bank level
+                                 data.table.outcome_matrix(ids, data.train_models), cfg.train.evidence_fit_tier)
     losses = fit_offset(model.capability.evidence, values, labels, cfg.train.evidence_fit_loss,
                         cfg.train.evidence_fit_epochs, cfg.train.evidence_fit_lr)
     model.freeze_evidence_offset()

@@ -42,6 +42,8 @@ def test_tier_groups_put_like_models_together_and_pad_the_short_tier() -> None:
     np.testing.assert_array_equal(y[3, :2], [np.nan, 0.0])                             # a missing result stays missing
     same_v, same_y = tier_groups(values, labels, 5)                                    # one tier: unchanged
     assert same_v is values and np.array_equal(same_y, labels.astype(np.float32), equal_nan=True)
+    no_tiers = tier_groups(values, labels, 0)                                          # 0: the config's "none"
+    assert no_tiers[0] is values and np.array_equal(no_tiers[1], labels.astype(np.float32), equal_nan=True)
     with pytest.raises(ValueError, match="at least 2 models"):
         tier_groups(values, labels, 1)
 

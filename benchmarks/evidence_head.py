@@ -29,7 +29,7 @@ from modelsat.data.prepare import Prepared
 from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
 from modelsat.embedding import cached_embedder
-from modelsat.encoder import EvidenceEncoder
+from modelsat.encoder import OFFSETS, EvidenceEncoder
 from modelsat.evaluate import evaluate
 from modelsat.evidence import DIM, Candidate, NeighbourSearch, category_accuracy
 from modelsat.logs import setup_logging
@@ -93,7 +93,7 @@ def main() -> None:
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--zoos", default="7b,mixed,large", help="zoos of the checkpoint's data.zoos, or all")
     p.add_argument("--out", default="runs/evidence-head")
-    p.add_argument("--offset", default="linear", choices=["linear", "mlp"])
+    p.add_argument("--offset", default="linear", choices=list(OFFSETS))
     p.add_argument("--loss", default="listwise")
     p.add_argument("--epochs", type=int, default=400)
     p.add_argument("--lr", type=float, default=0.01)

@@ -150,22 +150,27 @@ class InstructionPool(nn.Module):
         return torch.einsum("mkn,mnh->mkh", weights, tokens)
 
 
+OFFSETS = ("mlp", "linear", "linear-logit")
+"""The forms of the evidence's logit offset (`model.evidence_offset`)."""
+
+
 class EvidenceEncoder(nn.Module):
     """A candidate's aptitude evidence for one instruction (`modelsat/evidence.py`; (n, E) values in [0, 1]) → one
     soft token (n, H) for the LLM to read, and a learned offset (n,) to the Yes−No logit (a wide-and-deep split:
-    Cheng et al., 2016). The token reads [e, logit(e)]; the offset is chosen by name: `mlp` (2E → `hidden` → 1,
-    GELU, over [e, logit(e)]) or `linear` (E → 1 over e). The offset's last layer starts at zero, so at step 0 the
-    score is the LLM's. Raises ValueError on an unknown offset name."""
+    Cheng et al., 2016). The token reads [e, logit(e)]; the offset is chosen by name (`OFFSETS`): `mlp` (2E →
+    `hidden` → 1, GELU, over [e, logit(e)]), `linear` (E → 1 over e) or `linear-logit` (2E → 1 over [e, logit(e)]:
+    each value weighs on either scale, so that a neighbour mean near 0 or 1 can count more). The offset's last layer
+    starts at zero, so at step 0 the score is the LLM's. Raises ValueError on an unknown offset name."""
 
     def __init__(self, dim: int, out_dim: int, connector: str = "mlp2x_gelu", hidden: int = 32,
                  offset: str = "mlp") -> None:
         super().__init__()
-        if offset not in ("mlp", "linear"):
-            raise ValueError(f"unknown evidence offset {offset!r}; use 'mlp' or 'linear'")
+        if offset not in OFFSETS:
+            raise ValueError(f"unknown evidence offset {offset!r}; use one of {', '.join(OFFSETS)}")
         self.dim, self.offset_form = dim, offset
         self.token = build_connector(connector, 2 * dim, out_dim)
         self.offset = (nn.Sequential(nn.Linear(2 * dim, hidden), nn.GELU(), nn.Linear(hidden, 1)) if offset == "mlp"
-                       else nn.Sequential(nn.Linear(dim, 1)))
+                       else nn.Sequential(nn.Linear(2 * dim if offset == "linear-logit" else dim, 1)))
         nn.init.zeros_(self.offset[-1].weight)
         nn.init.zeros_(self.offset[-1].bias)
 
@@ -180,7 +185,7 @@ class EvidenceEncoder(nn.Module):
         return self._offset(self.inputs(evidence))
 
     def _offset(self, x: torch.Tensor) -> torch.Tensor:
-        return self.offset(x if self.offset_form == "mlp" else x[:, :self.dim]).squeeze(-1)
+        return self.offset(x[:, :self.dim] if self.offset_form == "linear" else x).squeeze(-1)
 
     def forward(self, evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.inputs(evidence)                                                 # read once for both

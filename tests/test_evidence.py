@@ -163,6 +163,30 @@ def test_linear_evidence_offset_is_one_weight_per_evidence_value(tmp_path: Path)
         EvidenceEncoder(DIM, 8, offset="deep")
 
 
+def test_linear_logit_evidence_offset_weighs_each_value_and_its_logit(tmp_path: Path) -> None:
+    """`linear-logit`: one weight per value and one per its logit (values clamped to [1e-3, 1 - 1e-3]), saved and
+    loaded with its form, and refused by a model built with another."""
+    model = build_router_model(_cfg(evidence_offset="linear-logit"), per_task=4)
+    enc = model.capability.evidence
+    assert enc.offset[0].weight.shape == (1, 2 * DIM)
+    assert float(model.capability.evidence_offset(torch.rand(5, DIM)).detach().abs().max()) == 0.0  # starts at 0
+    w = torch.linspace(-1, 1, 2 * DIM)
+    with torch.no_grad():
+        enc.offset[0].weight.copy_(w[None])
+        enc.offset[0].bias.fill_(0.5)
+    e = torch.rand(5, DIM)
+    e[0, 0], e[1, 1] = 0.0, 1.0                                                         # clamped, not infinite
+    c = e.clamp(1e-3, 1 - 1e-3)
+    expected = c @ w[:DIM] + torch.log(c / (1 - c)) @ w[DIM:] + 0.5
+    got = model.capability.evidence_offset(e)
+    torch.testing.assert_close(got, expected)
+    save_trained(model, tmp_path)
+    again = load_trained(build_router_model(_cfg(evidence_offset="linear-logit"), per_task=4), tmp_path)
+    torch.testing.assert_close(again.capability.evidence_offset(e), got)
+    with pytest.raises(CheckpointError, match="evidence_offset"):
+        load_trained(build_router_model(_cfg(evidence_offset="linear"), per_task=4), tmp_path)
+
+
 @pytest.fixture(scope="module")
 def evidence_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A router trained for a few steps with model.evidence=true and instruction-pooled tokens (the default's)."""

@@ -1,0 +1,141 @@
+"""Which stage-0 head reads a dataset's evidence best? Judged by 5-fold cross-validation over its train split.
+
+    python -m dev.analyses.head_cv --checkpoint runs/rb-bank/final --zoos all
+    python -m dev.analyses.head_cv --checkpoint checkpoints/modelsat-smollm2-mmlupro --zoos 7b,mixed,large --arms A,B,C
+
+A small val (RouterBench's 212 questions) moves an interaction AUC by about ±0.02 with the draw; the 1,900 or more
+train instructions, out of fold, tell arms apart at 0.01. Reads the checkpoint's config, aptitude test and splits (not
+its weights); no router LLM runs. For each arm, the head (an `EvidenceEncoder` offset, fitted as train.py's stage 0
+by `modelsat.loss.fit_offset`, 400 full-batch epochs) is fitted on four folds of the train instructions' out-of-fold,
+thinned evidence of the training models (`modelsat/training_evidence.py`) and scored by interaction AUC on the fifth
+fold's (folds by instruction, seed 0); then fitted on the whole train split and scored on val per zoo as
+`benchmarks/evidence_head.py` does. Arms:
+    A  `linear` offset, listwise loss (the committed routers')
+    B  `linear-logit` offset (one weight per value and per its logit), listwise
+    C  `linear`, pairwise loss            D  `linear-logit`, pairwise
+    E  linear over e and e × amount (the neighbour values' weights follow how much evidence there is; not a form of
+       the package, fitted here only)
+`--classifier-cv` fits the category classifier with its C chosen by its own 5-fold log-loss
+(`sklearn.linear_model.LogisticRegressionCV`) in place of `LogisticRegression`'s default C = 1.
+Prints one line of JSON per arm: {"cv_auc", "cv_folds", zoo: [val gain in points, val interaction AUC], "s"}.
+The rules that read these numbers are in dev/LOG.md (2026-12-06, fourth session).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegressionCV
+
+import modelsat.category
+from benchmarks.evidence_head import EvidenceHeadRouter
+from modelsat.aptitude import Aptitude
+from modelsat.baselines import BestSingleRouter
+from modelsat.config import load_config
+from modelsat.data.prepare import Prepared
+from modelsat.data.splits import load_splits
+from modelsat.data.table import RoutingTable
+from modelsat.embedding import cached_embedder
+from modelsat.encoder import EvidenceEncoder
+from modelsat.evaluate import evaluate
+from modelsat.evidence import DIM, NAMES
+from modelsat.loss import fit_offset
+from modelsat.metrics import interaction_auc
+from modelsat.training_evidence import EvidenceTable
+
+ARMS = {"A": ("linear", "listwise"), "B": ("linear-logit", "listwise"), "C": ("linear", "pairwise"),
+        "D": ("linear-logit", "pairwise"), "E": ("amount", "listwise")}
+AMOUNT = NAMES.index("amount")
+
+
+class AmountHead(nn.Module):
+    """Arm E: a linear offset over [e, e × amount], starting at zero (as `EvidenceEncoder`'s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = nn.Sequential(nn.Linear(2 * DIM, 1))
+        nn.init.zeros_(self.offset[0].weight)
+        nn.init.zeros_(self.offset[0].bias)
+
+    def logit_offset(self, e: torch.Tensor) -> torch.Tensor:
+        e = e.float().clamp(1e-3, 1 - 1e-3)
+        return self.offset(torch.cat([e, e * e[:, AMOUNT:AMOUNT + 1]], dim=-1)).squeeze(-1)
+
+
+class CVLogisticRegression:
+    """`LogisticRegression`'s interface over `LogisticRegressionCV` (5 folds, log-loss), for `--classifier-cv`."""
+
+    def __init__(self, max_iter: int = 2000) -> None:
+        self.cv = LogisticRegressionCV(Cs=[1, 3, 10, 30, 100, 300, 1000], cv=5, scoring="neg_log_loss",
+                                       max_iter=max_iter)
+
+    def fit(self, x: np.ndarray, y: list) -> "CVLogisticRegression":
+        self.cv.fit(x, y)
+        self.coef_, self.intercept_, self.classes_ = self.cv.coef_, self.cv.intercept_, self.cv.classes_
+        self.C_ = self.cv.C_
+        return self
+
+
+def fit(arm: str, values: torch.Tensor, labels: np.ndarray) -> nn.Module:
+    form, loss = ARMS[arm]
+    torch.manual_seed(0)
+    head = AmountHead() if form == "amount" else EvidenceEncoder(DIM, 8, offset=form)
+    fit_offset(head, values, labels, loss, 400, 0.01, progress=False)
+    return head
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m dev.analyses.head_cv", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="its config, aptitude test and splits are used")
+    p.add_argument("--zoos", default="all", help="zoos of the checkpoint's data.zoos, or all")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--classifier-cv", action="store_true")
+    p.add_argument("--out", default="runs/head-cv")
+    args = p.parse_args()
+    if args.classifier_cv:
+        modelsat.category.LogisticRegression = CVLogisticRegression
+    ckpt = Path(args.checkpoint)
+    cfg = load_config(ckpt / "config.yaml")
+    aptitude = Aptitude.load(ckpt / "aptitude.json")
+    table = RoutingTable.load(cfg.data.table_dir)
+    splits = load_splits(ckpt / "splits.json", aptitude=aptitude)
+    train_models = [m for m in table.model_names if m not in cfg.data.unseen_models]
+    embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
+    data = Prepared(table, aptitude, splits, train_models, list(cfg.data.unseen_models))
+    unit = lambda texts: F.normalize(torch.from_numpy(embed(texts)).float(), dim=-1)    # noqa: E731
+    ev = EvidenceTable(cfg, data, unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
+                       unit([aptitude.texts[q] for q in aptitude.question_ids]), log=lambda s: None)
+    values = ev.train_values()                                                           # (Q, M, E)
+    labels = table.outcome_matrix(splits["train"], train_models).astype(np.float32)      # (Q, M)
+    fold = np.random.default_rng(0).permutation(len(labels)) % 5
+    zoos = {**cfg.data.zoos, "all": table.model_names}
+    for arm in args.arms.split(","):
+        start, aucs = time.time(), []
+        for f in range(5):
+            held = fold == f
+            head = fit(arm, values[torch.from_numpy(~held)], labels[~held])
+            with torch.no_grad():
+                v = values[torch.from_numpy(held)]
+                p_correct = head.logit_offset(v.reshape(-1, DIM)).reshape(v.shape[:2]).sigmoid().double().numpy()
+            aucs.append(interaction_auc(p_correct, np.nan_to_num(labels[held], nan=0.0)))
+        head = fit(arm, values, labels)
+        result = {"arm": arm, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
+        for zoo in args.zoos.split(","):
+            unseen = [m for m in cfg.data.unseen_models if m in zoos[zoo]]
+            m = evaluate(table, splits, aptitude, zoos[zoo], "val", unseen,
+                         routers=[BestSingleRouter(), EvidenceHeadRouter(ev, head, True)], embed=embed,
+                         out=Path(args.out) / f"{arm}-{zoo}", zoo=zoo, log=lambda s: None)
+            r = m["routers"]["evidence-head"]
+            result[zoo] = [round(100 * r["gain"], 2), round(r["interaction_auc"], 4)]
+        result["s"] = round(time.time() - start, 1)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

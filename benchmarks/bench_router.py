@@ -46,6 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench_router", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=str(REPO / "checkpoints/modelsat-smollm2-mmlupro"))
     p.add_argument("--n", type=int, default=40, help="instructions to rank")
+    p.add_argument("--chunk-size", type=int, default=0, help="candidates per packed sequence (0: the Router's default)")
     p.add_argument("--candidates", default="", help="comma-separated candidate counts to time, e.g. 10,100 "
                                                     "(default: only the zoo as it is)")
     p.add_argument("--big-bank", type=int, default=0, help="also time ranking after one model's bank grows by this "
@@ -59,7 +60,7 @@ def main() -> None:
     counts = [int(c) for c in parts]
 
     start = time.perf_counter()
-    router = Router.from_checkpoint(args.checkpoint)
+    router = Router.from_checkpoint(args.checkpoint, **({"chunk_size": args.chunk_size} if args.chunk_size else {}))
     load_s = time.perf_counter() - start
     stored = router._aptitude_emb is not None
     if args.recompute_embeddings:

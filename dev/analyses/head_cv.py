@@ -15,6 +15,8 @@ fold's (folds by instruction, seed 0); then fitted on the whole train split and 
     C  `linear`, pairwise loss            D  `linear-logit`, pairwise
     E  linear over e and e × amount (the neighbour values' weights follow how much evidence there is; not a form of
        the package, fitted here only)
+`--fit-thin X` fits the heads on evidence thinned as `train.bank_thin=X`; `--score-whole` scores the held-out folds
+on whole (unthinned) out-of-fold evidence, as a seen model's routing reads it.
 `--classifier-cv` fits the category classifier with its C chosen by its own 5-fold log-loss
 (`sklearn.linear_model.LogisticRegressionCV`) in place of `LogisticRegression`'s default C = 1.
 Prints one line of JSON per arm: {"cv_auc", "cv_folds", zoo: [val gain in points, val interaction AUC], "s"}.
@@ -96,6 +98,10 @@ def main() -> None:
     p.add_argument("--zoos", default="all", help="zoos of the checkpoint's data.zoos, or all")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--classifier-cv", action="store_true")
+    p.add_argument("--fit-thin", type=float, default=None,
+                   help="train.bank_thin of the evidence the heads are fitted on (default: the config's)")
+    p.add_argument("--score-whole", action="store_true",
+                   help="score each held-out fold on whole (unthinned) out-of-fold evidence, as a seen model routes")
     p.add_argument("--out", default="runs/head-cv")
     args = p.parse_args()
     if args.classifier_cv:
@@ -109,9 +115,17 @@ def main() -> None:
     embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
     data = Prepared(table, aptitude, splits, train_models, list(cfg.data.unseen_models))
     unit = lambda texts: F.normalize(torch.from_numpy(embed(texts)).float(), dim=-1)    # noqa: E731
-    ev = EvidenceTable(cfg, data, unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
-                       unit([aptitude.texts[q] for q in aptitude.question_ids]), log=lambda s: None)
-    values = ev.train_values()                                                           # (Q, M, E)
+    keys = (unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
+            unit([aptitude.texts[q] for q in aptitude.question_ids]))
+
+    def evidence(thin: float) -> EvidenceTable:
+        cfg.train.bank_thin = thin
+        return EvidenceTable(cfg, data, *keys, log=lambda s: None)
+
+    thin = cfg.train.bank_thin if args.fit_thin is None else args.fit_thin
+    ev = evidence(thin)
+    values = ev.train_values()                                                           # (Q, M, E) fitted on
+    scored = evidence(0.0).train_values() if args.score_whole and thin > 0 else values   # (Q, M, E) scored on
     labels = table.outcome_matrix(splits["train"], train_models).astype(np.float32)      # (Q, M)
     fold = np.random.default_rng(0).permutation(len(labels)) % 5
     zoos = {**cfg.data.zoos, "all": table.model_names}
@@ -121,11 +135,11 @@ def main() -> None:
             held = fold == f
             head = fit(arm, values[torch.from_numpy(~held)], labels[~held])
             with torch.no_grad():
-                v = values[torch.from_numpy(held)]
+                v = scored[torch.from_numpy(held)]
                 p_correct = head.logit_offset(v.reshape(-1, DIM)).reshape(v.shape[:2]).sigmoid().double().numpy()
             aucs.append(interaction_auc(p_correct, np.nan_to_num(labels[held], nan=0.0)))
         head = fit(arm, values, labels)
-        result = {"arm": arm, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
+        result = {"arm": arm, "fit_thin": thin, "score_whole": args.score_whole, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
         for zoo in args.zoos.split(","):
             unseen = [m for m in cfg.data.unseen_models if m in zoos[zoo]]
             m = evaluate(table, splits, aptitude, zoos[zoo], "val", unseen,

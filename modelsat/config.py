@@ -184,7 +184,7 @@ class ModelConfig:
     evidence_offset: Literal["mlp", "linear", "linear-logit"] = "mlp"
     """Form of the evidence's learned logit offset: `mlp` (2E → 32 → 1 over [e, logit e]), `linear` (one weight
     per evidence value; chosen by pooled 5-fold CV of train, dev/LOG.md 2026-11-30) or `linear-logit` (one weight
-    per value and one per its logit; RouterBench's, chosen by 5-fold CV of its train, dev/LOG.md 2026-12-06)."""
+    per value and one per its logit; tried on RouterBench, no committed router uses it: dev/LOG.md 2026-12-06)."""
     text_group_size: int = 5
     """Tasks per capability-text chunk in `text` mode (each chunk is encoded whole: no task is truncated away)."""
     lora_r: int = 16

@@ -17,6 +17,7 @@ fold's (folds by instruction, seed 0); then fitted on the whole train split and 
        the package, fitted here only)
 `--fit-thin X` fits the heads on evidence thinned as `train.bank_thin=X`; `--score-whole` scores the held-out folds
 on whole (unthinned) out-of-fold evidence, as a seen model's routing reads it.
+`--bank-folds K` builds the out-of-fold evidence with K folds (`train.bank_folds`).
 `--classifier-cv` fits the category classifier with its C chosen by its own 5-fold log-loss
 (`sklearn.linear_model.LogisticRegressionCV`) in place of `LogisticRegression`'s default C = 1.
 Prints one line of JSON per arm: {"cv_auc", "cv_folds", zoo: [val gain in points, val interaction AUC], "s"}.
@@ -102,12 +103,16 @@ def main() -> None:
                    help="train.bank_thin of the evidence the heads are fitted on (default: the config's)")
     p.add_argument("--score-whole", action="store_true",
                    help="score each held-out fold on whole (unthinned) out-of-fold evidence, as a seen model routes")
+    p.add_argument("--bank-folds", type=int, default=None,
+                   help="train.bank_folds of the out-of-fold evidence (default: the config's)")
     p.add_argument("--out", default="runs/head-cv")
     args = p.parse_args()
     if args.classifier_cv:
         modelsat.category.LogisticRegression = CVLogisticRegression
     ckpt = Path(args.checkpoint)
     cfg = load_config(ckpt / "config.yaml")
+    if args.bank_folds:
+        cfg.train.bank_folds = args.bank_folds
     aptitude = Aptitude.load(ckpt / "aptitude.json")
     table = RoutingTable.load(cfg.data.table_dir)
     splits = load_splits(ckpt / "splits.json", aptitude=aptitude)
@@ -139,7 +144,7 @@ def main() -> None:
                 p_correct = head.logit_offset(v.reshape(-1, DIM)).reshape(v.shape[:2]).sigmoid().double().numpy()
             aucs.append(interaction_auc(p_correct, np.nan_to_num(labels[held], nan=0.0)))
         head = fit(arm, values, labels)
-        result = {"arm": arm, "fit_thin": thin, "score_whole": args.score_whole, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
+        result = {"arm": arm, "bank_folds": cfg.train.bank_folds, "fit_thin": thin, "score_whole": args.score_whole, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
         for zoo in args.zoos.split(","):
             unseen = [m for m in cfg.data.unseen_models if m in zoos[zoo]]
             m = evaluate(table, splits, aptitude, zoos[zoo], "val", unseen,

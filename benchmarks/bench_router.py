@@ -11,8 +11,11 @@ Steps, each timed once with wall clock, in this order:
   - `rank_ms`: `Router.rank` on one instruction at a time over the whole zoo (median and 90th percentile);
   - `rank_many_per_s`: `Router.rank_many` on all of them at once (instructions per second);
   - with `--candidates 10,100`: `Router.rank` on one instruction at a time over that many candidates (median ms over
-    the first 20 instructions). Beyond the zoo's own models the candidates are copies of them added under new names
-    through `Router.add_model` (from their aptitude results, as any new model joins), so the count is what varies.
+    the first 20 instructions × 3 passes; paired: each instruction is ranked at every count in turn, the order of
+    the counts alternating between passes, so that a busy moment of the machine falls on all counts alike), and
+    `largest_over_smallest`, the ratio of the largest count's median to the smallest's. Beyond the zoo's own models
+    the candidates are copies of them added under new names through `Router.add_model` (from their aptitude
+    results, as any new model joins), so the count is what varies.
   - with `--big-bank N`: on a copy of the checkpoint, one zoo model's results bank grows by N results (random unit
     embeddings, random scores: the search does not care what they are), then `Router.rank` over the whole zoo is
     timed again on the same instructions (`big_bank`: median ms before and after, and the time to bank them);
@@ -37,6 +40,8 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+PASSES = 3
+"""Passes over the instructions when timing by candidate count (`--candidates`)."""
 
 from modelsat import Router
 from modelsat.bank import text_key
@@ -80,23 +85,25 @@ def main() -> None:
     many_s = time.perf_counter() - start
 
     zoo_size = len(router.models)
-    by_count, originals = {}, list(router.models)
-    for count in counts:
-        names = list(originals) + [m for m in router.models if m not in originals]
-        while len(names) < count:                       # copies of the zoo's models, joined by aptitude results
-            original = originals[len(names) % len(originals)]
-            name = f"{original} (copy {len(names)})"
-            scores = dict(zip(router.aptitude.question_ids, router.zoo.outcomes(original).ravel().tolist()))
-            entry = router.zoo.get(original)
-            router.add_model(name, scores, cost=entry.cost, params_b=entry.params_b,
-                             cost_unit=entry.cost_unit if entry.cost is not None else "")
-            names.append(name)
-        timed = []
+    originals = list(router.models)
+    names = list(originals)
+    while len(names) < max(counts, default=0):          # copies of the zoo's models, joined by aptitude results
+        original = originals[len(names) % len(originals)]
+        name = f"{original} (copy {len(names)})"
+        scores = dict(zip(router.aptitude.question_ids, router.zoo.outcomes(original).ravel().tolist()))
+        entry = router.zoo.get(original)
+        router.add_model(name, scores, cost=entry.cost, params_b=entry.params_b,
+                         cost_unit=entry.cost_unit if entry.cost is not None else "")
+        names.append(name)
+    timed = {count: [] for count in counts}
+    for rep in range(PASSES):                           # paired: each instruction at every count in turn
         for text in texts[:20]:
-            start = time.perf_counter()
-            router.rank(text, models=names[:count])
-            timed.append(time.perf_counter() - start)
-        by_count[count] = round(1000 * float(np.median(timed)), 1)
+            for count in (counts if rep % 2 == 0 else counts[::-1]):
+                start = time.perf_counter()
+                router.rank(text, models=names[:count])
+                timed[count].append(time.perf_counter() - start)
+    by_count = {count: round(1000 * float(np.median(t)), 1) for count, t in timed.items()}
+    ratio = (round(by_count[max(counts)] / by_count[min(counts)], 2) if len(counts) > 1 else None)
 
     big = None
     if args.big_bank:
@@ -112,7 +119,7 @@ def main() -> None:
         "rank_ms": {"median": round(1000 * float(np.median(times)), 1),
                     "p90": round(1000 * float(np.percentile(times, 90)), 1), "n": len(times)},
         "rank_many_per_s": round(len(texts) / many_s, 2), "batch_size": router.batch_size,
-        "rank_ms_by_candidates": by_count, "chunk_size": router.chunk_size, "big_bank": big,
+        "rank_ms_by_candidates": by_count, "largest_over_smallest": ratio, "chunk_size": router.chunk_size, "big_bank": big,
         "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},

@@ -13,6 +13,8 @@ fold's (folds by instruction, seed 0); then fitted on the whole train split and 
     A  `linear` offset, listwise loss (the committed routers')
     B  `linear-logit` offset (one weight per value and per its logit), listwise
     C  `linear`, pairwise loss            D  `linear-logit`, pairwise
+    H  `linear`, listwise + a pairwise term on the logits centred per model (z − each model's mean over the
+       fitted instructions): what the interaction AUC ranks
     E  linear over e and e × amount (the neighbour values' weights follow how much evidence there is; not a form of
        the package, fitted here only)
 `--fit-thin X` fits the heads on evidence thinned as `train.bank_thin=X`; `--score-whole` scores the held-out folds
@@ -48,12 +50,12 @@ from modelsat.embedding import cached_embedder
 from modelsat.encoder import EvidenceEncoder
 from modelsat.evaluate import evaluate
 from modelsat.evidence import DIM, NAMES
-from modelsat.loss import fit_offset
+from modelsat.loss import fit_offset, group_loss
 from modelsat.metrics import interaction_auc
 from modelsat.training_evidence import EvidenceTable
 
 ARMS = {"A": ("linear", "listwise"), "B": ("linear-logit", "listwise"), "C": ("linear", "pairwise"),
-        "D": ("linear-logit", "pairwise"), "E": ("amount", "listwise")}
+        "D": ("linear-logit", "pairwise"), "E": ("amount", "listwise"), "H": ("linear", "listwise+centred")}
 AMOUNT = NAMES.index("amount")
 
 
@@ -89,8 +91,28 @@ def fit(arm: str, values: torch.Tensor, labels: np.ndarray) -> nn.Module:
     form, loss = ARMS[arm]
     torch.manual_seed(0)
     head = AmountHead() if form == "amount" else EvidenceEncoder(DIM, 8, offset=form)
-    fit_offset(head, values, labels, loss, 400, 0.01, progress=False)
+    if loss == "listwise+centred":
+        fit_centred(head, values, labels)
+    else:
+        fit_offset(head, values, labels, loss, 400, 0.01, progress=False)
     return head
+
+
+def fit_centred(head: nn.Module, values: torch.Tensor, labels: np.ndarray, epochs: int = 400,
+                lr: float = 0.01) -> None:
+    """Arm H: `fit_offset`'s full-batch Adam on listwise + pairwise over the per-model centred logits."""
+    y = torch.as_tensor(labels)
+    mask, y = ~torch.isnan(y), torch.nan_to_num(y)
+    flat, ones = values.reshape(-1, DIM).float(), torch.ones(y.shape[0])
+    optimizer = torch.optim.Adam(head.offset.parameters(), lr=lr)
+    for _ in range(epochs):
+        z = head.logit_offset(flat).reshape(y.shape)                                         # (Q, M)
+        mean = (z * mask).sum(0, keepdim=True) / mask.sum(0, keepdim=True).clamp_min(1)
+        loss = (group_loss(z, y, mask, ones, 0.0, 1.0, 0.0)
+                + group_loss(z - mean, y, mask, ones, 0.0, 0.0, 1.0)) / y.shape[0]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 def main() -> None:

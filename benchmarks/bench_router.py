@@ -63,6 +63,8 @@ def main() -> None:
     if not all(c.isdigit() and int(c) >= 1 for c in parts):
         p.error(f"--candidates: give counts of at least 1, e.g. 10,100; got {args.candidates!r}")
     counts = [int(c) for c in parts]
+    if args.chunk_size < 0:
+        p.error(f"--chunk-size: give a count of at least 1 (0: the Router's default); got {args.chunk_size}")
 
     start = time.perf_counter()
     router = Router.from_checkpoint(args.checkpoint, **({"chunk_size": args.chunk_size} if args.chunk_size else {}))

@@ -103,6 +103,14 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
+def check_sizes(**sizes: int) -> None:
+    """Raise RouterError (a ValueError), in one line, for any of `sizes` (chunk_size, batch_size) that is not an
+    integer >= 1."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RouterError(f"Router: {name} must be an integer >= 1, got {value!r}")
+
+
 def _shown(value: object) -> str:
     """`value` for an error message, cut short (a 401-digit integer is not echoed whole)."""
     text = repr(value)
@@ -178,6 +186,7 @@ class Router:
         router LLM's (None: float32; bfloat16 or float16 on a GPU). Raises DeviceError (a ValueError), in one line,
         for a device torch cannot reach here, e.g. CUDA on a machine without a GPU (`modelsat/devices.py`)."""
         device, dtype = torch_device(device), torch_dtype(dtype)      # checked before anything is changed
+        check_sizes(chunk_size=chunk_size, batch_size=batch_size)
         self.model = model.eval()
         if not model.lora_merged and model.lora_mergeable:
             model.merge_lora()                         # inference only: one matmul per projection (merged in fp32)
@@ -252,7 +261,9 @@ class Router:
         `modelsat zoo add` and the other writes to its zoo are refused, saying to copy it first
         (`save_pretrained(DIR)`, or `modelsat checkpoint copy NAME DIR`). Raises CheckpointError, in one line, where
         the router cannot be found or its folder is missing, incomplete or of another format (a file that does not
-        load names itself and what to do), and DeviceError for a device that cannot be used here."""
+        load names itself and what to do), DeviceError for a device that cannot be used here, and RouterError for a
+        `chunk_size` or `batch_size` below 1."""
+        check_sizes(**{k: v for k, v in kwargs.items() if k in ("chunk_size", "batch_size")})   # before loading
         located = locate_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                     force_download=force_download, local_files_only=local_files_only, token=token)
         path = check_checkpoint(located.path)

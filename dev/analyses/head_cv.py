@@ -87,20 +87,20 @@ class CVLogisticRegression:
         return self
 
 
-def fit(arm: str, values: torch.Tensor, labels: np.ndarray) -> nn.Module:
+def fit(arm: str, values: torch.Tensor, labels: np.ndarray, centred_weight: float = 1.0) -> nn.Module:
     form, loss = ARMS[arm]
     torch.manual_seed(0)
     head = AmountHead() if form == "amount" else EvidenceEncoder(DIM, 8, offset=form)
     if loss == "listwise+centred":
-        fit_centred(head, values, labels)
+        fit_centred(head, values, labels, weight=centred_weight)
     else:
         fit_offset(head, values, labels, loss, 400, 0.01, progress=False)
     return head
 
 
-def fit_centred(head: nn.Module, values: torch.Tensor, labels: np.ndarray, epochs: int = 400,
+def fit_centred(head: nn.Module, values: torch.Tensor, labels: np.ndarray, weight: float = 1.0, epochs: int = 400,
                 lr: float = 0.01) -> None:
-    """Arm H: `fit_offset`'s full-batch Adam on listwise + pairwise over the per-model centred logits."""
+    """Arm H: `fit_offset`'s full-batch Adam on listwise + `weight` × pairwise over the per-model centred logits."""
     y = torch.as_tensor(labels)
     mask, y = ~torch.isnan(y), torch.nan_to_num(y)
     flat, ones = values.reshape(-1, DIM).float(), torch.ones(y.shape[0])
@@ -109,7 +109,7 @@ def fit_centred(head: nn.Module, values: torch.Tensor, labels: np.ndarray, epoch
         z = head.logit_offset(flat).reshape(y.shape)                                         # (Q, M)
         mean = (z * mask).sum(0, keepdim=True) / mask.sum(0, keepdim=True).clamp_min(1)
         loss = (group_loss(z, y, mask, ones, 0.0, 1.0, 0.0)
-                + group_loss(z - mean, y, mask, ones, 0.0, 0.0, 1.0)) / y.shape[0]
+                + weight * group_loss(z - mean, y, mask, ones, 0.0, 0.0, 1.0)) / y.shape[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -127,6 +127,7 @@ def main() -> None:
                    help="score each held-out fold on whole (unthinned) out-of-fold evidence, as a seen model routes")
     p.add_argument("--bank-folds", type=int, default=None,
                    help="train.bank_folds of the out-of-fold evidence (default: the config's)")
+    p.add_argument("--centred-weight", type=float, default=1.0, help="arm H: the weight of its centred pairwise term")
     p.add_argument("--out", default="runs/head-cv")
     args = p.parse_args()
     if args.classifier_cv:
@@ -160,13 +161,14 @@ def main() -> None:
         start, aucs = time.time(), []
         for f in range(5):
             held = fold == f
-            head = fit(arm, values[torch.from_numpy(~held)], labels[~held])
+            head = fit(arm, values[torch.from_numpy(~held)], labels[~held], args.centred_weight)
             with torch.no_grad():
                 v = scored[torch.from_numpy(held)]
                 p_correct = head.logit_offset(v.reshape(-1, DIM)).reshape(v.shape[:2]).sigmoid().double().numpy()
             aucs.append(interaction_auc(p_correct, np.nan_to_num(labels[held], nan=0.0)))
-        head = fit(arm, values, labels)
-        result = {"arm": arm, "bank_folds": cfg.train.bank_folds, "fit_thin": thin, "score_whole": args.score_whole, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
+        head = fit(arm, values, labels, args.centred_weight)
+        result = {"arm": arm, **({"centred_weight": args.centred_weight} if ARMS[arm][1] == "listwise+centred" else {}),
+                  "bank_folds": cfg.train.bank_folds, "fit_thin": thin, "score_whole": args.score_whole, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
         for zoo in args.zoos.split(","):
             unseen = [m for m in cfg.data.unseen_models if m in zoos[zoo]]
             m = evaluate(table, splits, aptitude, zoos[zoo], "val", unseen,

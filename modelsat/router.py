@@ -103,18 +103,18 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
-def check_sizes(**sizes: int) -> None:
-    """Raise RouterError (a ValueError), in one line, for any of `sizes` (chunk_size, batch_size) that is not an
-    integer >= 1."""
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RouterError(f"Router: {name} must be an integer >= 1, got {value!r}")
-
-
 def _shown(value: object) -> str:
-    """`value` for an error message, cut short (a 401-digit integer is not echoed whole)."""
-    text = repr(value)
+    """`value` for an error message, on one line and cut short (a 401-digit integer is not echoed whole)."""
+    text = " ".join(repr(value).split())                       # a numpy array's repr spans lines
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_size(name: str, value: object) -> int:
+    """`value` as an int where it is an integer (Python's or numpy's, not a bool) >= 1, else a RouterError (a
+    ValueError) in one line naming `name` (the Router's chunk_size or batch_size)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise RouterError(f"Router: {name} must be an integer >= 1, got {_shown(value)}")
+    return int(value)
 
 
 def check_cost_weight(value: object) -> float:
@@ -184,9 +184,11 @@ class Router:
                  dtype: str | torch.dtype | None = None) -> None:
         """`device`: where it ranks ("cpu", the default; "cuda", "cuda:N"; "auto": CUDA where present); `dtype`: the
         router LLM's (None: float32; bfloat16 or float16 on a GPU). Raises DeviceError (a ValueError), in one line,
-        for a device torch cannot reach here, e.g. CUDA on a machine without a GPU (`modelsat/devices.py`)."""
+        for a device torch cannot reach here, e.g. CUDA on a machine without a GPU (`modelsat/devices.py`), and
+        RouterError for a `chunk_size` (candidates per packed sequence) or `batch_size` (instructions per forward)
+        that is not an integer >= 1."""
         device, dtype = torch_device(device), torch_dtype(dtype)      # checked before anything is changed
-        check_sizes(chunk_size=chunk_size, batch_size=batch_size)
+        chunk_size, batch_size = check_size("chunk_size", chunk_size), check_size("batch_size", batch_size)
         self.model = model.eval()
         if not model.lora_merged and model.lora_mergeable:
             model.merge_lora()                         # inference only: one matmul per projection (merged in fp32)
@@ -263,7 +265,9 @@ class Router:
         the router cannot be found or its folder is missing, incomplete or of another format (a file that does not
         load names itself and what to do), DeviceError for a device that cannot be used here, and RouterError for a
         `chunk_size` or `batch_size` below 1."""
-        check_sizes(**{k: v for k, v in kwargs.items() if k in ("chunk_size", "batch_size")})   # before loading
+        for name in ("chunk_size", "batch_size"):
+            if name in kwargs:
+                kwargs[name] = check_size(name, kwargs[name])                                # before loading
         located = locate_checkpoint(pretrained_model_name_or_path, revision=revision, cache_dir=cache_dir,
                                     force_download=force_download, local_files_only=local_files_only, token=token)
         path = check_checkpoint(located.path)

@@ -22,8 +22,15 @@ on whole (unthinned) out-of-fold evidence, as a seen model's routing reads it.
 `--bank-folds K` builds the out-of-fold evidence with K folds (`train.bank_folds`).
 `--classifier-cv` fits the category classifier with its C chosen by its own 5-fold log-loss
 (`sklearn.linear_model.LogisticRegressionCV`) in place of `LogisticRegression`'s default C = 1.
-Prints one line of JSON per arm: {"cv_auc", "cv_folds", zoo: [val gain in points, val interaction AUC], "s"}.
+Prints one line of JSON per arm: {"arm", "centred_weight" (H), "classifier_c" (with --classifier-cv: the C chosen),
+"bank_folds", "fit_thin", "score_whole", "cv_auc", "cv_folds", zoo: [val gain in points, val interaction AUC], "s"}.
 The rules that read these numbers are in dev/LOG.md (2026-12-06, fourth session).
+Assumptions: the head's folds (seed 0, 5) are the evidence's own folds at the committed configs' train.seed = 0 and
+train.bank_folds = 5, so a held-out fold's evidence reads only the other folds' labels; with other values the
+held-out evidence also reads other held-out instructions' labels, and CV figures across --bank-folds are not
+comparable (judge those on val). A missing result counts as wrong in the CV score (the tables here have none).
+The fit is 400 epochs at lr 0.01, the committed configs' train.evidence_fit_epochs / _lr, over the models not in
+data.unseen_models.
 """
 from __future__ import annotations
 
@@ -74,7 +81,10 @@ class AmountHead(nn.Module):
 
 
 class CVLogisticRegression:
-    """`LogisticRegression`'s interface over `LogisticRegressionCV` (5 folds, log-loss), for `--classifier-cv`."""
+    """`LogisticRegression`'s interface over `LogisticRegressionCV` (5 folds, log-loss), for `--classifier-cv`;
+    `last_c` the C chosen at the last fit (one C for every class: log-loss is one score)."""
+
+    last_c = float("nan")
 
     def __init__(self, max_iter: int = 2000) -> None:
         self.cv = LogisticRegressionCV(Cs=[1, 3, 10, 30, 100, 300, 1000], cv=5, scoring="neg_log_loss",
@@ -83,7 +93,7 @@ class CVLogisticRegression:
     def fit(self, x: np.ndarray, y: list) -> "CVLogisticRegression":
         self.cv.fit(x, y)
         self.coef_, self.intercept_, self.classes_ = self.cv.coef_, self.cv.intercept_, self.cv.classes_
-        self.C_ = self.cv.C_
+        CVLogisticRegression.last_c = float(self.cv.C_[0])
         return self
 
 
@@ -130,6 +140,9 @@ def main() -> None:
     p.add_argument("--centred-weight", type=float, default=1.0, help="arm H: the weight of its centred pairwise term")
     p.add_argument("--out", default="runs/head-cv")
     args = p.parse_args()
+    unknown = [a for a in args.arms.split(",") if a not in ARMS]
+    if unknown:
+        p.error(f"--arms: unknown {', '.join(unknown)}; use some of {', '.join(ARMS)}")
     if args.classifier_cv:
         modelsat.category.LogisticRegression = CVLogisticRegression
     ckpt = Path(args.checkpoint)
@@ -167,13 +180,19 @@ def main() -> None:
                 p_correct = head.logit_offset(v.reshape(-1, DIM)).reshape(v.shape[:2]).sigmoid().double().numpy()
             aucs.append(interaction_auc(p_correct, np.nan_to_num(labels[held], nan=0.0)))
         head = fit(arm, values, labels, args.centred_weight)
-        result = {"arm": arm, **({"centred_weight": args.centred_weight} if ARMS[arm][1] == "listwise+centred" else {}),
-                  "bank_folds": cfg.train.bank_folds, "fit_thin": thin, "score_whole": args.score_whole, "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
+        result = {"arm": arm}
+        if ARMS[arm][1] == "listwise+centred":
+            result["centred_weight"] = args.centred_weight
+        if args.classifier_cv and ev.classifier is not None:
+            result["classifier_c"] = float(modelsat.category.LogisticRegression.last_c)
+        result |= {"bank_folds": cfg.train.bank_folds, "fit_thin": thin, "score_whole": args.score_whole,
+                   "cv_auc": round(float(np.mean(aucs)), 4), "cv_folds": [round(a, 4) for a in aucs]}
+        tag = "-".join(f"{k}{v}" for k, v in result.items() if k not in ("cv_auc", "cv_folds"))
         for zoo in args.zoos.split(","):
             unseen = [m for m in cfg.data.unseen_models if m in zoos[zoo]]
             m = evaluate(table, splits, aptitude, zoos[zoo], "val", unseen,
                          routers=[BestSingleRouter(), EvidenceHeadRouter(ev, head, True)], embed=embed,
-                         out=Path(args.out) / f"{arm}-{zoo}", zoo=zoo, log=lambda s: None)
+                         out=Path(args.out) / f"{tag}-{zoo}", zoo=zoo, log=lambda s: None)
             r = m["routers"]["evidence-head"]
             result[zoo] = [round(100 * r["gain"], 2), round(r["interaction_auc"], 4)]
         result["s"] = round(time.time() - start, 1)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from modelsat.aptitude import Aptitude
 from modelsat.baselines import BaseRouter, BestPerCategoryRouter, BestSingleRouter, KNNRouter, MLPRouter, RoutingData
-from modelsat.config import load_config
+from modelsat.config import Config, load_config
 from modelsat.data.prepare import Prepared
 from modelsat.data.splits import load_splits
 from modelsat.data.table import RoutingTable
@@ -76,6 +76,25 @@ class EvidenceHeadRouter(BaseRouter):
         return torch.sigmoid(self.head.logit_offset(e.reshape(-1, DIM)).reshape(e.shape[:2])).double().numpy()
 
 
+def read_checkpoint(ckpt: Path, cfg: Config) -> tuple:
+    """What the evidence of a checkpoint's data needs, with `cfg` (its config.yaml, as the caller may have changed
+    it): (aptitude, table, splits, training models (those not in data.unseen_models), the cached sentence embedder,
+    `Prepared`, the unit embeddings (train, val, aptitude questions) that `EvidenceTable` takes)."""
+    aptitude = Aptitude.load(ckpt / "aptitude.json")
+    table = RoutingTable.load(cfg.data.table_dir)
+    splits = load_splits(ckpt / "splits.json", aptitude=aptitude)
+    train_models = [m for m in table.model_names if m not in cfg.data.unseen_models]
+    embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
+    data = Prepared(table, aptitude, splits, train_models, list(cfg.data.unseen_models))
+
+    def unit(texts: list[str]) -> torch.Tensor:
+        return F.normalize(torch.from_numpy(embed(texts)).float(), dim=-1)
+
+    keys = (unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
+            unit([aptitude.texts[q] for q in aptitude.question_ids]))
+    return aptitude, table, splits, train_models, embed, data, keys
+
+
 def fit_head(table: EvidenceTable, labels: np.ndarray, offset: str, loss: str, epochs: int, lr: float,
              seed: int = 0, tier: int = 0) -> EvidenceEncoder:
     """The stage-0 head: `EvidenceEncoder(offset=...)`'s offset fitted alone on every train pair at its bank level
@@ -108,16 +127,9 @@ def main() -> None:
     cfg.train.bank_labels = args.bank_labels == "true"
     if args.bank_thin is not None:
         cfg.train.bank_thin = args.bank_thin
-    aptitude = Aptitude.load(ckpt / "aptitude.json")
-    table = RoutingTable.load(cfg.data.table_dir)
-    splits = load_splits(ckpt / "splits.json", aptitude=aptitude)
-    train_models = [m for m in table.model_names if m not in cfg.data.unseen_models]
-    embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
     start = time.time()
-    data = Prepared(table, aptitude, splits, train_models, list(cfg.data.unseen_models))
-    unit = lambda texts: F.normalize(torch.from_numpy(embed(texts)).float(), dim=-1)    # noqa: E731
-    ev = EvidenceTable(cfg, data, unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
-                       unit([aptitude.texts[q] for q in aptitude.question_ids]), log=lambda s: None)
+    aptitude, table, splits, train_models, embed, data, keys = read_checkpoint(ckpt, cfg)
+    ev = EvidenceTable(cfg, data, *keys, log=lambda s: None)
     built = time.time() - start
     tier = cfg.train.evidence_fit_tier if args.tier is None else args.tier
     head = fit_head(ev, table.outcome_matrix(splits["train"], train_models), args.offset, args.loss, args.epochs,

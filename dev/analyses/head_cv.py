@@ -42,18 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegressionCV
 
 import modelsat.category
-from benchmarks.evidence_head import EvidenceHeadRouter
-from modelsat.aptitude import Aptitude
+from benchmarks.evidence_head import EvidenceHeadRouter, read_checkpoint
 from modelsat.baselines import BestSingleRouter
 from modelsat.config import load_config
-from modelsat.data.prepare import Prepared
-from modelsat.data.splits import load_splits
-from modelsat.data.table import RoutingTable
-from modelsat.embedding import cached_embedder
 from modelsat.encoder import EvidenceEncoder
 from modelsat.evaluate import evaluate
 from modelsat.evidence import DIM, NAMES
@@ -149,15 +143,7 @@ def main() -> None:
     cfg = load_config(ckpt / "config.yaml")
     if args.bank_folds:
         cfg.train.bank_folds = args.bank_folds
-    aptitude = Aptitude.load(ckpt / "aptitude.json")
-    table = RoutingTable.load(cfg.data.table_dir)
-    splits = load_splits(ckpt / "splits.json", aptitude=aptitude)
-    train_models = [m for m in table.model_names if m not in cfg.data.unseen_models]
-    embed = cached_embedder(table, cfg.model.sentence_encoder, Path(cfg.data.table_dir))
-    data = Prepared(table, aptitude, splits, train_models, list(cfg.data.unseen_models))
-    unit = lambda texts: F.normalize(torch.from_numpy(embed(texts)).float(), dim=-1)    # noqa: E731
-    keys = (unit(table.texts(splits["train"])), unit(table.texts(splits["val"])),
-            unit([aptitude.texts[q] for q in aptitude.question_ids]))
+    aptitude, table, splits, train_models, embed, data, keys = read_checkpoint(ckpt, cfg)
 
     def evidence(thin: float) -> EvidenceTable:
         cfg.train.bank_thin = thin

@@ -14,10 +14,9 @@ Steps, each timed once with wall clock, in this order:
     the first 20 instructions × 3 passes; paired: each instruction is ranked at every count in turn, the order of
     the counts alternating between passes, so that a busy moment of the machine falls on all counts alike; the
     evidence's search over each set of candidates is built before its timer starts, as a ranking of the same set
-    finds it), and
-    `largest_over_smallest`, the ratio of the largest count's median to the smallest's. Beyond the zoo's own models
-    the candidates are copies of them added under new names through `Router.add_model` (from their aptitude
-    results, as any new model joins), so the count is what varies.
+    finds it), and `largest_over_smallest`, the ratio of the largest count's median to the smallest's. Beyond the
+    zoo's own models the candidates are copies of them added under new names through `Router.add_model` (from their
+    aptitude results, as any new model joins), so the count is what varies.
   - with `--big-bank N`: on a copy of the checkpoint, one zoo model's results bank grows by N results (random unit
     embeddings, random scores: the search does not care what they are), then `Router.rank` over the whole zoo is
     timed again on the same instructions (`big_bank`: median ms before and after, and the time to bank them);
@@ -108,7 +107,7 @@ def main() -> None:
                 router.rank(text, models=names[:count])
                 timed[count].append(time.perf_counter() - start)
     by_count = {count: round(1000 * float(np.median(t)), 1) for count, t in timed.items()}
-    ratio = (round(by_count[max(counts)] / by_count[min(counts)], 2) if len(counts) > 1 else None)
+    ratio = round(by_count[max(counts)] / by_count[min(counts)], 2) if len(counts) > 1 else None
 
     big = None
     if args.big_bank:
@@ -124,7 +123,8 @@ def main() -> None:
         "rank_ms": {"median": round(1000 * float(np.median(times)), 1),
                     "p90": round(1000 * float(np.percentile(times, 90)), 1), "n": len(times)},
         "rank_many_per_s": round(len(texts) / many_s, 2), "batch_size": router.batch_size,
-        "rank_ms_by_candidates": by_count, "largest_over_smallest": ratio, "chunk_size": router.chunk_size, "big_bank": big,
+        "rank_ms_by_candidates": by_count, "largest_over_smallest": ratio, "chunk_size": router.chunk_size,
+        "big_bank": big,
         "hardware": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                      "torch_threads": torch.get_num_threads(),
                      "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},

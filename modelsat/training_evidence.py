@@ -68,7 +68,7 @@ class EvidenceTable:
         if self.classifier is None:
             log("evidence: the train split has fewer than two categories; the category value is the overall accuracy")
         proba_keys = None if self.classifier is None else self.classifier.proba(self.keys)
-        proba_train = None if self.classifier is None else self.classifier.proba(train_emb)   # as instructions
+        proba_train = None if proba_keys is None else proba_keys[A:]          # the train questions, as instructions
         proba_val = None if self.classifier is None else self.classifier.proba(val_emb)
         apt = data.table.outcome_matrix(data.aptitude.question_ids, models)                # (A, M)
         if np.isnan(apt).any():

@@ -20,11 +20,14 @@ fold's (folds by instruction, seed 0); then fitted on the whole train split and 
 `--fit-thin X` fits the heads on evidence thinned as `train.bank_thin=X`; `--score-whole` scores the held-out folds
 on whole (unthinned) out-of-fold evidence, as a seen model's routing reads it.
 `--bank-folds K` builds the out-of-fold evidence with K folds (`train.bank_folds`).
+`--values overall,category` restricts every arm's head to the named evidence values (`modelsat.evidence.NAMES`):
+the others are held at 0.5 (a zero logit, a constant input) in fitting and in scoring.
 `--classifier-cv` fits the category classifier with its C chosen by its own 5-fold log-loss
 (`sklearn.linear_model.LogisticRegressionCV`) in place of `LogisticRegression`'s default C = 1.
 Prints one line of JSON per arm: {"arm", "centred_weight" (H), "classifier_c" (with --classifier-cv: the C chosen),
-"bank_folds", "fit_thin", "score_whole", "cv_auc", "cv_folds", zoo: [val gain in points, val interaction AUC], "s"}.
-The rules that read these numbers are in dev/LOG.md (2026-12-06, fourth session).
+"values" (with --values), "bank_folds", "fit_thin", "score_whole", "cv_auc", "cv_folds", zoo: [val gain in points, val
+interaction AUC], "s"}.
+The rules that read these numbers are in dev/LOG.md (2026-12-06, fourth and fifth sessions).
 Assumptions: the head's folds (seed 0, 5) are the evidence's own folds at the committed configs' train.seed = 0 and
 train.bank_folds = 5, so a held-out fold's evidence reads only the other folds' labels; with other values the
 held-out evidence also reads other held-out instructions' labels, and CV figures across --bank-folds are not
@@ -74,6 +77,18 @@ class AmountHead(nn.Module):
         return self.offset(torch.cat([e, e * e[:, AMOUNT:AMOUNT + 1]], dim=-1)).squeeze(-1)
 
 
+class Subset(nn.Module):
+    """`--values`: a head that reads only the values at `keep` (indices into `NAMES`); the others are held at 0.5."""
+
+    def __init__(self, head: nn.Module, keep: list[int]) -> None:
+        super().__init__()
+        self.head, self.offset = head, head.offset
+        self.register_buffer("drop", torch.tensor([i not in keep for i in range(DIM)]))
+
+    def logit_offset(self, e: torch.Tensor) -> torch.Tensor:
+        return self.head.logit_offset(torch.where(self.drop, torch.full_like(e, 0.5), e))
+
+
 class CVLogisticRegression:
     """`LogisticRegression`'s interface over `LogisticRegressionCV` (5 folds, log-loss), for `--classifier-cv`;
     `last_c` the C chosen at the last fit (one C for every class: log-loss is one score)."""
@@ -91,10 +106,13 @@ class CVLogisticRegression:
         return self
 
 
-def fit(arm: str, values: torch.Tensor, labels: np.ndarray, centred_weight: float = 1.0) -> nn.Module:
+def fit(arm: str, values: torch.Tensor, labels: np.ndarray, centred_weight: float = 1.0,
+        keep: list[int] | None = None) -> nn.Module:
     form, loss = ARMS[arm]
     torch.manual_seed(0)
     head = AmountHead() if form == "amount" else EvidenceEncoder(DIM, 8, offset=form)
+    if keep is not None:
+        head = Subset(head, keep)
     if loss == "listwise+centred":
         fit_centred(head, values, labels, weight=centred_weight)
     else:
@@ -132,8 +150,16 @@ def main() -> None:
     p.add_argument("--bank-folds", type=int, default=None,
                    help="train.bank_folds of the out-of-fold evidence (default: the config's)")
     p.add_argument("--centred-weight", type=float, default=1.0, help="arm H: the weight of its centred pairwise term")
+    p.add_argument("--values", default=None, help="comma-separated evidence values the heads read (default: all)")
     p.add_argument("--out", default="runs/head-cv")
     args = p.parse_args()
+    keep = None
+    if args.values:
+        names = args.values.split(",")
+        unknown = [n for n in names if n not in NAMES]
+        if unknown:
+            p.error(f"--values: unknown {', '.join(unknown)}; use some of {', '.join(NAMES)}")
+        keep = [NAMES.index(n) for n in names]
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
         p.error(f"--arms: unknown {', '.join(unknown)}; use some of {', '.join(ARMS)}")
@@ -160,13 +186,15 @@ def main() -> None:
         start, aucs = time.time(), []
         for f in range(5):
             held = fold == f
-            head = fit(arm, values[torch.from_numpy(~held)], labels[~held], args.centred_weight)
+            head = fit(arm, values[torch.from_numpy(~held)], labels[~held], args.centred_weight, keep)
             with torch.no_grad():
                 v = scored[torch.from_numpy(held)]
                 p_correct = head.logit_offset(v.reshape(-1, DIM)).reshape(v.shape[:2]).sigmoid().double().numpy()
             aucs.append(interaction_auc(p_correct, np.nan_to_num(labels[held], nan=0.0)))
-        head = fit(arm, values, labels, args.centred_weight)
+        head = fit(arm, values, labels, args.centred_weight, keep)
         result = {"arm": arm}
+        if args.values:
+            result["values"] = args.values
         if ARMS[arm][1] == "listwise+centred":
             result["centred_weight"] = args.centred_weight
         if args.classifier_cv and ev.classifier is not None:

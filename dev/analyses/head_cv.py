@@ -59,7 +59,8 @@ from modelsat.metrics import interaction_auc
 from modelsat.training_evidence import EvidenceTable
 
 ARMS = {"A": ("linear", "listwise"), "B": ("linear-logit", "listwise"), "C": ("linear", "pairwise"),
-        "D": ("linear-logit", "pairwise"), "E": ("amount", "listwise"), "H": ("linear", "listwise+centred")}
+        "D": ("linear-logit", "pairwise"), "E": ("amount", "listwise"), "H": ("linear", "listwise+centred"),
+        "P": ("linear", "bce+listwise")}
 AMOUNT = NAMES.index("amount")
 
 

@@ -15,6 +15,7 @@ fold's (folds by instruction, seed 0); then fitted on the whole train split and 
     C  `linear`, pairwise loss            D  `linear-logit`, pairwise
     H  `linear`, listwise + a pairwise term on the logits centred per model (z − each model's mean over the
        fitted instructions): what the interaction AUC ranks
+    P  `linear`, the package's `bce+listwise` stage-0 loss (pointwise BCE pins each pair's level)
     E  linear over e and e × amount (the neighbour values' weights follow how much evidence there is; not a form of
        the package, fitted here only)
 `--fit-thin X` fits the heads on evidence thinned as `train.bank_thin=X`; `--score-whole` scores the held-out folds

@@ -33,6 +33,7 @@ restate them.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sqlite3
@@ -492,14 +493,20 @@ def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: s
                    ".jsonl": lambda p: pd.read_json(p, lines=True, dtype={"question_id": str})}
         if path.suffix not in readers:
             raise BankError(f"{path}: unknown results format {path.suffix!r}; use .csv, .jsonl or .parquet")
+        if path.stat().st_size == 0:
+            raise BankError(f"{path} is empty (no header, no rows); give at least one graded result")
         try:
             results = readers[path.suffix](path)
         except UnicodeDecodeError as e:
             raise BankError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
         except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault
-            raise BankError(f"{path}: could not be read as {path.suffix[1:]} ({' '.join(str(e).split())[:160]}); "
-                            "give a file with a text (or question_id) and a score column") from e
+            line = _bad_json_line(path) if path.suffix == ".jsonl" else None
+            raise BankError(f"{path}: {line or 'could not be read as ' + path.suffix[1:]} "
+                            f"({' '.join(str(e).split())[:160]}); give a file with a text (or question_id) and a "
+                            "score column") from e
         first_line = {".csv": 2, ".jsonl": 1}.get(path.suffix)
+        if results.columns.empty:
+            raise BankError(f"{where} has no rows; give at least one graded result")
 
     def at(i: int) -> str:
         return f"line {i + first_line}" if first_line is not None else f"row {i}"
@@ -535,6 +542,8 @@ def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: s
         if isinstance(v, bool) or not isinstance(number, (int, float, np.integer, np.floating)) \
                 or not 0 <= number <= 1:
             shown = repr(v[:40]) if isinstance(v, str) else repr(v)[:40]
+            if isinstance(v, float) and math.isnan(v):     # a CSV's empty cell reads as NaN too
+                shown = "empty (or NaN), which"
             raise BankError(f"{where}: {at(i)}, column 'score': {shown} is not a number in [0, 1]")
         scores.append(float(number))
     if model is not None and "model" in results.columns:
@@ -544,6 +553,25 @@ def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: s
                                 "model's results (filter the file by its model column), or drop the column")
     return pd.DataFrame({"text": pd.Series(texts, dtype=object), "question_id": pd.Series(ids, dtype=object),
                          "score": scores, "where": [at(i) for i in range(len(scores))]})
+
+
+def _bad_json_line(path: Path) -> str | None:
+    """The first line of a JSONL file that is not a JSON object, said as "line N is not valid JSON" or "line N is not
+    a JSON object" (blank lines skipped); None where every line is one or the file is not UTF-8."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    return f"line {n} is not valid JSON"
+                if not isinstance(record, dict):
+                    return f"line {n} is not a JSON object"
+    except UnicodeDecodeError:
+        return None
+    return None
 
 
 def copy_bank(source: "ResultsBank | str | Path", dest: str | Path) -> None:

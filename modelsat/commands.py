@@ -194,7 +194,10 @@ def cmd_zoo_add_results(a: argparse.Namespace) -> None:
     from modelsat.router import Router                                # (torch: the results are embedded)
 
     zoo = _zoo(a.checkpoint, write=True)                  # a read-only router or an unknown model: said at once
-    name = zoo.get(a.name).name
+    try:
+        name = zoo.get(a.name).name
+    except ZooError as e:
+        raise ZooError(f"--name: {e} (in {a.checkpoint}); add the model first with `modelsat zoo add`") from None
     rows = len(read_graded(a.results, model=name))        # a bad file: said before the router loads
     router = Router.from_pretrained(a.checkpoint)
     added = router.add_results(name, a.results)

@@ -150,10 +150,11 @@ def test_a_big_bank_is_split_into_cells_and_searched_through_them(tmp_path: Path
 # ---- reading results files -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("content, message", [
     ("text,score\n", "has no rows"),
-    ("", "could not be read"),
+    ("", "is empty \\(no header, no rows\\)"),
     ("text,grade\nhello,1\n", "needs the columns score and text"),
     ("text,score\nhello,1.5\n", "line 2, column 'score': 1.5 is not a number in \\[0, 1\\]"),
-    ("text,score\nhello,0.5\nbye,nan\n", "line 3, column 'score': nan"),
+    ("text,score\nhello,0.5\nbye,nan\n", "line 3, column 'score': empty \\(or NaN\\), which is not a number"),
+    ("text,score\nhello,\n", "line 2, column 'score': empty \\(or NaN\\)"),           # an empty cell
     ("text,score\nhello,yes\n", "line 2, column 'score': 'yes'"),
     ("text,score\nq one,0.5\nq two,abc\n", "line 3, column 'score': 'abc'"),      # the row that is wrong
     ("text,score\n\" \",1\n", "line 2, column 'text': empty, and no question_id"),
@@ -165,6 +166,21 @@ def test_bad_results_files_are_one_line_naming_file_row_and_field(tmp_path: Path
     f.write_text(content)
     with pytest.raises(BankError, match=message) as e:
         read_graded(f, model="m-all")
+    assert str(f) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"text": "a", "score": 1}\n{"text": "b", "score": \n', "line 2 is not valid JSON"),
+    ('{"text": "a", "score": 1}\n\n[1, 2]\n', "line 3 is not a JSON object"),
+    ("", "is empty \\(no header, no rows\\)"),
+    ("\n\n", "has no rows"),
+    ('{"text": "a", "score": 1}\n{"text": "b", "score": 2}\n', "line 2, column 'score': 2 is not a number"),
+])
+def test_bad_jsonl_files_name_the_line(tmp_path: Path, content: str, message: str) -> None:
+    f = tmp_path / "r.jsonl"
+    f.write_text(content)
+    with pytest.raises(BankError, match=message) as e:
+        read_graded(f)
     assert str(f) in str(e.value) and "\n" not in str(e.value)
 
 
@@ -384,7 +400,7 @@ def test_cli_zoo_add_results(bank_run: Path, tmp_path: Path, capsys) -> None:
     empty = tmp_path / "empty.csv"
     empty.write_text("text,score\n")
     for args, message in ((["--name", "m-all", "--results", str(empty)], f"{empty} has no rows"),
-                          (["--name", "ghost", "--results", str(good)], "unknown model 'ghost'")):
+                          (["--name", "ghost", "--results", str(good)], "--name: unknown model 'ghost'")):
         assert cli(["zoo", "add-results", "--checkpoint", str(ckpt), *args]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -428,3 +428,14 @@ def test_options_before_train_and_rank_go_along(tiny_checkpoint: Path, capsys) -
     with pytest.raises(SystemExit) as exit_:
         cli(["zoo", "list", "--checkpoint", str(tiny_checkpoint), "--no-such-option"])
     assert exit_.value.code == 2 and "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_python_dash_m_modelsat_is_the_modelsat_command(ckpt: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "modelsat", "zoo", "list", "--checkpoint", str(ckpt), "--json"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert run("zoo", "list", "--checkpoint", str(ckpt), "--json").stdout == proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "modelsat", "zoo", "list", "--checkpoint", str(ckpt / "nowhere")],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

@@ -1,0 +1,6 @@
+"""`python -m modelsat ...`: the same as the `modelsat` command."""
+import sys
+
+from modelsat.cli import main
+
+sys.exit(main())

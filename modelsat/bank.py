@@ -570,7 +570,7 @@ def _bad_json_line(path: Path) -> str | None:
                 if not isinstance(record, dict):
                     return f"line {n} is not a JSON object"
     except UnicodeDecodeError:
-        return None
+        pass
     return None
 
 

@@ -47,10 +47,10 @@ def results_file(tmp_path: Path, aptitude: Aptitude, drop: int = 0, name: str = 
     return str(path)
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`modelsat ARGS` in a fresh process, offline."""
+def run(*args: str, timeout: float = 120, module: str = "modelsat.cli") -> subprocess.CompletedProcess:
+    """`modelsat ARGS` (`python -m MODULE ARGS`) in a fresh process, offline."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "modelsat.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           cwd=REPO, env=env, timeout=timeout)
 
 
@@ -431,11 +431,8 @@ def test_options_before_train_and_rank_go_along(tiny_checkpoint: Path, capsys) -
 
 
 def test_python_dash_m_modelsat_is_the_modelsat_command(ckpt: Path) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "modelsat", "zoo", "list", "--checkpoint", str(ckpt), "--json"],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    proc = run("zoo", "list", "--checkpoint", str(ckpt), "--json", module="modelsat")
     assert proc.returncode == 0, proc.stderr
     assert run("zoo", "list", "--checkpoint", str(ckpt), "--json").stdout == proc.stdout
-    bad = subprocess.run([sys.executable, "-m", "modelsat", "zoo", "list", "--checkpoint", str(ckpt / "nowhere")],
-                         capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    bad = run("zoo", "list", "--checkpoint", str(ckpt / "nowhere"), module="modelsat")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr

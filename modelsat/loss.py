@@ -53,8 +53,8 @@ def tier_groups(values: torch.Tensor, labels: np.ndarray, size: int) -> tuple[to
     the Q instructions, NaN left out) and cut into ceil(M / size) tiers of neighbours in that order
     (`numpy.array_split`: sizes differ by at most one), each (instruction, tier) one group. (Q, M, E) evidence and
     (Q, M) labels → (Q · tiers, W, E) and (Q · tiers, W), W the largest tier, shorter tiers padded with zeros and NaN
-    labels (left out by `fit_offset`). `size` 0 (train.evidence_fit_tier's "no tiers") or >= M gives back one group per instruction,
-    the models in their own order. Raises ValueError on a size of 1 or below 0."""
+    labels (left out by `fit_offset`). `size` 0 (train.evidence_fit_tier's "no tiers") or >= M gives back one group
+    per instruction, the models in their own order. Raises ValueError on a size of 1 or below 0."""
     if size < 0 or size == 1:
         raise ValueError(f"a tier needs at least 2 models, got {size}")
     labels = np.asarray(labels, dtype=np.float32)

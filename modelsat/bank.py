@@ -500,7 +500,7 @@ def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: s
         except UnicodeDecodeError as e:
             raise BankError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from e
         except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault
-            line = _bad_json_line(path) if path.suffix == ".jsonl" else None
+            line = bad_json_line(path) if path.suffix == ".jsonl" else None
             raise BankError(f"{path}: {line or 'could not be read as ' + path.suffix[1:]} "
                             f"({' '.join(str(e).split())[:160]}); give a file with a text (or question_id) and a "
                             "score column") from e
@@ -555,7 +555,7 @@ def read_graded(results: pd.DataFrame | list | dict | str | Path, source_name: s
                          "score": scores, "where": [at(i) for i in range(len(scores))]})
 
 
-def _bad_json_line(path: Path) -> str | None:
+def bad_json_line(path: Path) -> str | None:
     """The first line of a JSONL file that is not a JSON object, said as "line N is not valid JSON" or "line N is not
     a JSON object" (blank lines skipped); None where every line is one or the file is not UTF-8."""
     try:

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from modelsat.aptitude import Aptitude, AptitudeError
-from modelsat.bank import BANK_FILE, bank_counts, forget_model
+from modelsat.bank import BANK_FILE, bad_json_line, bank_counts, forget_model
 from modelsat.io_utils import atomic_write_text
 
 MAX_MISSING_FRACTION = 0.05
@@ -267,7 +267,8 @@ def read_results(results: pd.DataFrame | str | Path, name: str) -> dict[str, flo
         try:
             results = readers[path.suffix](path)
         except Exception as e:  # noqa: BLE001 - any parse failure is the file's fault
-            raise ZooError(f"{path}: could not be read as {path.suffix[1:]}: {e}") from e
+            line = bad_json_line(path) if path.suffix == ".jsonl" else None
+            raise ZooError(f"{path}: {line or 'could not be read as ' + path.suffix[1:]}: {e}") from e
     missing = {"question_id", "score"} - set(results.columns)
     if missing:
         raise ZooError(f"{where}: missing column(s) {sorted(missing)}; expected question_id, score (and model)")

@@ -469,3 +469,12 @@ def test_bad_declared_limits_are_refused_at_add_and_load(tmp_path: Path, aptitud
     path.write_text(json.dumps(entry))
     with pytest.raises(ZooError, match=str(path.name)):
         Zoo.load(tmp_path, aptitude)
+
+
+def test_a_malformed_jsonl_results_file_names_the_line(tmp_path: Path, aptitude: Aptitude) -> None:
+    from modelsat.zoo import read_results
+
+    f = tmp_path / "r.jsonl"
+    f.write_text('{"question_id": "q1", "score": 1}\n{"question_id": "q2", "score": \n')
+    with pytest.raises(ZooError, match="r.jsonl: line 2 is not valid JSON"):
+        read_results(f, "m")

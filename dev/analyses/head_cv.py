@@ -155,16 +155,15 @@ def main() -> None:
     p.add_argument("--values", default=None, help="comma-separated evidence values the heads read (default: all)")
     p.add_argument("--out", default="runs/head-cv")
     args = p.parse_args()
-    keep = None
-    if args.values:
-        names = args.values.split(",")
-        unknown = [n for n in names if n not in NAMES]
+
+    def listed(option: str, given: str, allowed) -> list[str]:
+        unknown = [x for x in given.split(",") if x not in allowed]
         if unknown:
-            p.error(f"--values: unknown {', '.join(unknown)}; use some of {', '.join(NAMES)}")
-        keep = [NAMES.index(n) for n in names]
-    unknown = [a for a in args.arms.split(",") if a not in ARMS]
-    if unknown:
-        p.error(f"--arms: unknown {', '.join(unknown)}; use some of {', '.join(ARMS)}")
+            p.error(f"{option}: unknown {', '.join(unknown)}; use some of {', '.join(allowed)}")
+        return given.split(",")
+
+    arms = listed("--arms", args.arms, ARMS)
+    keep = [NAMES.index(n) for n in listed("--values", args.values, NAMES)] if args.values else None
     if args.classifier_cv:
         modelsat.category.LogisticRegression = CVLogisticRegression
     ckpt = Path(args.checkpoint)
@@ -184,7 +183,7 @@ def main() -> None:
     labels = table.outcome_matrix(splits["train"], train_models).astype(np.float32)      # (Q, M)
     fold = np.random.default_rng(0).permutation(len(labels)) % 5
     zoos = {**cfg.data.zoos, "all": table.model_names}
-    for arm in args.arms.split(","):
+    for arm in arms:
         start, aucs = time.time(), []
         for f in range(5):
             held = fold == f
